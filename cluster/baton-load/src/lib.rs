@@ -1,0 +1,6 @@
+//! Test and benchmark tooling for Baton.
+//!
+//! * [`sink`]: an in-process SMTP sink server (used by the `baton-sink`
+//!   binary, by end-to-end tests and by the `baton-load` tool).
+
+pub mod sink;

@@ -1,0 +1,18 @@
+//! Outbound delivery: where a domain's mail goes and how it gets there.
+//!
+//! - [`route`] — MX resolution (hickory), implicit MX, null MX, smarthost;
+//! - [`tls`] — the outbound TLS policies (`disabled`, `opportunistic`, `required`);
+//! - [`outbound`] — one SMTP client connection driving `baton_smtp::client` over TCP/TLS;
+//! - [`retry`] — retry schedule and expiry;
+//! - [`dsn`] — RFC 3464 bounce messages;
+//! - [`date`] — RFC 5322 dates.
+//!
+//! No actors here: `baton-node` decides what to send when, this crate sends it.
+#![forbid(unsafe_code)]
+
+pub mod date;
+pub mod dsn;
+pub mod outbound;
+pub mod retry;
+pub mod route;
+pub mod tls;

@@ -1,0 +1,370 @@
+//! One outbound SMTP connection: TCP (and STARTTLS) around `baton_smtp::client`.
+//!
+//! [`Connection::open`] walks the targets in preference order and stops at the first host
+//! that greets with 220 and finishes EHLO (and STARTTLS when the policy wants it); a
+//! refused connection or a 4xx/5xx greeting moves on to the next host.
+//! [`Connection::send`] runs one transaction and returns the per-recipient replies.
+
+use crate::route::Target;
+use crate::tls::{TlsClients, TlsPolicy};
+use baton_smtp::client::{
+    ClientAction, ClientConfig, ClientError, ClientEvent, ClientSession, OutboundMessage,
+};
+use baton_smtp::data::dot_stuff_body;
+use baton_smtp::reply::Reply;
+use rustls::pki_types::ServerName;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Timeouts for one connection (RFC 5321 §4.5.3.2 gives the client's minimums).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Greeting, EHLO, MAIL, RCPT, DATA replies (5 minutes in the RFC).
+    pub command: Duration,
+    /// Reply to the final dot (10 minutes in the RFC).
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            command: Duration::from_secs(300),
+            data_end: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a connection could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnError {
+    /// No host could be reached or every host refused; the reply of the last one if any.
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        reply: Option<Reply>,
+    },
+    /// TLS was required and could not be had.
+    #[error("TLS required but not available: {0}")]
+    TlsRequired(String),
+    /// The connection broke during a transaction.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The lease ran out before the final dot: the transaction was abandoned.
+    #[error("transaction abandoned before the final dot")]
+    Abandoned,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+/// The result of one transaction.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub rcpt_replies: Vec<Reply>,
+    /// Reply to the final dot; `None` when no recipient was accepted.
+    pub data_reply: Option<Reply>,
+}
+
+/// An open, ready connection.
+pub struct Connection {
+    stream: Stream,
+    session: ClientSession,
+    pub target: Target,
+    pub tls: bool,
+    timeouts: Timeouts,
+    buf: Vec<u8>,
+    pending: Vec<ClientAction>,
+}
+
+impl Connection {
+    /// Connects to the first target that accepts us.
+    pub async fn open(
+        targets: &[Target],
+        helo_name: &str,
+        policy: TlsPolicy,
+        tls: &TlsClients,
+        timeouts: &Timeouts,
+    ) -> Result<Connection, ConnError> {
+        let mut last = ConnError::Unavailable {
+            reason: "no mail exchanger to try".into(),
+            reply: None,
+        };
+        for target in targets {
+            match Self::open_one(target, helo_name, policy, tls, timeouts).await {
+                Ok(c) => return Ok(c),
+                Err(e @ ConnError::TlsRequired(_)) => last = e,
+                Err(e) => {
+                    tracing::debug!(host = %target.host, addr = %target.addr, error = %e, "MX host unusable");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn open_one(
+        target: &Target,
+        helo_name: &str,
+        policy: TlsPolicy,
+        tls: &TlsClients,
+        timeouts: &Timeouts,
+    ) -> Result<Connection, ConnError> {
+        let unavailable = |reason: String| ConnError::Unavailable {
+            reason,
+            reply: None,
+        };
+        let tcp = tokio::time::timeout(timeouts.connect, TcpStream::connect(target.addr))
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "connect to {} ({}) timed out",
+                    target.host, target.addr
+                ))
+            })?
+            .map_err(|e| {
+                unavailable(format!("connect to {} ({}): {e}", target.host, target.addr))
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let session = ClientSession::new(ClientConfig {
+            helo_name: helo_name.to_string(),
+            want_tls: policy != TlsPolicy::Disabled,
+            require_tls: policy == TlsPolicy::Required,
+        });
+        let mut conn = Connection {
+            stream: Stream::Plain(tcp),
+            session,
+            target: target.clone(),
+            tls: false,
+            timeouts: timeouts.clone(),
+            buf: vec![0; 16 * 1024],
+            pending: Vec::new(),
+        };
+        loop {
+            let action = conn.next_action(timeouts.command).await?;
+            match action {
+                ClientAction::Ready => return Ok(conn),
+                ClientAction::StartTls => {
+                    let config = match policy {
+                        TlsPolicy::Required => tls.verified.clone(),
+                        _ => tls.opportunistic.clone(),
+                    };
+                    let name = ServerName::try_from(target.host.clone()).map_err(|e| {
+                        ConnError::TlsRequired(format!("bad host name {}: {e}", target.host))
+                    })?;
+                    let Stream::Plain(tcp) = std::mem::replace(&mut conn.stream, Stream::Gone)
+                    else {
+                        return Err(unavailable("STARTTLS twice".into()));
+                    };
+                    let connector = tokio_rustls::TlsConnector::from(config);
+                    match tokio::time::timeout(timeouts.command, connector.connect(name, tcp)).await
+                    {
+                        Ok(Ok(s)) => {
+                            conn.stream = Stream::Tls(Box::new(s));
+                            conn.tls = true;
+                            let actions = conn.session.handle(ClientEvent::TlsEstablished);
+                            conn.pending.extend(actions);
+                        }
+                        Ok(Err(e)) => {
+                            let reason = format!("TLS handshake with {}: {e}", target.host);
+                            return Err(if policy == TlsPolicy::Required {
+                                ConnError::TlsRequired(reason)
+                            } else {
+                                unavailable(reason)
+                            });
+                        }
+                        Err(_) => {
+                            return Err(unavailable(format!(
+                                "TLS handshake with {} timed out",
+                                target.host
+                            )));
+                        }
+                    }
+                }
+                ClientAction::Failed { reply, reason } => {
+                    return Err(match reason {
+                        ClientError::TlsUnavailable => ConnError::TlsRequired(format!(
+                            "{} does not offer STARTTLS",
+                            target.host
+                        )),
+                        other => ConnError::Unavailable {
+                            reason: match &reply {
+                                Some(r) => format!("{}: {}", target.host, r),
+                                None => format!("{}: {other}", target.host),
+                            },
+                            reply,
+                        },
+                    });
+                }
+                ClientAction::Closed => {
+                    return Err(unavailable(format!(
+                        "{} closed the connection",
+                        target.host
+                    )));
+                }
+                other => {
+                    tracing::warn!(?other, "unexpected client action while opening");
+                }
+            }
+        }
+    }
+
+    /// Sends one message. `may_finish` is asked right before the final dot: when it says
+    /// no (the delivery lease is too short), the connection is dropped before the dot so
+    /// the remote discards the partial message, and [`ConnError::Abandoned`] is returned.
+    pub async fn send(
+        &mut self,
+        message: OutboundMessage,
+        body: &[u8],
+        may_finish: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Transaction, ConnError> {
+        let actions = self.session.handle(ClientEvent::Send(message));
+        self.pending.extend(actions);
+        let mut rcpt_replies = Vec::new();
+        loop {
+            let timeout = self.timeouts.command;
+            match self.next_action(timeout).await? {
+                ClientAction::WriteData => {
+                    let mut out = Vec::with_capacity(body.len() + body.len() / 50 + 8);
+                    dot_stuff_body(body, &mut out);
+                    self.write(&out).await?;
+                    if !may_finish() {
+                        self.stream = Stream::Gone;
+                        return Err(ConnError::Abandoned);
+                    }
+                    self.write(b".\r\n").await?;
+                    let actions = self.session.handle(ClientEvent::DataWritten);
+                    self.pending.extend(actions);
+                    // The reply to the dot may take longer.
+                    match self.next_action(self.timeouts.data_end).await? {
+                        ClientAction::MessageDone {
+                            rcpt_replies,
+                            data_reply,
+                        } => {
+                            return Ok(Transaction {
+                                rcpt_replies,
+                                data_reply,
+                            });
+                        }
+                        other => return Err(self.failed(other)),
+                    }
+                }
+                ClientAction::RcptResult { reply, .. } => rcpt_replies.push(reply),
+                ClientAction::MessageDone {
+                    rcpt_replies,
+                    data_reply,
+                } => {
+                    return Ok(Transaction {
+                        rcpt_replies,
+                        data_reply,
+                    });
+                }
+                other => return Err(self.failed(other)),
+            }
+        }
+    }
+
+    fn failed(&mut self, action: ClientAction) -> ConnError {
+        self.stream = Stream::Gone;
+        match action {
+            ClientAction::Failed { reply, reason } => ConnError::Lost(match reply {
+                Some(r) => format!("{}: {r}", self.target.host),
+                None => format!("{}: {reason}", self.target.host),
+            }),
+            ClientAction::Closed => {
+                ConnError::Lost(format!("{} closed the connection", self.target.host))
+            }
+            other => ConnError::Lost(format!("unexpected client action {other:?}")),
+        }
+    }
+
+    /// Whether the connection can take another message.
+    pub fn is_ready(&self) -> bool {
+        !matches!(self.stream, Stream::Gone) && self.session.is_ready()
+    }
+
+    /// Says QUIT (best effort) and closes.
+    pub async fn quit(mut self) {
+        let actions = self.session.handle(ClientEvent::Quit);
+        for a in actions {
+            if let ClientAction::Write(bytes) = a {
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.write_all(&bytes))
+                    .await;
+            }
+        }
+        let mut scratch = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut scratch)).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| ConnError::Lost(format!("write to {}: {e}", self.target.host)))
+    }
+
+    /// Runs writes and reads until the engine produces an action for the caller.
+    async fn next_action(&mut self, timeout: Duration) -> Result<ClientAction, ConnError> {
+        loop {
+            while !self.pending.is_empty() {
+                let action = self.pending.remove(0);
+                match action {
+                    ClientAction::Write(bytes) => self.write(&bytes).await?,
+                    other => return Ok(other),
+                }
+            }
+            let n = match tokio::time::timeout(timeout, self.stream.read(&mut self.buf)).await {
+                Err(_) => {
+                    self.stream = Stream::Gone;
+                    return Err(ConnError::Lost(format!(
+                        "{} did not answer in {timeout:?}",
+                        self.target.host
+                    )));
+                }
+                Ok(Err(e)) => {
+                    self.stream = Stream::Gone;
+                    return Err(ConnError::Lost(format!(
+                        "read from {}: {e}",
+                        self.target.host
+                    )));
+                }
+                Ok(Ok(n)) => n,
+            };
+            if n == 0 {
+                self.stream = Stream::Gone;
+                return Err(ConnError::Lost(format!(
+                    "{} closed the connection",
+                    self.target.host
+                )));
+            }
+            let actions = self.session.handle(ClientEvent::Input(&self.buf[..n]));
+            self.pending.extend(actions);
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Where mail for a domain goes: MX lookup with fallback to A/AAAA, null MX (RFC 7505),
+//! address literals, or a configured smarthost.
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use std::net::{IpAddr, SocketAddr};
+
+/// One host to try, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The MX host name (or the smarthost), for logs, TLS SNI and `Remote-MTA`.
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// Why no route was found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    /// DNS failed in a way that may pass: try again later.
+    #[error("DNS lookup for {0} failed: {1}")]
+    Temporary(String, String),
+    /// The domain cannot receive mail: bounce.
+    #[error("{1}")]
+    Permanent(String, String),
+}
+
+impl RouteError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, RouteError::Permanent(..))
+    }
+    /// Enhanced status code for a DSN.
+    pub fn status(&self) -> &'static str {
+        match self {
+            RouteError::Temporary(..) => "4.4.3",
+            RouteError::Permanent(_, m) if m.contains("null MX") => "5.1.10",
+            RouteError::Permanent(..) => "5.1.2",
+        }
+    }
+}
+
+/// How routes are found.
+#[derive(Debug, Clone, Default)]
+pub struct RouteConfig {
+    /// `host:port`; when set, every domain goes there.
+    pub smarthost: Option<String>,
+    /// DNS servers (`ip:port`); empty: the system resolver.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Port used on MX hosts.
+    pub mx_port: u16,
+}
+
+/// Finds targets for domains.
+#[derive(Clone)]
+pub struct Router {
+    resolver: TokioResolver,
+    config: RouteConfig,
+}
+
+impl Router {
+    pub fn new(config: RouteConfig) -> Result<Router, String> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = if config.dns_servers.is_empty() {
+            TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?
+        } else {
+            let servers = config
+                .dns_servers
+                .iter()
+                .map(|s| {
+                    let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                    for c in &mut ns.connections {
+                        c.port = s.port();
+                    }
+                    ns
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], servers),
+                provider,
+            )
+        };
+        let opts = builder.options_mut();
+        opts.timeout = std::time::Duration::from_secs(5);
+        opts.attempts = 2;
+        // Honour short TTLs so operators' DNS changes take effect.
+        opts.positive_max_ttl = Some(std::time::Duration::from_secs(300));
+        opts.negative_max_ttl = Some(std::time::Duration::from_secs(60));
+        let resolver = builder.build().map_err(|e| format!("resolver: {e}"))?;
+        Ok(Router { resolver, config })
+    }
+
+    /// The hosts to try for `domain`, most preferred first.
+    pub async fn route(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
+        if let Some(smarthost) = &self.config.smarthost {
+            return self.smarthost(smarthost).await;
+        }
+        if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip: IpAddr = literal
+                .strip_prefix("IPv6:")
+                .unwrap_or(literal)
+                .parse()
+                .map_err(|_| {
+                    RouteError::Permanent(domain.into(), format!("bad address literal {domain}"))
+                })?;
+            return Ok(vec![Target {
+                host: literal.to_string(),
+                addr: SocketAddr::new(ip, self.config.mx_port),
+            }]);
+        }
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let mut exchanges: Vec<(u16, String)> = Vec::new();
+        match self.resolver.lookup(fqdn.as_str(), RecordType::MX).await {
+            Ok(lookup) => {
+                for record in lookup.answers() {
+                    if let RData::MX(mx) = &record.data {
+                        exchanges.push((mx.preference, mx.exchange.to_ascii()));
+                    }
+                }
+            }
+            Err(e) if e.is_nx_domain() => {
+                return Err(RouteError::Permanent(
+                    domain.into(),
+                    format!("domain {domain} does not exist"),
+                ));
+            }
+            Err(e) if e.is_no_records_found() => {}
+            Err(e) => return Err(RouteError::Temporary(domain.into(), e.to_string())),
+        }
+        if exchanges.len() == 1 && exchanges[0].1.trim_end_matches('.').is_empty() {
+            return Err(RouteError::Permanent(
+                domain.into(),
+                format!("domain {domain} accepts no mail (null MX, RFC 7505)"),
+            ));
+        }
+        if exchanges.is_empty() {
+            // RFC 5321 §5.1: no MX, so the domain itself is the implicit MX.
+            exchanges.push((0, fqdn.clone()));
+        }
+        exchanges.retain(|(_, host)| !host.trim_end_matches('.').is_empty());
+        exchanges.sort_by_key(|(pref, _)| *pref);
+
+        let mut targets = Vec::new();
+        let mut last_error = None;
+        for (_, host) in &exchanges {
+            match self.resolver.lookup_ip(host.as_str()).await {
+                Ok(ips) => {
+                    for ip in ips.iter() {
+                        targets.push(Target {
+                            host: host.trim_end_matches('.').to_string(),
+                            addr: SocketAddr::new(ip, self.config.mx_port),
+                        });
+                    }
+                }
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        if targets.is_empty() {
+            return Err(RouteError::Temporary(
+                domain.into(),
+                last_error.unwrap_or_else(|| "no address for any MX host".into()),
+            ));
+        }
+        Ok(targets)
+    }
+
+    async fn smarthost(&self, smarthost: &str) -> Result<Vec<Target>, RouteError> {
+        if let Ok(addr) = smarthost.parse::<SocketAddr>() {
+            return Ok(vec![Target {
+                host: addr.ip().to_string(),
+                addr,
+            }]);
+        }
+        let (host, port) = smarthost
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .unwrap_or((smarthost, 25));
+        let ips = self
+            .resolver
+            .lookup_ip(format!("{}.", host.trim_end_matches('.')))
+            .await
+            .map_err(|e| RouteError::Temporary(host.into(), e.to_string()))?;
+        Ok(ips
+            .iter()
+            .map(|ip| Target {
+                host: host.to_string(),
+                addr: SocketAddr::new(ip, port),
+            })
+            .collect())
+    }
+}

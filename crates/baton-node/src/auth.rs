@@ -1,0 +1,83 @@
+//! SMTP AUTH credential checks against argon2 PHC hashes.
+//!
+//! A check costs the same whether or not the user exists: an unknown name is checked
+//! against a fixed dummy hash, and argon2's own comparison is constant-time.
+
+use crate::config::UserConfig;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Users {
+    hashes: Arc<HashMap<String, String>>,
+    dummy: Arc<String>,
+}
+
+impl Users {
+    pub fn new(users: &[UserConfig]) -> Users {
+        let hashes = users
+            .iter()
+            .map(|u| (u.name.clone(), u.password_hash.clone()))
+            .collect();
+        let salt = SaltString::from_b64("YmF0b25kdW1teXNhbHQ").expect("valid fixed salt");
+        let dummy = Argon2::default()
+            .hash_password(b"baton-dummy-password", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        Users {
+            hashes: Arc::new(hashes),
+            dummy: Arc::new(dummy),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Checks a name and password off the async threads (argon2 is deliberately slow).
+    pub async fn verify(&self, name: &str, password: &str) -> bool {
+        let known = self.hashes.get(name).cloned();
+        let hash = known.clone().unwrap_or_else(|| (*self.dummy).clone());
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        ok && known.is_some()
+    }
+}
+
+/// Hashes a password for `[[smtp.user]] password_hash` (argon2id, random salt).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn verifies_known_user_only() {
+        let hash = hash_password("s3cret").unwrap();
+        let users = Users::new(&[UserConfig {
+            name: "app1".into(),
+            password_hash: hash,
+        }]);
+        assert!(users.verify("app1", "s3cret").await);
+        assert!(!users.verify("app1", "wrong").await);
+        assert!(!users.verify("nobody", "baton-dummy-password").await);
+    }
+}

@@ -1,0 +1,587 @@
+//! The node's configuration (CONTRACT.md, "Config"): TOML into serde structs that reject
+//! unknown keys, then [`Config::validate`], which reports every problem at once, each
+//! naming its key.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Raft node id, unique in the cluster, > 0.
+    pub id: u64,
+    /// Where the log, the state and snapshots live.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            data_dir: PathBuf::from("/var/lib/baton"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Raft gRPC listen address.
+    pub listen: SocketAddr,
+    /// How peers reach this node.
+    pub advertise: String,
+    /// With no state on disk, form a new cluster.
+    pub bootstrap: bool,
+    /// With no state on disk, ask these to add this node.
+    pub join: Vec<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: ([0, 0, 0, 0], 7301).into(),
+            advertise: "127.0.0.1:7301".into(),
+            bootstrap: false,
+            join: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerMode {
+    /// Port 25 style: relay for `relay_networks`, AUTH optional, STARTTLS if configured.
+    Relay,
+    /// Port 587: AUTH required before MAIL.
+    Submission,
+    /// Port 465: TLS from the first byte.
+    ImplicitTls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default = "default_mode")]
+    pub mode: ListenerMode,
+    /// Expect a PROXY v1 or v2 header first.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Clients that may relay without AUTH.
+    #[serde(default)]
+    pub relay_networks: Vec<IpNet>,
+    /// PEM certificate chain: enables STARTTLS (and implicit TLS).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_mode() -> ListenerMode {
+    ListenerMode::Relay
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// PHC string from `batonctl hash-password` (argon2id).
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Greeting, `Received:` and DSN host name.
+    pub hostname: String,
+    /// Largest message accepted, bytes.
+    pub max_message_size: u64,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// Connections per node; over it: 421 at connect.
+    pub max_connections: usize,
+    /// Connections per client IP; 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Protocol errors before `421` and close.
+    pub max_errors: usize,
+    /// RFC 5321 §4.5.3.2: waiting for a command.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// RFC 5321 §4.5.3.2: waiting for a data block.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// How long a session waits for its message's commit before closing without a
+    /// reply (ARCHITECTURE.md, "Replies mean what they say").
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(rename = "user")]
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            hostname: "localhost".into(),
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_connections: 2000,
+            max_connections_per_ip: 200,
+            max_errors: 10,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            commit_timeout: Duration::from_secs(600),
+            listeners: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Disabled,
+    Opportunistic,
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// `host:port`: send everything there, no MX lookup.
+    pub smarthost: String,
+    /// DNS servers (`ip:port`); empty: the system resolver.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Port used on MX hosts.
+    pub mx_port: u16,
+    pub tls: TlsMode,
+    /// Waits between attempts; the last repeats.
+    #[serde(deserialize_with = "durations")]
+    pub retry_intervals: Vec<Duration>,
+    /// Then bounce as expired.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    pub max_connections_per_domain: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    /// TCP connect timeout per host.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            smarthost: String::new(),
+            dns_servers: Vec::new(),
+            mx_port: 25,
+            tls: TlsMode::Opportunistic,
+            retry_intervals: [60, 300, 1800, 7200, 21600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            max_age: Duration::from_secs(5 * 86_400),
+            max_connections_per_domain: 10,
+            max_messages_per_connection: 100,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let v: Vec<humantime_serde::Serde<Duration>> = Vec::deserialize(d)?;
+    Ok(v.into_iter().map(|s| s.into_inner()).collect())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    pub domain: String,
+    pub selector: String,
+    pub key_file: PathBuf,
+    #[serde(default = "default_dkim_algorithm")]
+    pub algorithm: String,
+}
+
+fn default_dkim_algorithm() -> String {
+    "rsa-sha256".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token; required when `listen` is not loopback.
+    pub token: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: ([127, 0, 0, 1], 7401).into(),
+            token: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: ([127, 0, 0, 1], 9401).into(),
+        }
+    }
+}
+
+/// The embedded configuration of `batond --dev`.
+pub const DEV_CONFIG: &str = r#"
+[node]
+id = 1
+data_dir = "./baton-data"
+
+[cluster]
+listen = "127.0.0.1:7301"
+advertise = "127.0.0.1:7301"
+bootstrap = true
+
+[smtp]
+hostname = "localhost"
+
+[[smtp.listener]]
+address = "127.0.0.1:2525"
+mode = "relay"
+relay_networks = ["127.0.0.0/8", "::1/128"]
+
+[delivery]
+retry_intervals = ["1m", "5m", "30m", "2h", "6h"]
+
+[admin]
+listen = "127.0.0.1:7401"
+
+[http]
+listen = "127.0.0.1:9401"
+"#;
+
+impl Config {
+    /// Parses TOML; a syntax error or unknown key is reported with its key path.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            let location = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigErrors(vec![ConfigError {
+                key: if path == "." { "config".into() } else { path },
+                reason: format!("{message}{location}"),
+            }])
+        })
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: "config".into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        let config = Config::parse(&text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The `--dev` configuration, with `data_dir` overridden when given.
+    pub fn dev(data_dir: Option<PathBuf>) -> Config {
+        let mut config = Config::parse(DEV_CONFIG).expect("embedded dev config parses");
+        if let Some(dir) = data_dir {
+            config.node.data_dir = dir;
+        }
+        config
+    }
+
+    /// Every problem, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut err = |key: String, reason: String| errors.push(ConfigError { key, reason });
+        if self.node.id == 0 {
+            err("node.id".into(), "must be greater than 0".into());
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            err("node.data_dir".into(), "must not be empty".into());
+        }
+        if self.cluster.advertise.is_empty() {
+            err("cluster.advertise".into(), "must not be empty".into());
+        }
+        if self.smtp.hostname.trim().is_empty() || self.smtp.hostname.contains(char::is_whitespace)
+        {
+            err(
+                "smtp.hostname".into(),
+                "must be a host name without spaces".into(),
+            );
+        }
+        if self.smtp.max_message_size < 1024 {
+            err(
+                "smtp.max_message_size".into(),
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        if self.smtp.max_recipients == 0 {
+            err("smtp.max_recipients".into(), "must be at least 1".into());
+        }
+        if self.smtp.max_connections == 0 {
+            err("smtp.max_connections".into(), "must be at least 1".into());
+        }
+        if self.smtp.listeners.is_empty() {
+            err(
+                "smtp.listener".into(),
+                "at least one [[smtp.listener]] is needed".into(),
+            );
+        }
+        for (i, l) in self.smtp.listeners.iter().enumerate() {
+            let key = |k: &str| format!("smtp.listener[{i}].{k}");
+            match (&l.tls_cert, &l.tls_key) {
+                (Some(_), None) => {
+                    err(key("tls_key"), "tls_cert is set, tls_key is missing".into())
+                }
+                (None, Some(_)) => err(
+                    key("tls_cert"),
+                    "tls_key is set, tls_cert is missing".into(),
+                ),
+                _ => {}
+            }
+            for (k, path) in [("tls_cert", &l.tls_cert), ("tls_key", &l.tls_key)] {
+                if let Some(p) = path
+                    && !p.is_file()
+                {
+                    err(key(k), format!("file {} not found", p.display()));
+                }
+            }
+            if l.mode == ListenerMode::ImplicitTls && l.tls_cert.is_none() {
+                err(
+                    key("tls_cert"),
+                    "mode implicit-tls needs tls_cert and tls_key".into(),
+                );
+            }
+            if l.mode == ListenerMode::Submission && self.smtp.users.is_empty() {
+                err(
+                    key("mode"),
+                    "submission requires AUTH, but no [[smtp.user]] is configured".into(),
+                );
+            }
+            for (j, other) in self.smtp.listeners.iter().enumerate().skip(i + 1) {
+                if other.address == l.address {
+                    err(
+                        format!("smtp.listener[{j}].address"),
+                        format!("{} is already used by smtp.listener[{i}]", l.address),
+                    );
+                }
+            }
+        }
+        for (i, u) in self.smtp.users.iter().enumerate() {
+            if u.name.is_empty() {
+                err(format!("smtp.user[{i}].name"), "must not be empty".into());
+            }
+            if argon2::PasswordHash::new(&u.password_hash).is_err() {
+                err(
+                    format!("smtp.user[{i}].password_hash"),
+                    "not a PHC password hash; make one with `batonctl hash-password`".into(),
+                );
+            }
+        }
+        let d = &self.delivery;
+        if !d.smarthost.is_empty() && !d.smarthost.contains(':') {
+            err(
+                "delivery.smarthost".into(),
+                format!("{:?} must be host:port", d.smarthost),
+            );
+        }
+        if d.mx_port == 0 {
+            err("delivery.mx_port".into(), "must be a port number".into());
+        }
+        if d.retry_intervals.is_empty() {
+            err(
+                "delivery.retry_intervals".into(),
+                "needs at least one interval".into(),
+            );
+        }
+        if d.retry_intervals.iter().any(|i| i.is_zero()) {
+            err(
+                "delivery.retry_intervals".into(),
+                "intervals must be longer than 0".into(),
+            );
+        }
+        if d.max_age.is_zero() {
+            err("delivery.max_age".into(), "must be longer than 0".into());
+        }
+        if d.max_connections_per_domain == 0 {
+            err(
+                "delivery.max_connections_per_domain".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if d.max_messages_per_connection == 0 {
+            err(
+                "delivery.max_messages_per_connection".into(),
+                "must be at least 1".into(),
+            );
+        }
+        for (i, k) in self.dkim.iter().enumerate() {
+            if !k.key_file.is_file() {
+                err(
+                    format!("dkim[{i}].key_file"),
+                    format!("file {} not found", k.key_file.display()),
+                );
+            }
+            if k.algorithm != "rsa-sha256" && k.algorithm != "ed25519-sha256" {
+                err(
+                    format!("dkim[{i}].algorithm"),
+                    format!("{:?} is not rsa-sha256 or ed25519-sha256", k.algorithm),
+                );
+            }
+        }
+        if !self.admin.listen.ip().is_loopback() && self.admin.token.is_empty() {
+            err(
+                "admin.token".into(),
+                format!(
+                    "admin.listen {} is not loopback, so a token is required",
+                    self.admin.listen
+                ),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_config_is_valid() {
+        Config::dev(None).validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[smtp]\nhostname = \"x\"\nmax_mesage_size = 5\n").unwrap_err();
+        assert_eq!(e.0[0].key, "smtp.max_mesage_size");
+        assert!(e.0[0].reason.contains("max_mesage_size"), "{e}");
+        let e = Config::parse("[[smtp.listener]]\naddress = \"127.0.0.1:25\"\nmode = \"bogus\"\n")
+            .unwrap_err();
+        assert_eq!(e.0[0].key, "smtp.listener[0].mode", "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let c = Config::parse(
+            r#"
+[node]
+id = 0
+[[smtp.listener]]
+address = "127.0.0.1:2525"
+mode = "implicit-tls"
+tls_key = "/nonexistent.key"
+[delivery]
+retry_intervals = []
+[admin]
+listen = "0.0.0.0:7401"
+"#,
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "node.id",
+            "smtp.listener[0].tls_cert",
+            "smtp.listener[0].tls_key",
+            "delivery.retry_intervals",
+            "admin.token",
+        ] {
+            assert!(keys.contains(&k), "{k} missing in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        let c =
+            Config::parse("[delivery]\nretry_intervals = [\"30s\", \"2m\"]\nmax_age = \"1h\"\n")
+                .unwrap();
+        assert_eq!(
+            c.delivery.retry_intervals,
+            vec![Duration::from_secs(30), Duration::from_secs(120)]
+        );
+        assert_eq!(c.delivery.max_age, Duration::from_secs(3600));
+    }
+}

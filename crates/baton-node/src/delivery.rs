@@ -1,0 +1,645 @@
+//! Delivery actors: the DeliveryManager starts one DomainDelivery per destination domain
+//! with due work; a DomainDelivery sends its domain's messages over a few connections
+//! and reports every outcome to the OutcomeBatcher.
+//!
+//! A message stays "in flight" in its DomainDelivery from the moment it is taken until
+//! its outcome is committed and applied, so it is never sent twice by this node.
+
+use crate::batcher::BatcherMsg;
+use crate::metrics as m;
+use baton_delivery::date::now_ms;
+use baton_delivery::dsn::{self, FailedRecipient};
+use baton_delivery::outbound::{ConnError, Connection, Timeouts, Transaction};
+use baton_delivery::retry::RetryPolicy;
+use baton_delivery::route::{RouteError, Router, Target};
+use baton_delivery::tls::{TlsClients, TlsPolicy};
+use baton_queue::state_machine::QueueReader;
+use baton_queue::{DeliveryRecord, MessageMeta, NewMessage, Outcome};
+use baton_smtp::address::{Mailbox, ReversePath};
+use baton_smtp::client::OutboundMessage;
+use baton_smtp::reply::Reply;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What every delivery actor needs.
+pub struct DeliveryContext {
+    pub hostname: String,
+    pub reader: QueueReader,
+    pub router: Router,
+    pub tls: TlsClients,
+    pub tls_policy: TlsPolicy,
+    pub retry: RetryPolicy,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+    pub max_messages_per_connection: usize,
+    pub outcomes: ActorRef<BatcherMsg<Outcome>>,
+    /// False while this node must not start transactions (draining, no lease).
+    pub may_deliver: watch::Receiver<bool>,
+}
+
+// ---------------------------------------------------------------- manager
+
+pub struct DeliveryManager;
+
+pub enum ManagerMsg {
+    /// The queue changed: look at the dirty domains.
+    Changed,
+}
+
+pub struct ManagerState {
+    ctx: Arc<DeliveryContext>,
+    domains: HashMap<String, ActorRef<DomainMsg>>,
+    by_cell: HashMap<ractor::ActorId, String>,
+}
+
+impl ManagerState {
+    async fn ensure(
+        &mut self,
+        myself: &ActorRef<ManagerMsg>,
+        domain: String,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(actor) = self.domains.get(&domain) {
+            let _ = actor.cast(DomainMsg::Poke);
+            return Ok(());
+        }
+        if self.ctx.reader.shared.with(|i| i.queued(&domain)) == 0 {
+            return Ok(());
+        }
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            DomainDelivery,
+            (self.ctx.clone(), domain.clone()),
+            myself.get_cell(),
+        )
+        .await?;
+        self.by_cell.insert(actor.get_id(), domain.clone());
+        self.domains.insert(domain, actor);
+        Ok(())
+    }
+}
+
+impl Actor for DeliveryManager {
+    type Msg = ManagerMsg;
+    type State = ManagerState;
+    type Arguments = Arc<DeliveryContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Watch the queue: every apply bumps `changed`.
+        let mut changed = ctx.reader.shared.changed.subscribe();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            loop {
+                if me.cast(ManagerMsg::Changed).is_err() {
+                    return;
+                }
+                if changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Everything queued at start is due for a look.
+        ctx.reader.shared.with(|i| {
+            for d in i.domains() {
+                i.mark_dirty(&d);
+            }
+        });
+        Ok(ManagerState {
+            ctx,
+            domains: HashMap::new(),
+            by_cell: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ManagerMsg::Changed => {
+                let dirty = state.ctx.reader.shared.with(|i| i.take_dirty());
+                for domain in dirty {
+                    state.ensure(&myself, domain).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure): (ActorCell, Option<String>) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),
+            _ => return Ok(()),
+        };
+        if let Some(domain) = state.by_cell.remove(&cell.get_id()) {
+            state.domains.remove(&domain);
+            if let Some(e) = failure {
+                tracing::error!(%domain, error = %e, "domain delivery crashed; restarting");
+            }
+            // Work may have arrived while it was stopping.
+            state.ensure(&myself, domain).await?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- one domain
+
+pub struct DomainDelivery;
+
+pub enum DomainMsg {
+    /// New or changed work; also the retry timer.
+    Poke,
+    /// A message's outcome is committed (or failed to commit): it may be taken again.
+    Finished(String),
+    /// A connection task ended.
+    ConnectionDone,
+}
+
+pub struct DomainState {
+    ctx: Arc<DeliveryContext>,
+    domain: String,
+    in_flight: HashSet<String>,
+    work: Arc<Mutex<VecDeque<String>>>,
+    connections: usize,
+    timer_at: Option<u64>,
+}
+
+impl Actor for DomainDelivery {
+    type Msg = DomainMsg;
+    type State = DomainState;
+    type Arguments = (Arc<DeliveryContext>, String);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (ctx, domain): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let _ = myself.cast(DomainMsg::Poke);
+        Ok(DomainState {
+            ctx,
+            domain,
+            in_flight: HashSet::new(),
+            work: Arc::new(Mutex::new(VecDeque::new())),
+            connections: 0,
+            timer_at: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DomainMsg::Poke => {}
+            DomainMsg::Finished(id) => {
+                state.in_flight.remove(&id);
+            }
+            DomainMsg::ConnectionDone => state.connections = state.connections.saturating_sub(1),
+        }
+        state.schedule(&myself);
+        if state.in_flight.is_empty()
+            && state.connections == 0
+            && state.ctx.reader.shared.with(|i| i.queued(&state.domain)) == 0
+        {
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}
+
+impl DomainState {
+    /// Takes due work, starts connections for it and arms the retry timer.
+    fn schedule(&mut self, myself: &ActorRef<DomainMsg>) {
+        let now = now_ms();
+        if !*self.ctx.may_deliver.borrow() {
+            self.arm_timer(myself, now + 1000);
+            return;
+        }
+        let limit = 1000;
+        let due = self
+            .ctx
+            .reader
+            .shared
+            .with(|i| i.due(&self.domain, now, limit + self.in_flight.len()));
+        let mut queued = 0;
+        {
+            let mut work = self.work.lock().unwrap_or_else(|p| p.into_inner());
+            for id in due {
+                if self.in_flight.insert(id.clone()) {
+                    work.push_back(id);
+                }
+            }
+            queued = queued.max(work.len());
+        }
+        let per_connection = self.ctx.max_messages_per_connection.clamp(1, 20);
+        let wanted = queued
+            .div_ceil(per_connection)
+            .min(self.ctx.max_connections);
+        while self.connections < wanted {
+            self.connections += 1;
+            let worker = Worker {
+                ctx: self.ctx.clone(),
+                domain: self.domain.clone(),
+                work: self.work.clone(),
+                actor: myself.clone(),
+            };
+            tokio::spawn(worker.run());
+        }
+        let next = self
+            .ctx
+            .reader
+            .shared
+            .with(|i| i.next_due_after(&self.domain, now, &self.in_flight));
+        if let Some(at) = next {
+            self.arm_timer(myself, at);
+        }
+    }
+
+    fn arm_timer(&mut self, myself: &ActorRef<DomainMsg>, at: u64) {
+        let now = now_ms();
+        if let Some(t) = self.timer_at
+            && t > now
+            && t <= at
+        {
+            return;
+        }
+        self.timer_at = Some(at);
+        let wait = Duration::from_millis(at.saturating_sub(now).max(10));
+        let me = myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = me.cast(DomainMsg::Poke);
+        });
+    }
+}
+
+/// One connection's worth of work: takes ids from the domain's work queue until empty.
+struct Worker {
+    ctx: Arc<DeliveryContext>,
+    domain: String,
+    work: Arc<Mutex<VecDeque<String>>>,
+    actor: ActorRef<DomainMsg>,
+}
+
+/// Everything needed to attempt one message.
+struct Job {
+    id: String,
+    meta: MessageMeta,
+    record: DeliveryRecord,
+}
+
+impl Worker {
+    fn next_id(&self) -> Option<String> {
+        self.work
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+
+    async fn run(self) {
+        let mut conn: Option<Connection> = None;
+        let mut sent_on_conn = 0usize;
+        let mut targets: Option<Vec<Target>> = None;
+        while let Some(id) = self.next_id() {
+            let job = match self.load(&id) {
+                Some(job) => job,
+                None => {
+                    let _ = self.actor.cast(DomainMsg::Finished(id));
+                    continue;
+                }
+            };
+            let now = now_ms();
+            if self.ctx.retry.expired(job.meta.received_at_ms, now) {
+                let reason = format!(
+                    "delivery time expired after {} attempts; last reply: {}",
+                    job.record.attempts,
+                    job.record.last_reply.as_deref().unwrap_or("none")
+                );
+                let failed = job
+                    .record
+                    .recipients
+                    .iter()
+                    .map(|r| (r.clone(), "4.4.7".to_string(), reason.clone()))
+                    .collect();
+                self.finish(&job, Vec::new(), failed, Vec::new(), None, None);
+                continue;
+            }
+            if targets.is_none() {
+                match self.ctx.router.route(&self.domain).await {
+                    Ok(t) => targets = Some(t),
+                    Err(e) => {
+                        self.route_failed(job, &e);
+                        while let Some(id) = self.next_id() {
+                            if let Some(job) = self.load(&id) {
+                                self.route_failed(job, &e);
+                            } else {
+                                let _ = self.actor.cast(DomainMsg::Finished(id));
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            if conn.as_ref().is_some_and(|c| !c.is_ready())
+                || sent_on_conn >= self.ctx.max_messages_per_connection
+            {
+                if let Some(c) = conn.take() {
+                    c.quit().await;
+                }
+                sent_on_conn = 0;
+            }
+            if conn.is_none() {
+                let opened = Connection::open(
+                    targets.as_deref().unwrap_or_default(),
+                    &self.ctx.hostname,
+                    self.ctx.tls_policy,
+                    &self.ctx.tls,
+                    &self.ctx.timeouts,
+                )
+                .await;
+                match opened {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        // No host takes mail now: defer this and everything waiting.
+                        let reason = e.to_string();
+                        self.defer_all(&job, &reason);
+                        while let Some(id) = self.next_id() {
+                            match self.load(&id) {
+                                Some(job) => self.defer_all(&job, &reason),
+                                None => {
+                                    let _ = self.actor.cast(DomainMsg::Finished(id));
+                                }
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { break };
+            self.attempt(c, job).await;
+            sent_on_conn += 1;
+        }
+        if let Some(c) = conn.take() {
+            c.quit().await;
+        }
+        let _ = self.actor.cast(DomainMsg::ConnectionDone);
+    }
+
+    fn load(&self, id: &str) -> Option<Job> {
+        let reader = &self.ctx.reader;
+        let record = reader.delivery(&self.domain, id).ok().flatten()?;
+        let meta = reader.message(id).ok().flatten()?;
+        Some(Job {
+            id: id.to_string(),
+            meta,
+            record,
+        })
+    }
+
+    async fn attempt(&self, conn: &mut Connection, job: Job) {
+        let Some(body) = self.ctx.reader.body(&job.id).ok().flatten() else {
+            let _ = self.actor.cast(DomainMsg::Finished(job.id));
+            return;
+        };
+        let from = if job.meta.sender.is_empty() {
+            ReversePath::Null
+        } else {
+            match Mailbox::parse(&job.meta.sender) {
+                Ok(m) => ReversePath::Mailbox(m),
+                Err(_) => ReversePath::Null,
+            }
+        };
+        let mut rcpts = Vec::new();
+        let mut bad = Vec::new();
+        for r in &job.record.recipients {
+            match Mailbox::parse(r) {
+                Ok(m) => rcpts.push((r.clone(), m)),
+                Err(e) => bad.push((
+                    r.clone(),
+                    "5.1.3".to_string(),
+                    format!("bad recipient address: {e}"),
+                )),
+            }
+        }
+        let message = OutboundMessage {
+            from,
+            rcpts: rcpts.iter().map(|(_, m)| m.clone()).collect(),
+            size_hint: body.len() as u64,
+            eight_bit: job.meta.eight_bit,
+            smtputf8: job.meta.smtputf8,
+        };
+        let may = self.ctx.may_deliver.clone();
+        let may_finish = move || *may.borrow();
+        let host = conn.target.host.clone();
+        match conn.send(message, &body, &may_finish).await {
+            Ok(Transaction {
+                rcpt_replies,
+                data_reply,
+            }) => {
+                let mut delivered = Vec::new();
+                let mut failed = bad;
+                let mut deferred = Vec::new();
+                for (i, (addr, _)) in rcpts.iter().enumerate() {
+                    let rcpt = rcpt_replies.get(i);
+                    let verdict = match (rcpt, &data_reply) {
+                        (Some(r), _) if !r.is_positive() => r,
+                        (Some(_), Some(d)) => d,
+                        (Some(r), None) => r,
+                        (None, Some(d)) => d,
+                        (None, None) => {
+                            deferred.push((addr.clone(), "no reply for recipient".to_string()));
+                            continue;
+                        }
+                    };
+                    if verdict.is_positive() {
+                        delivered.push(addr.clone());
+                    } else if verdict.is_permanent() {
+                        failed.push((
+                            addr.clone(),
+                            status_of(verdict, "5.0.0"),
+                            verdict.to_string().trim().to_string(),
+                        ));
+                    } else {
+                        deferred.push((addr.clone(), verdict.to_string().trim().to_string()));
+                    }
+                }
+                let last = data_reply
+                    .as_ref()
+                    .or(rcpt_replies.last())
+                    .map(|r| r.to_string().trim().to_string());
+                tracing::info!(
+                    id = %job.id, domain = %self.domain, host = %host, tls = conn.tls,
+                    delivered = delivered.len(), failed = failed.len(), deferred = deferred.len(),
+                    reply = last.as_deref().unwrap_or(""), "attempt"
+                );
+                self.finish(&job, delivered, failed, deferred, last, Some(host));
+            }
+            Err(ConnError::Abandoned) => {
+                tracing::info!(id = %job.id, "delivery abandoned before the final dot");
+                let _ = self.actor.cast(DomainMsg::Finished(job.id));
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::info!(id = %job.id, domain = %self.domain, error = %reason, "attempt failed");
+                self.defer_all(&job, &reason);
+            }
+        }
+    }
+
+    fn route_failed(&self, job: Job, e: &RouteError) {
+        if e.is_permanent() {
+            let failed = job
+                .record
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), e.status().to_string(), e.to_string()))
+                .collect();
+            self.finish(
+                &job,
+                Vec::new(),
+                failed,
+                Vec::new(),
+                Some(e.to_string()),
+                None,
+            );
+        } else {
+            self.defer_all(&job, &e.to_string());
+        }
+    }
+
+    fn defer_all(&self, job: &Job, reason: &str) {
+        let deferred = job
+            .record
+            .recipients
+            .iter()
+            .map(|r| (r.clone(), reason.to_string()))
+            .collect();
+        self.finish(
+            job,
+            Vec::new(),
+            Vec::new(),
+            deferred,
+            Some(reason.to_string()),
+            None,
+        );
+    }
+
+    /// Commits the outcome of one attempt; the message leaves "in flight" afterwards.
+    fn finish(
+        &self,
+        job: &Job,
+        delivered: Vec<String>,
+        failed: Vec<(String, String, String)>,
+        deferred: Vec<(String, String)>,
+        last_reply: Option<String>,
+        remote: Option<String>,
+    ) {
+        let now = now_ms();
+        metrics::counter!(m::DELIVERED).increment(delivered.len() as u64);
+        metrics::counter!(m::BOUNCED).increment(failed.len() as u64);
+        metrics::counter!(m::DEFERRED).increment(deferred.len() as u64);
+        let mut finished = delivered;
+        finished.extend(failed.iter().map(|(r, _, _)| r.clone()));
+        let dsn = if !failed.is_empty() && !job.meta.sender.is_empty() {
+            self.dsn(job, &failed, remote.as_deref(), now)
+        } else {
+            None
+        };
+        let next_attempt_ms =
+            now + self.ctx.retry.delay(job.record.attempts + 1).as_millis() as u64;
+        let outcome = Outcome {
+            id: job.id.clone(),
+            domain: self.domain.clone(),
+            finished,
+            next_attempt_ms,
+            last_reply,
+            dsn,
+        };
+        let outcomes = self.ctx.outcomes.clone();
+        let actor = self.actor.clone();
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            let result = outcomes
+                .call(
+                    |port| BatcherMsg::Submit(outcome, port),
+                    Some(Duration::from_secs(60)),
+                )
+                .await;
+            if !matches!(result, Ok(ractor::rpc::CallResult::Success(Ok(())))) {
+                tracing::error!(%id, "could not commit a delivery outcome; it will be retried");
+            }
+            let _ = actor.cast(DomainMsg::Finished(id));
+        });
+    }
+
+    fn dsn(
+        &self,
+        job: &Job,
+        failed: &[(String, String, String)],
+        remote: Option<&str>,
+        now: u64,
+    ) -> Option<NewMessage> {
+        let original = self
+            .ctx
+            .reader
+            .body(&job.id)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let token = ulid::Ulid::new().to_string();
+        let recipients: Vec<FailedRecipient> = failed
+            .iter()
+            .map(|(address, status, diagnostic)| FailedRecipient {
+                address: address.clone(),
+                status: status.clone(),
+                remote_mta: remote.map(str::to_string),
+                diagnostic: diagnostic.clone(),
+            })
+            .collect();
+        let body = dsn::build(&dsn::DsnInput {
+            reporting_mta: &self.ctx.hostname,
+            queue_id: &job.id,
+            to: &job.meta.sender,
+            arrival_unix: job.meta.received_at_ms / 1000,
+            now_unix: now / 1000,
+            recipients: &recipients,
+            original: &original,
+            token: &token,
+        });
+        Some(NewMessage {
+            id: token,
+            sender: String::new(),
+            recipients: vec![job.meta.sender.clone()],
+            body,
+            received_at_ms: now,
+            eight_bit: original.iter().any(|b| *b >= 0x80),
+            smtputf8: job.meta.smtputf8,
+        })
+    }
+}
+
+/// The enhanced status of a reply, or `default`.
+fn status_of(reply: &Reply, default: &str) -> String {
+    reply
+        .enhanced
+        .as_ref()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| default.to_string())
+}

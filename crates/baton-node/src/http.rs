@@ -1,0 +1,59 @@
+//! `/healthz`, `/readyz` and `/metrics` (CONTRACT.md, "HTTP").
+
+use crate::metrics as m;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use baton_queue::QueueNode;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub struct HttpState {
+    pub queue: QueueNode,
+    pub prometheus: PrometheusHandle,
+    /// True when the node accepts SMTP (leader known, caught up, not draining).
+    pub ready: watch::Receiver<bool>,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, mut stop: watch::Receiver<bool>) {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    if *state.ready.borrow() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let q = &state.queue;
+    let raft = q.raft.metrics().borrow().clone();
+    metrics::gauge!(m::RAFT_LEADER).set(if raft.current_leader == Some(q.id) {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!(m::RAFT_TERM).set(raft.current_term as f64);
+    metrics::gauge!(m::RAFT_APPLIED_INDEX).set(raft.last_applied.map_or(0, |l| l.index) as f64);
+    metrics::gauge!(m::RAFT_COMMIT_INDEX).set(q.committed.load(Ordering::Relaxed) as f64);
+    metrics::gauge!(m::QUEUE_MESSAGES).set(q.reader.shared.with(|i| i.messages()) as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+}

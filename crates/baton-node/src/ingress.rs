@@ -1,0 +1,494 @@
+//! Inbound SMTP: one listener task per `[[smtp.listener]]`, one session task per
+//! connection driving `baton_smtp::server::ServerSession` over the socket.
+//!
+//! The session loop is thin: feed bytes to the engine, carry out its actions (write a
+//! reply, upgrade to TLS, check credentials, hand a message to the Committer), feed the
+//! results back. A message is answered 250 only after the Committer reports its `Enqueue`
+//! committed and flushed.
+
+use crate::auth::Users;
+use crate::batcher::BatcherMsg;
+use crate::config::{ListenerConfig, ListenerMode, SmtpConfig};
+use crate::metrics as m;
+use baton_delivery::date::{now_ms, rfc5322};
+use baton_queue::NewMessage;
+use baton_smtp::command::BodyType;
+use baton_smtp::proxy;
+use baton_smtp::reply::Reply;
+use baton_smtp::server::{Action, Envelope, Event, Phase, ServerConfig, ServerSession};
+use ipnet::IpNet;
+use ractor::ActorRef;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+/// What every session of a node shares.
+pub struct IngressShared {
+    pub smtp: SmtpConfig,
+    pub users: Users,
+    pub committer: ActorRef<BatcherMsg<NewMessage>>,
+    pub connections: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Set while the node accepts mail (leader known, not draining).
+    pub accepting: watch::Receiver<bool>,
+}
+
+impl IngressShared {
+    pub fn new(
+        smtp: SmtpConfig,
+        users: Users,
+        committer: ActorRef<BatcherMsg<NewMessage>>,
+        accepting: watch::Receiver<bool>,
+    ) -> Arc<IngressShared> {
+        Arc::new(IngressShared {
+            connections: Arc::new(Semaphore::new(smtp.max_connections)),
+            smtp,
+            users,
+            committer,
+            per_ip: Mutex::new(HashMap::new()),
+            accepting,
+        })
+    }
+
+    fn per_ip_enter(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpGuard> {
+        let limit = self.smtp.max_connections_per_ip;
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if limit > 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpGuard {
+            shared: self.clone(),
+            ip,
+        })
+    }
+}
+
+struct PerIpGuard {
+    shared: Arc<IngressShared>,
+    ip: IpAddr,
+}
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+struct SessionGauge;
+impl SessionGauge {
+    fn new() -> SessionGauge {
+        metrics::gauge!(m::SMTP_SESSIONS).increment(1.0);
+        SessionGauge
+    }
+}
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(m::SMTP_SESSIONS).decrement(1.0);
+    }
+}
+
+/// A bound listener, ready to serve.
+pub struct Listener {
+    tcp: TcpListener,
+    config: ListenerConfig,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    pub async fn bind(config: ListenerConfig) -> Result<Listener, String> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(crate::tls::server_config(c, k)?)),
+            _ => None,
+        };
+        let tcp = TcpListener::bind(config.address)
+            .await
+            .map_err(|e| format!("smtp listener {}: {e}", config.address))?;
+        Ok(Listener { tcp, config, tls })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr().unwrap_or(self.config.address)
+    }
+
+    /// Accepts until `stop` turns true, then waits for open sessions (bounded by
+    /// `drain`) before returning.
+    pub async fn run(
+        self,
+        shared: Arc<IngressShared>,
+        mut stop: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        let listener = Arc::new(self.config);
+        let tls = self.tls;
+        let mut sessions = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                accepted = self.tcp.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let shared = shared.clone();
+                    let listener = listener.clone();
+                    let tls = tls.clone();
+                    let id = ulid::Ulid::new().to_string();
+                    let span = tracing::info_span!("smtp", session = %id, peer = %peer, listener = %listener.address);
+                    sessions.spawn(async move {
+                        if let Err(e) = serve(tcp, peer, shared, listener, tls).await {
+                            tracing::debug!(error = %e, "session ended");
+                        }
+                    }.instrument(span));
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        drop(self.tcp);
+        let _ = tokio::time::timeout(drain, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        sessions.abort_all();
+    }
+}
+
+/// The socket, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn io(&mut self) -> std::io::Result<&mut (dyn AsyncReadWrite + Unpin)> {
+        match self {
+            Conn::Plain(s) => Ok(s),
+            Conn::Tls(s) => Ok(s.as_mut()),
+        }
+    }
+}
+
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> AsyncReadWrite for T {}
+
+async fn serve(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<IngressShared>,
+    listener: Arc<ListenerConfig>,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let _gauge = SessionGauge::new();
+    let hostname = shared.smtp.hostname.clone();
+    let Ok(_permit): Result<OwnedSemaphorePermit, _> =
+        shared.connections.clone().try_acquire_owned()
+    else {
+        let reply = Reply::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Too many connections, try again later"),
+        );
+        tcp.write_all(&reply.to_bytes()).await?;
+        return Ok(());
+    };
+
+    // The PROXY header, if the listener expects one, names the real client.
+    let mut early = Vec::new();
+    let client = if listener.proxy_protocol {
+        match read_proxy_header(&mut tcp, &mut early).await? {
+            Some(addr) => addr,
+            None => peer,
+        }
+    } else {
+        peer
+    };
+    tracing::Span::current().record("peer", tracing::field::display(client));
+    let Some(_ip_guard) = shared.per_ip_enter(client.ip()) else {
+        let reply = Reply::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Too many connections from your address"),
+        );
+        tcp.write_all(&reply.to_bytes()).await?;
+        return Ok(());
+    };
+    if !*shared.accepting.borrow() {
+        let reply = Reply::new(
+            421,
+            "4.3.2",
+            format!("{hostname} Service not available, try again later"),
+        );
+        tcp.write_all(&reply.to_bytes()).await?;
+        return Ok(());
+    }
+
+    let relay_allowed = in_networks(&listener.relay_networks, client.ip());
+    let implicit = listener.mode == ListenerMode::ImplicitTls;
+    let mut conn = Conn::Plain(tcp);
+    if implicit {
+        let Some(acceptor) = &tls else {
+            return Ok(());
+        };
+        conn = upgrade(conn, acceptor, shared.smtp.command_timeout).await?;
+    }
+    let mut session = ServerSession::new(ServerConfig {
+        hostname: hostname.clone(),
+        max_message_size: shared.smtp.max_message_size,
+        max_recipients: shared.smtp.max_recipients,
+        max_errors: shared.smtp.max_errors,
+        tls_available: tls.is_some(),
+        tls_active: implicit,
+        auth_enabled: !shared.users.is_empty(),
+        require_auth: listener.mode == ListenerMode::Submission,
+        relay_allowed,
+        check_recipients: false,
+        greeting_banner: "ESMTP Baton".into(),
+    });
+
+    let mut out = Vec::with_capacity(1024);
+    let mut actions: VecDeque<Action> = session.handle(Event::Connected).into();
+    if !early.is_empty() {
+        actions.extend(session.handle(Event::Input(&early)));
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::Reply(reply) => reply.write_to(&mut out),
+                Action::Close => {
+                    flush(&mut conn, &mut out).await?;
+                    if let Ok(io) = conn.io() {
+                        let _ = io.shutdown().await;
+                    }
+                    return Ok(());
+                }
+                Action::StartTls => {
+                    flush(&mut conn, &mut out).await?;
+                    let Some(acceptor) = &tls else {
+                        return Ok(());
+                    };
+                    conn = upgrade(conn, acceptor, shared.smtp.command_timeout).await?;
+                    actions.extend(session.handle(Event::TlsEstablished));
+                }
+                Action::CheckAuth {
+                    username,
+                    password,
+                    authzid,
+                    ..
+                } => {
+                    flush(&mut conn, &mut out).await?;
+                    let ok = (authzid.is_empty() || authzid == username)
+                        && shared.users.verify(&username, &password).await;
+                    if !ok {
+                        tracing::info!(user = %username, client = %client, "authentication failed");
+                    }
+                    actions.extend(session.handle(Event::AuthChecked { ok }));
+                }
+                Action::CheckRcpt { .. } => {
+                    actions.extend(session.handle(Event::RcptChecked(Ok(()))));
+                }
+                Action::Enqueue(envelope) => {
+                    flush(&mut conn, &mut out).await?;
+                    match commit(&shared, envelope, client, matches!(conn, Conn::Tls(_))).await {
+                        Some(result) => {
+                            let code = match &result {
+                                Ok(_) => "250",
+                                Err(r) if r.is_transient() => "4xx",
+                                Err(_) => "5xx",
+                            };
+                            metrics::counter!(m::SMTP_REPLIES, "code" => code).increment(1);
+                            actions.extend(session.handle(Event::Enqueued(result)));
+                        }
+                        None => {
+                            // Appended but not known to be committed within the bound:
+                            // close without a reply (ARCHITECTURE.md).
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        flush(&mut conn, &mut out).await?;
+        let timeout = match session.phase() {
+            Phase::Data => shared.smtp.data_timeout,
+            Phase::Closed => return Ok(()),
+            _ => shared.smtp.command_timeout,
+        };
+        let io = conn.io()?;
+        match tokio::time::timeout(timeout, io.read(&mut buf)).await {
+            Err(_) => actions.extend(session.handle(Event::Timeout)),
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(n)) => actions.extend(session.handle(Event::Input(&buf[..n]))),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let io = conn.io()?;
+    io.write_all(out).await?;
+    io.flush().await?;
+    out.clear();
+    Ok(())
+}
+
+async fn upgrade(conn: Conn, acceptor: &TlsAcceptor, timeout: Duration) -> std::io::Result<Conn> {
+    let Conn::Plain(tcp) = conn else {
+        return Err(std::io::Error::other("TLS is already active"));
+    };
+    let stream = tokio::time::timeout(timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+        })??;
+    Ok(Conn::Tls(Box::new(stream)))
+}
+
+/// Reads a PROXY v1/v2 header; bytes after it stay in `rest`.
+async fn read_proxy_header(
+    tcp: &mut TcpStream,
+    rest: &mut Vec<u8>,
+) -> std::io::Result<Option<SocketAddr>> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match proxy::parse(&buf) {
+            Ok(Some((header, used))) => {
+                rest.extend_from_slice(&buf[used..]);
+                return Ok(header.source);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("PROXY header: {e}"),
+                ));
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no PROXY header"))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn in_networks(networks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    networks.iter().any(|n| n.contains(&ip))
+}
+
+/// Hands the message to the Committer; `None` when the commit's outcome is unknown.
+async fn commit(
+    shared: &IngressShared,
+    envelope: Envelope,
+    client: SocketAddr,
+    tls: bool,
+) -> Option<Result<String, Reply>> {
+    let id = ulid::Ulid::new().to_string();
+    let message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
+    let result = shared
+        .committer
+        .call(
+            |port| BatcherMsg::Submit(message, port),
+            Some(shared.smtp.commit_timeout),
+        )
+        .await;
+    match result {
+        Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
+            metrics::counter!(m::RECEIVED).increment(1);
+            tracing::info!(id = %id, "queued");
+            Some(Ok(id))
+        }
+        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+            tracing::warn!(error = %e, "enqueue failed");
+            Some(Err(Reply::new(
+                451,
+                "4.3.0",
+                "Queue unavailable, try again later",
+            )))
+        }
+        Ok(ractor::rpc::CallResult::Timeout) => None,
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Some(Err(Reply::new(
+            451,
+            "4.3.0",
+            "Queue unavailable, try again later",
+        ))),
+    }
+}
+
+/// The queued form of a received message, with our `Received:` header on top.
+fn build_message(
+    hostname: &str,
+    id: &str,
+    env: Envelope,
+    client: SocketAddr,
+    tls: bool,
+) -> NewMessage {
+    let protocol = match (env.esmtp, tls, env.authenticated.is_some()) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
+    };
+    let now = now_ms();
+    let helo: String = env
+        .helo
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let mut received = format!(
+        "Received: from {helo} ([{}])\r\n\tby {hostname} (Baton) with {protocol} id {id}",
+        client.ip()
+    );
+    if let [only] = env.rcpts.as_slice() {
+        received.push_str(&format!("\r\n\tfor <{only}>"));
+    }
+    received.push_str(&format!("; {}\r\n", rfc5322(now / 1000)));
+    let mut body = Vec::with_capacity(received.len() + env.body.len());
+    body.extend_from_slice(received.as_bytes());
+    body.extend_from_slice(&env.body);
+    let eight_bit = env.body_type != BodyType::SevenBit || env.body.iter().any(|b| *b >= 0x80);
+    NewMessage {
+        id: id.to_string(),
+        sender: env
+            .from
+            .mailbox()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+        recipients: env.rcpts.iter().map(|r| r.to_string()).collect(),
+        body,
+        received_at_ms: now,
+        eight_bit,
+        smtputf8: env.smtputf8,
+    }
+}

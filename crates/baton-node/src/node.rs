@@ -1,0 +1,204 @@
+//! [`run`]: one node, wired together — queue, committer, delivery, ingress, HTTP.
+
+use crate::auth::Users;
+use crate::batcher::{Batcher, BatcherArgs, WriteFn};
+use crate::config::{Config, TlsMode};
+use crate::delivery::{DeliveryContext, DeliveryManager};
+use crate::http::{self, HttpState};
+use crate::ingress::{IngressShared, Listener};
+use anyhow::Context;
+use baton_delivery::date::now_ms;
+use baton_delivery::outbound::Timeouts;
+use baton_delivery::retry::RetryPolicy;
+use baton_delivery::route::{RouteConfig, Router};
+use baton_delivery::tls::{TlsClients, TlsPolicy};
+use baton_queue::{NewMessage, Outcome, QueueNode, QueueOptions};
+use ractor::Actor;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a drain waits for open SMTP sessions and deliveries.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Runs a node until `shutdown` turns true, then drains and returns.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let prometheus = crate::metrics::install();
+
+    let data_dir = config.node.data_dir.clone();
+    let has_state = data_dir.join("db").exists();
+    if !has_state && !config.cluster.bootstrap {
+        anyhow::bail!(
+            "{} holds no cluster state and cluster.bootstrap is false: set cluster.bootstrap = true to form a new cluster",
+            data_dir.display()
+        );
+    }
+    let queue = QueueNode::open(QueueOptions {
+        node_id: config.node.id,
+        data_dir: data_dir.clone(),
+        advertise: config.cluster.advertise.clone(),
+        bootstrap: config.cluster.bootstrap,
+    })
+    .await
+    .with_context(|| format!("opening the queue in {}", data_dir.display()))?;
+
+    // Readiness: a leader is known and what was committed is applied.
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (deliver_tx, deliver_rx) = watch::channel(false);
+    {
+        let queue = queue.clone();
+        let ready_tx = ready_tx.clone();
+        let deliver_tx = deliver_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                if queue.wait_ready(Duration::from_secs(3600)).await.is_ok() {
+                    ready_tx.send_replace(true);
+                    deliver_tx.send_replace(true);
+                    return;
+                }
+            }
+        });
+    }
+
+    // Committer and OutcomeBatcher: group commit into Raft.
+    let q = queue.clone();
+    let write_messages: WriteFn<NewMessage> = Arc::new(move |batch| {
+        let q = q.clone();
+        Box::pin(async move {
+            q.enqueue(batch)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    });
+    let (committer, committer_handle) = Actor::spawn(
+        Some("committer".into()),
+        Batcher::<NewMessage>::default(),
+        BatcherArgs {
+            write: write_messages,
+            max_batch: 512,
+            max_in_flight: 4,
+            weight: |m: &NewMessage| m.body.len(),
+            max_batch_bytes: 16 * 1024 * 1024,
+        },
+    )
+    .await
+    .context("starting the committer")?;
+    let q = queue.clone();
+    let write_outcomes: WriteFn<Outcome> = Arc::new(move |batch| {
+        let q = q.clone();
+        Box::pin(async move {
+            q.record_outcomes(now_ms(), batch)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    let (outcomes, outcomes_handle) = Actor::spawn(
+        Some("outcomes".into()),
+        Batcher::<Outcome>::default(),
+        BatcherArgs {
+            write: write_outcomes,
+            max_batch: 1024,
+            max_in_flight: 2,
+            weight: |o: &Outcome| o.dsn.as_ref().map_or(256, |d| d.body.len()),
+            max_batch_bytes: 16 * 1024 * 1024,
+        },
+    )
+    .await
+    .context("starting the outcome batcher")?;
+
+    // Delivery.
+    let d = &config.delivery;
+    let router = Router::new(RouteConfig {
+        smarthost: (!d.smarthost.is_empty()).then(|| d.smarthost.clone()),
+        dns_servers: d.dns_servers.clone(),
+        mx_port: d.mx_port,
+    })
+    .map_err(|e| anyhow::anyhow!("delivery.dns_servers: {e}"))?;
+    let ctx = Arc::new(DeliveryContext {
+        hostname: config.smtp.hostname.clone(),
+        reader: queue.reader.clone(),
+        router,
+        tls: TlsClients::new(),
+        tls_policy: match d.tls {
+            TlsMode::Disabled => TlsPolicy::Disabled,
+            TlsMode::Opportunistic => TlsPolicy::Opportunistic,
+            TlsMode::Required => TlsPolicy::Required,
+        },
+        retry: RetryPolicy {
+            intervals: d.retry_intervals.clone(),
+            max_age: d.max_age,
+        },
+        timeouts: Timeouts {
+            connect: d.connect_timeout,
+            ..Timeouts::default()
+        },
+        max_connections: d.max_connections_per_domain,
+        max_messages_per_connection: d.max_messages_per_connection,
+        outcomes: outcomes.clone(),
+        may_deliver: deliver_rx,
+    });
+    let (manager, manager_handle) = Actor::spawn(Some("delivery".into()), DeliveryManager, ctx)
+        .await
+        .context("starting delivery")?;
+
+    // Ingress.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = IngressShared::new(
+        config.smtp.clone(),
+        Users::new(&config.smtp.users),
+        committer.clone(),
+        ready_rx.clone(),
+    );
+    let mut listeners = tokio::task::JoinSet::new();
+    for l in &config.smtp.listeners {
+        let listener = Listener::bind(l.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!("smtp {:?} listener on {}", l.mode, listener.local_addr());
+        listeners.spawn(listener.run(shared.clone(), stop_rx.clone(), DRAIN));
+    }
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("http.listen {}", config.http.listen))?;
+    println!("http (metrics, health) on {}", config.http.listen);
+    println!(
+        "raft node {} data in {}",
+        config.node.id,
+        data_dir.display()
+    );
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        Arc::new(HttpState {
+            queue: queue.clone(),
+            prometheus,
+            ready: ready_rx.clone(),
+        }),
+        stop_rx.clone(),
+    ));
+
+    let _ = shutdown.wait_for(|s| *s).await;
+    tracing::info!("draining");
+    ready_tx.send_replace(false);
+    stop_tx.send_replace(true);
+    while listeners.join_next().await.is_some() {}
+    // Sessions are done: their messages are committed. Let deliveries finish.
+    deliver_tx.send_replace(false);
+    let _ = tokio::time::timeout(DRAIN, wait_deliveries_idle(&queue)).await;
+    manager.stop(None);
+    committer.stop(None);
+    outcomes.stop(None);
+    let _ = manager_handle.await;
+    let _ = committer_handle.await;
+    let _ = outcomes_handle.await;
+    http_task.abort();
+    queue.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Gives in-flight deliveries a moment to commit their outcomes.
+async fn wait_deliveries_idle(_queue: &QueueNode) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}

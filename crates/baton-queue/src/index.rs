@@ -1,0 +1,146 @@
+//! The in-memory scheduling index: for each destination domain, which messages are due
+//! when. Rebuilt from the state on open and on snapshot install; kept current by `apply`.
+//! Readers (delivery) wait on [`Shared::changed`] and then ask for due work.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct DomainQueue {
+    due: BTreeSet<(u64, String)>,
+    by_id: HashMap<String, u64>,
+}
+
+/// Due work per domain.
+#[derive(Default)]
+pub struct Index {
+    domains: HashMap<String, DomainQueue>,
+    messages: usize,
+    dirty: HashSet<String>,
+}
+
+impl Index {
+    pub(crate) fn upsert(&mut self, domain: &str, id: &str, due_ms: u64) {
+        let queue = self.domains.entry(domain.to_string()).or_default();
+        if let Some(old) = queue.by_id.insert(id.to_string(), due_ms) {
+            queue.due.remove(&(old, id.to_string()));
+        }
+        queue.due.insert((due_ms, id.to_string()));
+        self.dirty.insert(domain.to_string());
+    }
+
+    pub(crate) fn remove(&mut self, domain: &str, id: &str) {
+        if let Some(queue) = self.domains.get_mut(domain) {
+            if let Some(old) = queue.by_id.remove(id) {
+                queue.due.remove(&(old, id.to_string()));
+            }
+            if queue.by_id.is_empty() {
+                self.domains.remove(domain);
+            }
+        }
+        self.dirty.insert(domain.to_string());
+    }
+
+    pub(crate) fn add_messages(&mut self, n: isize) {
+        self.messages = self.messages.saturating_add_signed(n);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        for domain in self.domains.keys() {
+            self.dirty.insert(domain.clone());
+        }
+        self.domains.clear();
+        self.messages = 0;
+    }
+
+    /// Ids due at `now_ms` for `domain`, earliest first, at most `limit`.
+    pub fn due(&self, domain: &str, now_ms: u64, limit: usize) -> Vec<String> {
+        self.domains
+            .get(domain)
+            .map(|q| {
+                q.due
+                    .iter()
+                    .take_while(|(due, _)| *due <= now_ms)
+                    .take(limit)
+                    .map(|(_, id)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// When the next message for `domain` is due, if any is queued.
+    pub fn next_due(&self, domain: &str) -> Option<u64> {
+        self.domains
+            .get(domain)
+            .and_then(|q| q.due.first().map(|(due, _)| *due))
+    }
+
+    /// The earliest due time for `domain` among messages not in `exclude`.
+    pub fn next_due_after(
+        &self,
+        domain: &str,
+        _now_ms: u64,
+        exclude: &std::collections::HashSet<String>,
+    ) -> Option<u64> {
+        self.domains.get(domain).and_then(|q| {
+            q.due
+                .iter()
+                .find(|(_, id)| !exclude.contains(id))
+                .map(|(due, _)| *due)
+        })
+    }
+
+    /// Marks `domain` as changed, so watchers look at it.
+    pub fn mark_dirty(&mut self, domain: &str) {
+        self.dirty.insert(domain.to_string());
+    }
+
+    /// Number of (message, domain) records queued for `domain`.
+    pub fn queued(&self, domain: &str) -> usize {
+        self.domains.get(domain).map_or(0, |q| q.by_id.len())
+    }
+
+    pub fn domains(&self) -> Vec<String> {
+        self.domains.keys().cloned().collect()
+    }
+
+    /// Messages in the queue (each counted once, whatever its domains).
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// Domains whose queue changed since the last call.
+    pub fn take_dirty(&mut self) -> Vec<String> {
+        self.dirty.drain().collect()
+    }
+}
+
+/// The index plus a change signal, shared between the state machine and its readers.
+pub struct Shared {
+    pub index: Mutex<Index>,
+    /// Bumped after every apply; the value is the last applied log index.
+    pub changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            index: Mutex::new(Index::default()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Runs `f` on the index. A poisoned lock is taken over: the index holds no
+    /// invariant a panic elsewhere could break halfway that `apply` does not rewrite.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Index) -> T) -> T {
+        let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
+}

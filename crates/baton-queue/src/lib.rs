@@ -1,0 +1,36 @@
+//! The replicated queue: Baton's only durable state.
+//!
+//! Everything that must survive a crash is the Raft state machine defined here, applied
+//! identically on every node. The crate owns:
+//!
+//! - [`types`] — the openraft type configuration, the log commands ([`Request`]) and the
+//!   records they create (messages, per-(message, domain) delivery records);
+//! - [`db`] — the narrow storage layer over sled. Nothing else in Baton touches sled, so it
+//!   can be replaced (fjall, redb) by rewriting one file;
+//! - [`log_store`] — the Raft log on [`db`], with group commit: an append is reported to
+//!   openraft only after the fsync that covers it, and concurrent appends share one fsync;
+//! - [`state_machine`] — applies commands, builds and installs snapshots;
+//! - [`index`] — the in-memory scheduling index (per domain: what is due when), rebuilt
+//!   from the state on open and kept current by `apply`;
+//! - [`network`] — the network factory used by a one-voter cluster (no peers);
+//! - [`node`] — [`QueueNode`]: opens the stores, starts openraft and offers the calls the
+//!   rest of Baton uses (enqueue, record outcomes, read due work).
+//!
+//! Time never comes from the clock inside `apply`: commands carry the proposer's time so
+//! every replica computes the same state.
+#![forbid(unsafe_code)]
+// openraft's StorageError is large; every storage function returns it.
+#![allow(clippy::result_large_err)]
+
+pub mod db;
+pub mod index;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+
+pub use node::{QueueError, QueueNode, QueueOptions};
+pub use types::{
+    DeliveryRecord, MessageMeta, NewMessage, Outcome, Request, Response, TypeConfig, domain_of,
+};

@@ -1,0 +1,156 @@
+//! [`QueueNode`]: the stores and openraft, started together, and the calls the rest of
+//! Baton makes on the queue.
+
+use crate::db::{Db, DbError};
+use crate::log_store::LogStore;
+use crate::network::NoPeers;
+use crate::state_machine::{QueueReader, StateMachine};
+use crate::types::{NewMessage, NodeId, Outcome, Raft, Request, Response};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to open a queue node.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// The address peers use to reach this node's Raft service.
+    pub advertise: String,
+    /// With no state on disk, form a new one-voter cluster.
+    pub bootstrap: bool,
+}
+
+/// Why a queue call failed. `Unavailable` is retryable and means nothing was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    #[error("queue failed: {0}")]
+    Fatal(String),
+}
+
+impl From<DbError> for QueueError {
+    fn from(e: DbError) -> Self {
+        QueueError::Fatal(e.to_string())
+    }
+}
+
+/// A running queue replica.
+#[derive(Clone)]
+pub struct QueueNode {
+    pub raft: Raft,
+    pub reader: QueueReader,
+    pub id: NodeId,
+    /// Last committed log index known here.
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
+    db: Db,
+}
+
+impl QueueNode {
+    pub async fn open(opts: QueueOptions) -> Result<QueueNode, QueueError> {
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+            QueueError::Fatal(format!("cannot create {}: {e}", opts.data_dir.display()))
+        })?;
+        let db = Db::open(&opts.data_dir.join("db"))?;
+        let log = LogStore::open(&db)?;
+        let committed = log.committed.clone();
+        let sm = StateMachine::open(&db, opts.data_dir.join("snapshot.bin"))?;
+        let reader = sm.reader();
+        let config = Config {
+            cluster_name: "baton".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            max_payload_entries: 64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
+            max_in_snapshot_log_to_keep: 500,
+            ..Default::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| QueueError::Fatal(format!("raft config: {e}")))?,
+        );
+        let raft = Raft::new(opts.node_id, config, NoPeers, log, sm)
+            .await
+            .map_err(|e| QueueError::Fatal(format!("raft start: {e}")))?;
+        let node = QueueNode {
+            raft,
+            reader,
+            id: opts.node_id,
+            committed,
+            db,
+        };
+        if opts.bootstrap && !node.raft.is_initialized().await.unwrap_or(true) {
+            let mut members = BTreeMap::new();
+            members.insert(
+                opts.node_id,
+                BasicNode {
+                    addr: opts.advertise.clone(),
+                },
+            );
+            node.raft
+                .initialize(members)
+                .await
+                .map_err(|e| QueueError::Fatal(format!("bootstrap: {e}")))?;
+        }
+        Ok(node)
+    }
+
+    /// Waits until this node knows a leader and has applied what it committed.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), QueueError> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some()
+                        && m.last_applied.map(|l| l.index) >= m.last_log_index
+                },
+                "leader known and log applied",
+            )
+            .await
+            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Appends and commits an `Enqueue`; returns once it is applied here.
+    pub async fn enqueue(&self, messages: Vec<NewMessage>) -> Result<Response, QueueError> {
+        self.write(Request::Enqueue { messages }).await
+    }
+
+    /// Commits delivery outcomes.
+    pub async fn record_outcomes(
+        &self,
+        now_ms: u64,
+        results: Vec<Outcome>,
+    ) -> Result<(), QueueError> {
+        self.write(Request::Outcomes { now_ms, results })
+            .await
+            .map(|_| ())
+    }
+
+    async fn write(&self, request: Request) -> Result<Response, QueueError> {
+        match self.raft.client_write(request).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
+                QueueError::Unavailable(format!("not the leader (leader: {:?})", f.leader_id)),
+            ),
+            Err(RaftError::APIError(e)) => Err(QueueError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(QueueError::Fatal(e.to_string())),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Flushes and stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        let _ = self.db.flush().await;
+    }
+}

@@ -1,0 +1,498 @@
+//! The queue state machine: applies [`Request`]s to the `state` tree.
+//!
+//! Layout of the `state` tree (one tree, so each entry is one atomic batch together with
+//! the applied log id):
+//!
+//! | key | value |
+//! |---|---|
+//! | `m/<id>` | [`MessageMeta`] |
+//! | `b/<id>` | body bytes |
+//! | `d/<domain>\0<id>` | [`DeliveryRecord`] |
+//! | `t/<id>` | tombstone time (unix ms, BE): a finished id, so a retried enqueue is a no-op |
+//! | `T/<time BE><id>` | the same tombstone, ordered by time for expiry |
+//! | `s/applied`, `s/membership` | openraft's applied log id and membership |
+
+use crate::db::{Batch, Db, DbError, Pair, Tree};
+use crate::index::Shared;
+use crate::types::{
+    DeliveryRecord, Entry, LogId, MessageMeta, NewMessage, NodeId, Outcome, Request, Response,
+    Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, domain_of,
+};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, StorageIOError};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const APPLIED: &[u8] = b"s/applied";
+const MEMBERSHIP: &[u8] = b"s/membership";
+/// How long a finished message id is remembered for idempotent enqueue.
+pub const TOMBSTONE_MS: u64 = 24 * 3600 * 1000;
+
+fn msg_key(id: &str) -> Vec<u8> {
+    [b"m/", id.as_bytes()].concat()
+}
+fn body_key(id: &str) -> Vec<u8> {
+    [b"b/", id.as_bytes()].concat()
+}
+fn delivery_key(domain: &str, id: &str) -> Vec<u8> {
+    [b"d/", domain.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+fn tomb_key(id: &str) -> Vec<u8> {
+    [b"t/", id.as_bytes()].concat()
+}
+fn tomb_time_key(time: u64, id: &str) -> Vec<u8> {
+    [&b"T/"[..], &time.to_be_bytes(), id.as_bytes()].concat()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, DbError> {
+    bincode::deserialize(bytes).map_err(|e| DbError::corrupt(format!("{what}: {e}")))
+}
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own plain structs into a Vec cannot fail.
+    bincode::serialize(value).unwrap_or_default()
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::<NodeId>::write_state_machine(&e).into()
+}
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::<NodeId>::read_state_machine(&e).into()
+}
+
+/// Read access to the queue's state, for delivery and operators. Cheap to clone.
+#[derive(Clone)]
+pub struct QueueReader {
+    state: Tree,
+    pub shared: Arc<Shared>,
+}
+
+impl QueueReader {
+    pub fn message(&self, id: &str) -> Result<Option<MessageMeta>, DbError> {
+        match self.state.get(msg_key(id))? {
+            Some(v) => Ok(Some(decode(&v, "message")?)),
+            None => Ok(None),
+        }
+    }
+    pub fn body(&self, id: &str) -> Result<Option<Vec<u8>>, DbError> {
+        self.state.get(body_key(id))
+    }
+    pub fn delivery(&self, domain: &str, id: &str) -> Result<Option<DeliveryRecord>, DbError> {
+        match self.state.get(delivery_key(domain, id))? {
+            Some(v) => Ok(Some(decode(&v, "delivery")?)),
+            None => Ok(None),
+        }
+    }
+    /// Whether `id` is queued or was finished recently.
+    pub fn knows(&self, id: &str) -> Result<bool, DbError> {
+        Ok(self.state.contains(msg_key(id))? || self.state.contains(tomb_key(id))?)
+    }
+}
+
+/// The state machine given to openraft.
+pub struct StateMachine {
+    state: Tree,
+    shared: Arc<Shared>,
+    snapshot_file: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    pairs: Vec<Pair>,
+}
+
+impl StateMachine {
+    /// Opens the state in `db`, rebuilding the scheduling index from it.
+    pub fn open(db: &Db, snapshot_file: PathBuf) -> Result<StateMachine, DbError> {
+        let sm = StateMachine {
+            state: db.tree("state")?,
+            shared: Arc::new(Shared::new()),
+            snapshot_file,
+        };
+        sm.rebuild_index()?;
+        Ok(sm)
+    }
+
+    pub fn reader(&self) -> QueueReader {
+        QueueReader {
+            state: self.state.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn rebuild_index(&self) -> Result<(), DbError> {
+        let mut records = Vec::new();
+        for pair in self.state.scan_prefix(b"d/") {
+            let (key, value) = pair?;
+            let rest = &key[2..];
+            let Some(split) = rest.iter().position(|&b| b == 0) else {
+                return Err(DbError::corrupt("delivery key without separator"));
+            };
+            let domain = String::from_utf8_lossy(&rest[..split]).into_owned();
+            let id = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+            let record: DeliveryRecord = decode(&value, "delivery")?;
+            records.push((domain, id, record.next_attempt_ms));
+        }
+        let messages = self.state.scan_prefix(b"m/").count();
+        self.shared.with(|index| {
+            index.clear();
+            for (domain, id, due) in &records {
+                index.upsert(domain, id, *due);
+            }
+            index.add_messages(messages as isize);
+        });
+        Ok(())
+    }
+
+    fn applied_and_membership(&self) -> Result<(Option<LogId>, StoredMembership), DbError> {
+        let applied = match self.state.get(APPLIED)? {
+            Some(v) => decode(&v, "applied")?,
+            None => None,
+        };
+        let membership = match self.state.get(MEMBERSHIP)? {
+            Some(v) => decode(&v, "membership")?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    fn apply_entry(&mut self, entry: &Entry) -> Result<Response, DbError> {
+        let mut tx = Tx::new(&self.state);
+        let mut response = Response::default();
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                tx.batch.insert(MEMBERSHIP, encode(&stored));
+            }
+            EntryPayload::Normal(Request::Enqueue { messages }) => {
+                for message in messages {
+                    if tx.enqueue(message)? {
+                        response.added += 1;
+                    } else {
+                        response.duplicates += 1;
+                    }
+                }
+            }
+            EntryPayload::Normal(Request::Outcomes { now_ms, results }) => {
+                for outcome in results {
+                    tx.outcome(outcome, *now_ms)?;
+                }
+                tx.expire_tombstones(*now_ms)?;
+            }
+        }
+        tx.batch.insert(APPLIED, encode(&Some(entry.log_id)));
+        let Tx {
+            batch,
+            index_ops,
+            message_delta,
+            ..
+        } = tx;
+        self.state.apply(batch)?;
+        self.shared.with(|index| {
+            for op in index_ops {
+                match op {
+                    IndexOp::Upsert(domain, id, due) => index.upsert(&domain, &id, due),
+                    IndexOp::Remove(domain, id) => index.remove(&domain, &id),
+                }
+            }
+            index.add_messages(message_delta);
+        });
+        Ok(response)
+    }
+}
+
+enum IndexOp {
+    Upsert(String, String, u64),
+    Remove(String, String),
+}
+
+/// The writes of one log entry, with an overlay so later commands in the same entry see
+/// earlier ones.
+struct Tx<'a> {
+    state: &'a Tree,
+    batch: Batch,
+    messages: HashMap<String, Option<MessageMeta>>,
+    deliveries: HashMap<Vec<u8>, Option<DeliveryRecord>>,
+    seen: HashSet<String>,
+    index_ops: Vec<IndexOp>,
+    message_delta: isize,
+}
+
+impl<'a> Tx<'a> {
+    fn new(state: &'a Tree) -> Tx<'a> {
+        Tx {
+            state,
+            batch: Batch::default(),
+            messages: HashMap::new(),
+            deliveries: HashMap::new(),
+            seen: HashSet::new(),
+            index_ops: Vec::new(),
+            message_delta: 0,
+        }
+    }
+
+    /// Adds a message; false when the id is already known.
+    fn enqueue(&mut self, m: &NewMessage) -> Result<bool, DbError> {
+        if !self.seen.insert(m.id.clone())
+            || self.state.contains(msg_key(&m.id))?
+            || self.state.contains(tomb_key(&m.id))?
+        {
+            return Ok(false);
+        }
+        let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+        for rcpt in &m.recipients {
+            let domain = domain_of(rcpt);
+            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+                Some((_, list)) if !list.contains(rcpt) => list.push(rcpt.clone()),
+                Some(_) => {}
+                None => by_domain.push((domain, vec![rcpt.clone()])),
+            }
+        }
+        let meta = MessageMeta {
+            sender: m.sender.clone(),
+            recipients: m.recipients.clone(),
+            received_at_ms: m.received_at_ms,
+            size: m.body.len() as u64,
+            eight_bit: m.eight_bit,
+            smtputf8: m.smtputf8,
+            pending_domains: by_domain.len() as u32,
+        };
+        self.batch.insert(body_key(&m.id), &m.body);
+        self.put_message(&m.id, Some(meta));
+        for (domain, recipients) in by_domain {
+            let record = DeliveryRecord {
+                recipients,
+                attempts: 0,
+                next_attempt_ms: 0,
+                last_reply: None,
+            };
+            self.put_delivery(&domain, &m.id, Some(record));
+            self.index_ops
+                .push(IndexOp::Upsert(domain, m.id.clone(), 0));
+        }
+        self.message_delta += 1;
+        Ok(true)
+    }
+
+    fn outcome(&mut self, o: &Outcome, now_ms: u64) -> Result<(), DbError> {
+        if let Some(dsn) = &o.dsn {
+            self.enqueue(dsn)?;
+        }
+        let Some(mut record) = self.get_delivery(&o.domain, &o.id)? else {
+            return Ok(()); // already finished: a repeated outcome changes nothing
+        };
+        record.recipients.retain(|r| !o.finished.contains(r));
+        if !record.recipients.is_empty() {
+            record.attempts += 1;
+            record.next_attempt_ms = o.next_attempt_ms;
+            record.last_reply = o.last_reply.clone();
+            self.index_ops.push(IndexOp::Upsert(
+                o.domain.clone(),
+                o.id.clone(),
+                o.next_attempt_ms,
+            ));
+            self.put_delivery(&o.domain, &o.id, Some(record));
+            return Ok(());
+        }
+        self.put_delivery(&o.domain, &o.id, None);
+        self.index_ops
+            .push(IndexOp::Remove(o.domain.clone(), o.id.clone()));
+        let Some(mut meta) = self.get_message(&o.id)? else {
+            return Ok(());
+        };
+        meta.pending_domains = meta.pending_domains.saturating_sub(1);
+        if meta.pending_domains > 0 {
+            self.put_message(&o.id, Some(meta));
+        } else {
+            self.put_message(&o.id, None);
+            self.batch.remove(body_key(&o.id));
+            self.batch.insert(tomb_key(&o.id), now_ms.to_be_bytes());
+            self.batch.insert(tomb_time_key(now_ms, &o.id), []);
+            self.message_delta -= 1;
+        }
+        Ok(())
+    }
+
+    fn expire_tombstones(&mut self, now_ms: u64) -> Result<(), DbError> {
+        let cutoff = now_ms.saturating_sub(TOMBSTONE_MS);
+        let end = tomb_time_key(cutoff, "");
+        for pair in self.state.range(b"T/", &end).take(10_000) {
+            let (key, _) = pair?;
+            let id = String::from_utf8_lossy(&key[10..]).into_owned();
+            self.batch.remove(&key);
+            self.batch.remove(tomb_key(&id));
+        }
+        Ok(())
+    }
+
+    fn get_message(&mut self, id: &str) -> Result<Option<MessageMeta>, DbError> {
+        if let Some(m) = self.messages.get(id) {
+            return Ok(m.clone());
+        }
+        match self.state.get(msg_key(id))? {
+            Some(v) => Ok(Some(decode(&v, "message")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_message(&mut self, id: &str, meta: Option<MessageMeta>) {
+        match &meta {
+            Some(m) => self.batch.insert(msg_key(id), encode(m)),
+            None => self.batch.remove(msg_key(id)),
+        }
+        self.messages.insert(id.to_string(), meta);
+    }
+
+    fn get_delivery(&mut self, domain: &str, id: &str) -> Result<Option<DeliveryRecord>, DbError> {
+        let key = delivery_key(domain, id);
+        if let Some(r) = self.deliveries.get(&key) {
+            return Ok(r.clone());
+        }
+        match self.state.get(&key)? {
+            Some(v) => Ok(Some(decode(&v, "delivery")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_delivery(&mut self, domain: &str, id: &str, record: Option<DeliveryRecord>) {
+        let key = delivery_key(domain, id);
+        match &record {
+            Some(r) => self.batch.insert(&key, encode(r)),
+            None => self.batch.remove(&key),
+        }
+        self.deliveries.insert(key, record);
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.applied_and_membership().map_err(sm_read_err)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            let response = self.apply_entry(&entry).map_err(|e| {
+                StorageError::from(StorageIOError::<NodeId>::apply(entry.log_id, &e))
+            })?;
+            last = Some(entry.log_id.index);
+            responses.push(response);
+        }
+        if let Some(index) = last {
+            self.shared.changed.send_replace(index);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Taken here, while apply is paused, so the copy is consistent.
+        let dump = self
+            .applied_and_membership()
+            .and_then(|am| Ok((am, self.state.iter().collect::<Result<Vec<_>, _>>()?)));
+        SnapshotBuilder {
+            dump,
+            file: self.snapshot_file.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let file: SnapshotFile = decode(&bytes, "snapshot").map_err(sm_write_err)?;
+        self.state.clear().map_err(sm_write_err)?;
+        let mut batch = Batch::default();
+        for (k, v) in &file.pairs {
+            batch.insert(k, v);
+        }
+        batch.insert(APPLIED, encode(&meta.last_log_id));
+        batch.insert(MEMBERSHIP, encode(&meta.last_membership));
+        self.state.apply(batch).map_err(sm_write_err)?;
+        write_snapshot_file(&self.snapshot_file, &bytes).map_err(sm_write_err)?;
+        self.rebuild_index().map_err(sm_write_err)?;
+        if let Some(log_id) = meta.last_log_id {
+            self.shared.changed.send_replace(log_id.index);
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let bytes = match std::fs::read(&self.snapshot_file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sm_read_err(e)),
+        };
+        let file: SnapshotFile = decode(&bytes, "snapshot").map_err(sm_read_err)?;
+        Ok(Some(Snapshot {
+            meta: file.meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+fn write_snapshot_file(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The applied log id, membership and every pair of the state tree.
+type Dump = ((Option<LogId>, StoredMembership), Vec<Pair>);
+
+/// Serializes the state copied by `get_snapshot_builder`.
+pub struct SnapshotBuilder {
+    dump: Result<Dump, DbError>,
+    file: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let dump = std::mem::replace(&mut self.dump, Ok(((None, Default::default()), Vec::new())));
+        let ((last_log_id, last_membership), pairs) = dump.map_err(sm_read_err)?;
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, ulid::Ulid::new()),
+            None => format!("empty-{}", ulid::Ulid::new()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let file = SnapshotFile { meta, pairs };
+        let bytes = encode(&file);
+        let path = self.file.clone();
+        let to_write = bytes.clone();
+        tokio::task::spawn_blocking(move || write_snapshot_file(&path, &to_write))
+            .await
+            .map_err(|e| sm_write_err(std::io::Error::other(e.to_string())))?
+            .map_err(sm_write_err)?;
+        Ok(Snapshot {
+            meta: file.meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! openraft type configuration, log commands and the records they create.
+
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Baton's Raft types.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
+
+/// A message accepted at ingress, as it enters the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// Made at ingress (ULID); enqueueing the same id twice is a no-op.
+    pub id: String,
+    /// Envelope sender; empty for the null reverse-path `<>`.
+    pub sender: String,
+    /// Envelope recipients, `local@domain`.
+    pub recipients: Vec<String>,
+    /// The message as it will be sent, `Received:` header included.
+    pub body: Vec<u8>,
+    /// Unix milliseconds at acceptance.
+    pub received_at_ms: u64,
+    /// The body needs 8BITMIME; recipients or sender need SMTPUTF8.
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+/// The result of one delivery attempt of one message to one domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub id: String,
+    pub domain: String,
+    /// Recipients that are finished (delivered or failed for good).
+    pub finished: Vec<String>,
+    /// When the remaining recipients are tried again (unix ms).
+    pub next_attempt_ms: u64,
+    /// The remote's last reply, for operators.
+    pub last_reply: Option<String>,
+    /// A delivery status notification to enqueue with this outcome.
+    pub dsn: Option<NewMessage>,
+}
+
+/// A command in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Accept messages into the queue.
+    Enqueue { messages: Vec<NewMessage> },
+    /// Record delivery outcomes. `now_ms` is the proposer's clock, used to expire
+    /// idempotency tombstones.
+    Outcomes { now_ms: u64, results: Vec<Outcome> },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// For `Enqueue`: how many were new and how many were already known.
+    pub added: u32,
+    pub duplicates: u32,
+}
+
+/// A queued message's envelope and bookkeeping (the body is stored apart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub received_at_ms: u64,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    /// Domains whose delivery record is still open.
+    pub pending_domains: u32,
+}
+
+/// One message's delivery to one domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// Recipients still to be delivered.
+    pub recipients: Vec<String>,
+    pub attempts: u32,
+    /// Unix ms; 0 means at once.
+    pub next_attempt_ms: u64,
+    pub last_reply: Option<String>,
+}
+
+/// The lower-cased domain of `local@domain` (the part after the last `@`).
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}

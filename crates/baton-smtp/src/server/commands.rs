@@ -1,0 +1,225 @@
+//! Command handlers: EHLO/HELO, MAIL, RCPT, DATA, BDAT and the simple verbs.
+
+use super::{Action, Envelope, ServerSession, State, Txn, Wait, replies};
+use crate::address::{Mailbox, ReversePath};
+use crate::command::{self, BodyType, Command, MailParams};
+use crate::data::{BdatDecoder, DataDecoder, DataError};
+
+impl ServerSession {
+    /// Handle one command line.
+    pub(super) fn command(&mut self, line: &[u8]) {
+        let cmd = match command::parse(line) {
+            Ok(c) => c,
+            Err(r) => return self.error(r),
+        };
+        match cmd {
+            Command::Ehlo(name) => self.ehlo(name, true),
+            Command::Helo(name) => self.ehlo(name, false),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, .. } => self.rcpt(to),
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.txn = None;
+                self.reply(replies::ok());
+            }
+            Command::Noop => self.reply(replies::ok()),
+            Command::Vrfy(_) => self.reply(replies::vrfy()),
+            Command::Help(_) => self.reply(replies::help()),
+            Command::Quit => {
+                self.reply(replies::bye());
+                self.close();
+            }
+            Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
+        }
+    }
+
+    fn ehlo(&mut self, name: String, esmtp: bool) {
+        self.txn = None;
+        self.helo = Some(name);
+        self.esmtp = esmtp;
+        let host = self.cfg.hostname.clone();
+        if !esmtp {
+            return self.reply(crate::reply::Reply::new(250, "", host));
+        }
+        let mut lines = vec![
+            host,
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.cfg.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+        ];
+        if self.cfg.tls_available && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        self.reply(crate::reply::Reply::multiline(250, "", lines));
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) {
+        if self.helo.is_none() {
+            return self.error(replies::need_helo());
+        }
+        if self.txn.is_some() {
+            return self.error(replies::nested_mail());
+        }
+        if self.cfg.require_auth && self.auth_user.is_none() {
+            return self.reply(replies::auth_required());
+        }
+        if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
+            return self.reply(replies::size_exceeded());
+        }
+        if params.body == Some(BodyType::BinaryMime) {
+            return self.error(replies::binarymime());
+        }
+        if from.needs_smtputf8() && !params.smtputf8 {
+            return self.reply(replies::need_smtputf8());
+        }
+        self.txn = Some(Txn {
+            from,
+            params,
+            rcpts: Vec::new(),
+            body: Vec::new(),
+            bdat: false,
+        });
+        self.reply(replies::mail_ok());
+    }
+
+    fn rcpt(&mut self, mut to: Mailbox) {
+        let Some(txn) = self.txn.as_ref() else {
+            return self.error(replies::need_mail());
+        };
+        if txn.bdat {
+            return self.error(replies::rcpt_after_bdat());
+        }
+        if txn.rcpts.len() >= self.cfg.max_recipients {
+            return self.reply(replies::too_many_rcpts());
+        }
+        if to.needs_smtputf8() && !txn.params.smtputf8 {
+            return self.reply(replies::need_smtputf8());
+        }
+        if to.domain.is_empty() {
+            // <postmaster> must always be accepted (RFC 5321 §4.5.1).
+            to.domain = self.cfg.hostname.clone();
+        } else if !self.cfg.relay_allowed && self.auth_user.is_none() {
+            return self.reply(replies::relay_denied());
+        }
+        if txn.rcpts.iter().any(|r| r.same_as(&to)) {
+            return self.reply(replies::rcpt_ok());
+        }
+        if self.cfg.check_recipients {
+            self.out.push(Action::CheckRcpt {
+                from: txn.from.clone(),
+                to: to.clone(),
+            });
+            self.wait = Wait::Rcpt(to);
+        } else {
+            if let Some(t) = self.txn.as_mut() {
+                t.rcpts.push(to);
+            }
+            self.reply(replies::rcpt_ok());
+        }
+    }
+
+    fn data(&mut self) {
+        let Some(txn) = self.txn.as_ref() else {
+            return self.error(replies::need_mail());
+        };
+        if txn.bdat {
+            return self.error(replies::bdat_data_mixed());
+        }
+        if txn.rcpts.is_empty() {
+            return self.reply(replies::no_rcpts());
+        }
+        self.state = State::Data(DataDecoder::new(self.cfg.max_message_size));
+        self.reply(replies::start_data());
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) {
+        let (dec, reject) = match self.txn.as_mut() {
+            None => (BdatDecoder::discard(size), Some(replies::need_mail())),
+            Some(t) if t.rcpts.is_empty() => {
+                (BdatDecoder::discard(size), Some(replies::no_rcpts()))
+            }
+            Some(t) => {
+                t.bdat = true;
+                let room = self
+                    .cfg
+                    .max_message_size
+                    .saturating_sub(t.body.len() as u64);
+                (BdatDecoder::new(size, room), None)
+            }
+        };
+        self.state = State::Bdat {
+            dec,
+            size,
+            last,
+            reject,
+        };
+        if size == 0 {
+            self.bdat_chunk_done();
+        }
+    }
+
+    /// A BDAT chunk was read completely.
+    pub(super) fn bdat_chunk_done(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Command);
+        let State::Bdat {
+            dec,
+            size,
+            last,
+            reject,
+        } = state
+        else {
+            return;
+        };
+        if let Some(r) = reject {
+            return self.reply(r);
+        }
+        match dec.result() {
+            Err(e) => self.end_of_message(Err(e)),
+            Ok(()) if last => self.end_of_message(Ok(())),
+            Ok(()) => self.reply(replies::bdat_ok(size)),
+        }
+    }
+
+    /// The body is complete: reject it, or hand it over for enqueueing.
+    pub(super) fn end_of_message(&mut self, result: Result<(), DataError>) {
+        let Some(txn) = self.txn.take() else {
+            return self.reply(replies::need_mail());
+        };
+        if let Err(e) = result {
+            return self.reply(replies::data_error(e));
+        }
+        let env = Envelope {
+            helo: self.helo.clone().unwrap_or_default(),
+            from: txn.from,
+            rcpts: txn.rcpts,
+            body: txn.body,
+            smtputf8: txn.params.smtputf8,
+            body_type: txn.params.body.unwrap_or_default(),
+            authenticated: self.auth_user.clone(),
+            tls: self.tls,
+            esmtp: self.esmtp,
+        };
+        self.out.push(Action::Enqueue(env));
+        self.wait = Wait::Enqueue;
+    }
+
+    fn starttls(&mut self) {
+        if self.tls {
+            return self.error(replies::tls_active());
+        }
+        if !self.cfg.tls_available {
+            return self.error(replies::tls_unavailable());
+        }
+        self.reply(replies::ready_tls());
+        self.out.push(Action::StartTls);
+        self.state = State::TlsPending;
+    }
+}

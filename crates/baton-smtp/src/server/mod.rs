@@ -1,0 +1,488 @@
+//! The inbound SMTP session engine: [`ServerSession::handle`] turns [`Event`]s (bytes
+//! from the socket, results of checks the IO layer ran) into [`Action`]s (replies to
+//! write, TLS upgrade, credential and recipient checks, enqueueing, close).
+//!
+//! The engine owns line reading, DATA and BDAT decoding and the buffering of pipelined
+//! input. While it waits for the result of an action it asked for ([`Action::CheckAuth`],
+//! [`Action::CheckRcpt`], [`Action::Enqueue`]) it processes no input but buffers it;
+//! the IO layer should stop reading the socket while [`ServerSession::waiting`] is true
+//! (backpressure).
+//!
+//! Layout: `mod.rs` (types and the input loop), `commands.rs` (EHLO, MAIL, RCPT, DATA,
+//! BDAT and the simple verbs), `auth.rs` (AUTH PLAIN/LOGIN), `replies.rs` (every reply
+//! text the server sends).
+
+mod auth;
+mod commands;
+mod replies;
+
+use std::time::Duration;
+
+use crate::address::{Mailbox, ReversePath};
+use crate::command::{BodyType, MailParams};
+use crate::data::{BdatDecoder, DataDecoder};
+use crate::line::{LineEvent, LineReader};
+use crate::reply::Reply;
+
+/// Input buffered beyond `max_message_size` while waiting before the session is closed.
+const BUFFER_SLACK: u64 = 64 * 1024;
+
+/// Per-session configuration (derived from the listener and the peer).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Our hostname for the greeting, EHLO and replies.
+    pub hostname: String,
+    /// Largest accepted body in bytes (advertised as SIZE).
+    pub max_message_size: u64,
+    /// Most recipients per message; more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// After this many protocol errors: `421 4.7.0` and close. 0 = no limit.
+    pub max_errors: usize,
+    /// A certificate is configured: advertise and accept STARTTLS.
+    pub tls_available: bool,
+    /// TLS is already on (implicit TLS listener).
+    pub tls_active: bool,
+    /// SMTP users are configured: AUTH may be offered.
+    pub auth_enabled: bool,
+    /// Submission listener: MAIL requires AUTH first.
+    pub require_auth: bool,
+    /// The peer is in relay_networks: may relay without AUTH, may AUTH without TLS.
+    pub relay_allowed: bool,
+    /// Ask the IO layer about each recipient ([`Action::CheckRcpt`]); if false,
+    /// recipients passing the engine's own checks are accepted at once.
+    pub check_recipients: bool,
+    /// Text after the hostname in the 220 greeting.
+    pub greeting_banner: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "localhost".into(),
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_errors: 20,
+            tls_available: false,
+            tls_active: false,
+            auth_enabled: false,
+            require_auth: false,
+            relay_allowed: false,
+            check_recipients: false,
+            greeting_banner: "ESMTP Baton".into(),
+        }
+    }
+}
+
+/// Something that happened to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The connection is open (after any PROXY header): send the greeting.
+    Connected,
+    /// Bytes read from the client.
+    Input(&'a [u8]),
+    /// The TLS handshake asked for by [`Action::StartTls`] finished.
+    TlsEstablished,
+    /// Result of [`Action::CheckAuth`].
+    AuthChecked {
+        /// Credentials valid.
+        ok: bool,
+    },
+    /// Result of [`Action::CheckRcpt`]: accept, or the reply to refuse with.
+    RcptChecked(Result<(), Reply>),
+    /// Result of [`Action::Enqueue`]: the queue id, or the reply to refuse with
+    /// (e.g. `451 4.3.0`).
+    Enqueued(Result<String, Reply>),
+    /// The phase timeout ([`ServerSession::phase`]) expired.
+    Timeout,
+}
+
+/// Something the IO layer must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write this reply.
+    Reply(Reply),
+    /// Start the TLS handshake now (the 220 before it must be written first), then send
+    /// [`Event::TlsEstablished`]. Plaintext the client pipelined after STARTTLS has been
+    /// discarded by the engine.
+    StartTls,
+    /// Check credentials, then send [`Event::AuthChecked`].
+    CheckAuth {
+        /// `PLAIN` or `LOGIN`.
+        mechanism: String,
+        /// Authorization identity (PLAIN only; empty if none).
+        authzid: String,
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// Apply extra recipient policy (suppression list, ...), then send
+    /// [`Event::RcptChecked`]. Only if [`ServerConfig::check_recipients`].
+    CheckRcpt {
+        /// The sender.
+        from: ReversePath,
+        /// The recipient.
+        to: Mailbox,
+    },
+    /// Store this message durably, then send [`Event::Enqueued`].
+    Enqueue(Envelope),
+    /// Close the connection (after writing the replies before this).
+    Close,
+}
+
+/// A received message. The caller prepends its own `Received:` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The EHLO/HELO argument.
+    pub helo: String,
+    /// The sender.
+    pub from: ReversePath,
+    /// Accepted recipients (no duplicates; `<postmaster>` has our hostname as domain).
+    pub rcpts: Vec<Mailbox>,
+    /// The body as received (unstuffed, CRLF line ends).
+    pub body: Vec<u8>,
+    /// `SMTPUTF8` was given.
+    pub smtputf8: bool,
+    /// `BODY=` type (7BIT if not given).
+    pub body_type: BodyType,
+    /// The authenticated user, if any.
+    pub authenticated: Option<String>,
+    /// Received over TLS.
+    pub tls: bool,
+    /// The client used EHLO (not HELO).
+    pub esmtp: bool,
+}
+
+/// What the session is doing, for picking a timeout (RFC 5321 §4.5.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for a command (5 minutes).
+    Command,
+    /// Receiving DATA or a BDAT chunk (3 minutes per block).
+    Data,
+    /// STARTTLS accepted, handshake under way.
+    TlsHandshake,
+    /// Waiting for the IO layer's answer (no client timeout applies).
+    Waiting,
+    /// Closed.
+    Closed,
+}
+
+impl Phase {
+    /// The client inactivity timeout for this phase, if any.
+    pub fn timeout(self) -> Option<Duration> {
+        match self {
+            Phase::Command | Phase::TlsHandshake => Some(Duration::from_secs(300)),
+            Phase::Data => Some(Duration::from_secs(180)),
+            Phase::Waiting | Phase::Closed => None,
+        }
+    }
+}
+
+/// The parser-owning state.
+#[derive(Debug)]
+enum State {
+    Command,
+    Data(DataDecoder),
+    Bdat {
+        dec: BdatDecoder,
+        size: u64,
+        last: bool,
+        reject: Option<Reply>,
+    },
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPass {
+        user: String,
+    },
+    TlsPending,
+    Closed,
+}
+
+/// An answer the engine waits for.
+#[derive(Debug)]
+enum Wait {
+    None,
+    Auth { user: String },
+    Rcpt(Mailbox),
+    Enqueue,
+}
+
+/// The mail transaction in progress.
+#[derive(Debug)]
+struct Txn {
+    from: ReversePath,
+    params: MailParams,
+    rcpts: Vec<Mailbox>,
+    body: Vec<u8>,
+    bdat: bool,
+}
+
+/// One inbound SMTP session. Create it per connection, send [`Event::Connected`], then
+/// feed it events and perform the actions it returns.
+#[derive(Debug)]
+pub struct ServerSession {
+    cfg: ServerConfig,
+    state: State,
+    wait: Wait,
+    inbuf: Vec<u8>,
+    lines: LineReader,
+    helo: Option<String>,
+    esmtp: bool,
+    auth_user: Option<String>,
+    tls: bool,
+    txn: Option<Txn>,
+    errors: usize,
+    out: Vec<Action>,
+}
+
+impl ServerSession {
+    /// A new session.
+    pub fn new(cfg: ServerConfig) -> Self {
+        let tls = cfg.tls_active;
+        ServerSession {
+            cfg,
+            state: State::Command,
+            wait: Wait::None,
+            inbuf: Vec::new(),
+            lines: LineReader::default(),
+            helo: None,
+            esmtp: false,
+            auth_user: None,
+            tls,
+            txn: None,
+            errors: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// Process one event and return the actions to perform, in order.
+    pub fn handle(&mut self, event: Event<'_>) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.handle_into(event, &mut out);
+        out
+    }
+
+    /// Like [`ServerSession::handle`], appending to `out`.
+    pub fn handle_into(&mut self, event: Event<'_>, out: &mut Vec<Action>) {
+        if !matches!(self.state, State::Closed) {
+            self.step(event);
+        }
+        out.append(&mut self.out);
+    }
+
+    /// Waiting for an answer to CheckAuth, CheckRcpt or Enqueue.
+    pub fn waiting(&self) -> bool {
+        !matches!(self.wait, Wait::None)
+    }
+
+    /// Receiving a message body (DATA or a BDAT chunk).
+    pub fn in_data(&self) -> bool {
+        matches!(self.state, State::Data(_) | State::Bdat { .. })
+    }
+
+    /// The current phase, for the IO layer's timeout.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Closed => Phase::Closed,
+            _ if self.waiting() => Phase::Waiting,
+            State::Data(_) | State::Bdat { .. } => Phase::Data,
+            State::TlsPending => Phase::TlsHandshake,
+            _ => Phase::Command,
+        }
+    }
+
+    /// The session has ended ([`Action::Close`] was returned).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The authenticated user, if any.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.auth_user.as_deref()
+    }
+
+    /// The EHLO/HELO name, if given.
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_deref()
+    }
+
+    /// TLS is active.
+    pub fn tls_active(&self) -> bool {
+        self.tls
+    }
+
+    /// Input bytes buffered and not yet processed.
+    pub fn buffered(&self) -> usize {
+        self.inbuf.len() + self.lines.buffered()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    fn step(&mut self, event: Event<'_>) {
+        match event {
+            Event::Connected => {
+                let text = format!("{} {}", self.cfg.hostname, self.cfg.greeting_banner);
+                self.reply(Reply::new(220, "", text.trim_end()));
+            }
+            Event::Input(bytes) => {
+                if matches!(self.state, State::TlsPending) {
+                    return;
+                }
+                self.inbuf.extend_from_slice(bytes);
+                // Input only piles up while waiting; bound it even if the IO layer does
+                // not apply backpressure.
+                if self.inbuf.len() as u64 > self.cfg.max_message_size + BUFFER_SLACK {
+                    self.reply(replies::too_much_input(&self.cfg.hostname));
+                    return self.close();
+                }
+                self.process();
+            }
+            Event::TlsEstablished => {
+                // RFC 3207 §4.2: forget everything learnt before the handshake.
+                self.tls = true;
+                self.helo = None;
+                self.esmtp = false;
+                self.auth_user = None;
+                self.txn = None;
+                self.wait = Wait::None;
+                self.lines.clear();
+                self.inbuf.clear();
+                self.state = State::Command;
+            }
+            Event::AuthChecked { ok } => {
+                if let Wait::Auth { user } = std::mem::replace(&mut self.wait, Wait::None) {
+                    if ok {
+                        self.auth_user = Some(user);
+                        self.reply(replies::auth_ok());
+                    } else {
+                        self.error(replies::auth_failed());
+                    }
+                    self.process();
+                }
+            }
+            Event::RcptChecked(result) => {
+                if let Wait::Rcpt(to) = std::mem::replace(&mut self.wait, Wait::None) {
+                    match result {
+                        Ok(()) => {
+                            if let Some(t) = self.txn.as_mut() {
+                                t.rcpts.push(to);
+                            }
+                            self.reply(replies::rcpt_ok());
+                        }
+                        Err(r) => self.reply(r),
+                    }
+                    self.process();
+                }
+            }
+            Event::Enqueued(result) => {
+                if let Wait::Enqueue = self.wait {
+                    self.wait = Wait::None;
+                    self.txn = None;
+                    match result {
+                        Ok(id) => self.reply(replies::queued(&id)),
+                        Err(r) => self.reply(r),
+                    }
+                    self.process();
+                }
+            }
+            Event::Timeout => {
+                self.reply(replies::timeout(&self.cfg.hostname));
+                self.close();
+            }
+        }
+    }
+
+    /// Run buffered input through the current parser until it is used up, the session
+    /// must wait, or it closed.
+    fn process(&mut self) {
+        let mut buf = std::mem::take(&mut self.inbuf);
+        let mut pos = 0;
+        while pos < buf.len() && matches!(self.wait, Wait::None) {
+            let input = &buf[pos..];
+            match &mut self.state {
+                State::Closed | State::TlsPending => break,
+                State::Data(dec) => {
+                    let mut scratch = Vec::new();
+                    let body = match self.txn.as_mut() {
+                        Some(t) => &mut t.body,
+                        None => &mut scratch,
+                    };
+                    let p = dec.feed(input, body);
+                    pos += p.consumed;
+                    if p.done {
+                        let result = dec.result();
+                        self.state = State::Command;
+                        self.end_of_message(result);
+                    }
+                }
+                State::Bdat { dec, .. } => {
+                    let mut scratch = Vec::new();
+                    let body = match self.txn.as_mut() {
+                        Some(t) => &mut t.body,
+                        None => &mut scratch,
+                    };
+                    let p = dec.feed(input, body);
+                    pos += p.consumed;
+                    if p.done {
+                        self.bdat_chunk_done();
+                    }
+                }
+                State::Command
+                | State::AuthPlain
+                | State::AuthLoginUser
+                | State::AuthLoginPass { .. } => {
+                    let (n, ev) = self.lines.read(input);
+                    pos += n;
+                    match ev {
+                        LineEvent::NeedMore => {}
+                        LineEvent::Line(line) => {
+                            if matches!(self.state, State::Command) {
+                                self.command(&line);
+                            } else {
+                                self.auth_response(&line);
+                            }
+                        }
+                        LineEvent::Error(_) => {
+                            self.state = State::Command;
+                            self.error(replies::line_too_long());
+                        }
+                    }
+                }
+            }
+        }
+        if matches!(self.state, State::Closed | State::TlsPending) {
+            // Anything pipelined after STARTTLS or QUIT is dropped (RFC 3207 §5).
+            self.lines.clear();
+            buf.clear();
+        } else {
+            buf.drain(..pos);
+        }
+        self.inbuf = buf;
+    }
+
+    fn reply(&mut self, r: Reply) {
+        self.out.push(Action::Reply(r));
+    }
+
+    /// Reply with an error that counts toward `max_errors`.
+    fn error(&mut self, r: Reply) {
+        self.reply(r);
+        self.errors += 1;
+        if self.cfg.max_errors > 0 && self.errors >= self.cfg.max_errors {
+            self.reply(replies::too_many_errors(&self.cfg.hostname));
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        self.out.push(Action::Close);
+        self.state = State::Closed;
+        self.wait = Wait::None;
+        self.inbuf.clear();
+        self.lines.clear();
+    }
+}

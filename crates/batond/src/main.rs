@@ -1,0 +1,123 @@
+//! `batond`: the Baton relay daemon. Parses arguments and config, sets up logging and
+//! signals, and hands over to `baton_node::run`.
+
+use baton_node::Config;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "batond", version, about = "Baton clustered SMTP relay")]
+struct Args {
+    /// Run a complete single-node relay with the embedded development config.
+    #[arg(long, conflicts_with = "config")]
+    dev: bool,
+    /// Data directory for --dev (default ./baton-data).
+    #[arg(long, requires = "dev")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file: exit 0 if it is valid, 2 with the problems if not.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::CheckConfig { file }) = &args.command {
+        return match Config::load(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: invalid configuration", file.display());
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = if args.dev {
+        Config::dev(args.data_dir.clone())
+    } else if let Some(path) = &args.config {
+        match Config::load(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                eprintln!("{}: invalid configuration", path.display());
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        eprintln!("batond: give --dev or --config FILE (see --help)");
+        return ExitCode::from(2);
+    };
+    init_tracing(args.log_format);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("batond: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            let _ = tx.send(true);
+        });
+        match baton_node::run(config, rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("batond: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
