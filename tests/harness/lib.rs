@@ -1,0 +1,663 @@
+//! The black-box test harness: starts real processes on 127.0.0.0/8 and waits for
+//! readiness signals and counts, never for fixed times.
+//!
+//! - [`Dns`] — dnsmasq serving MX/A records for the test's domains;
+//! - [`Sink`] — `baton-sink`, a real SMTP server that writes each message to a directory;
+//! - [`Node`] — `batond` with a generated config, ready when `/readyz` says 200;
+//! - [`Smtp`] — a line-level SMTP client for transcript tests (raw bytes allowed);
+//! - [`wait_until`] — bounded polling for a condition.
+//!
+//! Binaries are found next to the test executable (`target/<profile>/`); `cargo test
+//! --workspace` builds them because their packages have integration tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built alongside the tests.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace first (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    // Check the UDP side too: dnsmasq needs both.
+    drop(l);
+    port
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL now and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (bounded) for exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > timeout {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ------------------------------------------------------------------ DNS
+
+/// A dnsmasq instance answering for the test's zone only.
+pub struct Dns {
+    pub addr: SocketAddr,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+/// Records for [`Dns::start`].
+#[derive(Default, Clone)]
+pub struct Zone {
+    lines: Vec<String>,
+}
+
+impl Zone {
+    pub fn new() -> Zone {
+        Zone::default()
+    }
+    /// `domain MX pref host`.
+    pub fn mx(mut self, domain: &str, pref: u16, host: &str) -> Zone {
+        self.lines.push(format!("mx-host={domain},{host},{pref}"));
+        self
+    }
+    /// `host A ip`.
+    pub fn a(mut self, host: &str, ip: &str) -> Zone {
+        self.lines.push(format!("host-record={host},{ip}"));
+        self
+    }
+    /// A null MX (RFC 7505): `domain MX 0 .`.
+    pub fn null_mx(mut self, domain: &str) -> Zone {
+        self.lines.push(format!("dns-rr={domain},15,000000"));
+        self
+    }
+}
+
+impl Dns {
+    pub fn start(zone: &Zone) -> Dns {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("dnsmasq.conf");
+        let mut text = format!(
+            "port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\nuser=root\n\
+             local=/test/\npid-file=\nlog-facility=-\n"
+        );
+        for l in &zone.lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(&conf, text).expect("write dnsmasq.conf");
+        let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("dnsmasq not installed: apt-get install dnsmasq-base (or run .ci/run)");
+        let proc = Proc::spawn(
+            "dnsmasq",
+            Command::new(dnsmasq)
+                .arg("--keep-in-foreground")
+                .arg(format!("--conf-file={}", conf.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_until("dnsmasq to answer", Duration::from_secs(10), || {
+            dns_probe(addr).then_some(())
+        });
+        Dns {
+            addr,
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+}
+
+/// Sends one A query for `probe.test` and waits briefly for any answer.
+fn dns_probe(addr: SocketAddr) -> bool {
+    let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["probe", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if sock.send_to(&q, addr).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(sock.recv_from(&mut buf), Ok((n, _)) if n >= 12 && buf[0] == 0x12 && buf[1] == 0x34)
+}
+
+// ------------------------------------------------------------------ sink
+
+/// A `baton-sink` process writing messages into its directory.
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    proc: Proc,
+    _tmp: tempfile::TempDir,
+}
+
+impl Sink {
+    pub fn start(addr: SocketAddr) -> Sink {
+        Sink::start_with(addr, 220)
+    }
+
+    /// A sink whose greeting has `greeting_code` (e.g. 421 for a busy primary MX).
+    pub fn start_with(addr: SocketAddr, greeting_code: u16) -> Sink {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("mail");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let ready = tmp.path().join("ready");
+        let proc = Proc::spawn(
+            "baton-sink",
+            Command::new(bin("baton-sink"))
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--greeting-code")
+                .arg(greeting_code.to_string())
+                .arg("--ready-file")
+                .arg(&ready)
+                .stdout(Stdio::null()),
+        );
+        wait_until("baton-sink to listen", Duration::from_secs(10), || {
+            ready.exists().then_some(())
+        });
+        Sink {
+            addr,
+            dir,
+            proc,
+            _tmp: tmp,
+        }
+    }
+
+    /// The messages received so far, oldest first.
+    pub fn messages(&self) -> Vec<SinkMessage> {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        });
+        files
+            .iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .map(SinkMessage::parse)
+            .collect()
+    }
+
+    /// Waits until at least `n` messages arrived; returns them.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<SinkMessage> {
+        wait_until(
+            &format!("{n} message(s) at sink {}", self.addr),
+            timeout,
+            || {
+                let m = self.messages();
+                (m.len() >= n).then_some(m)
+            },
+        )
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+}
+
+/// One message as the sink stored it.
+#[derive(Debug, Clone)]
+pub struct SinkMessage {
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    /// The message as delivered (headers and body).
+    pub data: String,
+}
+
+impl SinkMessage {
+    fn parse(raw: Vec<u8>) -> SinkMessage {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let mut mail_from = String::new();
+        let mut rcpts = Vec::new();
+        let mut rest = text.as_str();
+        while let Some((line, after)) = rest.split_once('\n') {
+            let line = line.trim_end_matches('\r');
+            if let Some(v) = line.strip_prefix("X-Sink-Mail-From:") {
+                mail_from = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("X-Sink-Rcpt-To:") {
+                rcpts.push(v.trim().to_string());
+            } else if !line.starts_with("X-Sink-") {
+                break;
+            }
+            rest = after;
+        }
+        SinkMessage {
+            mail_from,
+            rcpts,
+            data: rest.to_string(),
+        }
+    }
+
+    /// A header's value, folded lines joined with a space.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        let mut value: Option<String> = None;
+        for line in self.data.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() {
+                break;
+            }
+            match &mut value {
+                Some(v) if line.starts_with([' ', '\t']) => {
+                    v.push(' ');
+                    v.push_str(line.trim());
+                }
+                Some(_) => break,
+                None if line.to_ascii_lowercase().starts_with(&prefix) => {
+                    value = Some(line[prefix.len()..].trim().to_string());
+                }
+                None => {}
+            }
+        }
+        value
+    }
+}
+
+// ------------------------------------------------------------------ batond
+
+/// Ports and paths of one node.
+pub struct Node {
+    pub smtp: SocketAddr,
+    pub http: SocketAddr,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub proc: Option<Proc>,
+    pub stderr_path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// What a test may change in the generated config.
+pub struct NodeOptions {
+    pub dns: Option<SocketAddr>,
+    pub mx_port: u16,
+    pub smarthost: Option<SocketAddr>,
+    /// Extra TOML for `[[smtp.listener]]` (after `address`).
+    pub listener: String,
+    /// Extra TOML appended to `[smtp]`.
+    pub smtp: String,
+    /// Extra TOML appended at the end (e.g. `[[smtp.user]]` tables).
+    pub tail: String,
+    pub retry_intervals: String,
+    pub max_age: String,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            dns: None,
+            mx_port: 25,
+            smarthost: None,
+            listener: "relay_networks = [\"127.0.0.0/8\"]".into(),
+            smtp: String::new(),
+            tail: String::new(),
+            retry_intervals: "[\"1s\"]".into(),
+            max_age: "1h".into(),
+        }
+    }
+}
+
+impl Node {
+    pub fn start(opts: NodeOptions) -> Node {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin = free_port();
+        let raft = free_port();
+        let data_dir = tmp.path().join("data");
+        let dns = opts
+            .dns
+            .map(|d| format!("dns_servers = [\"{d}\"]"))
+            .unwrap_or_default();
+        let smarthost = opts
+            .smarthost
+            .map(|s| format!("smarthost = \"{s}\""))
+            .unwrap_or_default();
+        let config = format!(
+            r#"
+[node]
+id = 1
+data_dir = "{data}"
+
+[cluster]
+listen = "127.0.0.1:{raft}"
+advertise = "127.0.0.1:{raft}"
+bootstrap = true
+
+[smtp]
+hostname = "relay.baton.test"
+{smtp_extra}
+
+[[smtp.listener]]
+address = "{smtp}"
+{listener}
+
+[delivery]
+{dns}
+{smarthost}
+mx_port = {mx_port}
+tls = "opportunistic"
+retry_intervals = {retry}
+max_age = "{max_age}"
+connect_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[http]
+listen = "{http}"
+{tail}
+"#,
+            data = data_dir.display(),
+            smtp_extra = opts.smtp,
+            listener = opts.listener,
+            mx_port = opts.mx_port,
+            retry = opts.retry_intervals,
+            max_age = opts.max_age,
+            tail = opts.tail,
+        );
+        let config_path = tmp.path().join("baton.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let stderr_path = tmp.path().join("batond.log");
+        let mut node = Node {
+            smtp,
+            http,
+            config_path,
+            data_dir,
+            proc: None,
+            stderr_path,
+            _tmp: tmp,
+        };
+        node.restart();
+        node
+    }
+
+    /// (Re)starts the process on the same config and data, and waits for readiness.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("log file");
+        let proc = Proc::spawn(
+            "batond",
+            Command::new(bin("batond"))
+                .arg("--config")
+                .arg(&self.config_path)
+                .env("BATON_LOG", "info,openraft=warn")
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        self.proc = Some(proc);
+        let http = self.http;
+        let log = self.stderr_path.clone();
+        let mut tries = 0;
+        wait_until("batond /readyz", Duration::from_secs(30), || {
+            tries += 1;
+            if let Some(p) = self.proc.as_mut()
+                && !p.is_running()
+            {
+                panic!(
+                    "batond exited during start:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            (http_get(http, "/readyz").map(|(code, _)| code) == Some(200)).then_some(())
+        });
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.http, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// A metric's value (the first sample whose name matches exactly, labels ignored).
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.metrics(), name)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn smtp(&self) -> Smtp {
+        Smtp::connect(self.smtp)
+    }
+}
+
+/// The value of the first sample of `name` in Prometheus text, 0 if absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let base = key.split('{').next()?;
+            (base == name).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+// ------------------------------------------------------------------ SMTP client
+
+/// A line-level SMTP client for transcripts.
+pub struct Smtp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Smtp {
+    pub fn connect(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Smtp::from_stream(s)
+    }
+
+    pub fn from_stream(s: TcpStream) -> Smtp {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        Smtp {
+            reader: BufReader::new(s.try_clone().expect("clone")),
+            writer: s,
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply: (code, full text).
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply (so far: {text:?})"
+            );
+            text.push_str(&line);
+            let b = line.as_bytes();
+            if b.len() < 4 || b[3] != b'-' {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (code, text);
+            }
+        }
+    }
+
+    /// Whether the server closed the connection (reads until EOF, bounded).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = String::new();
+        matches!(self.reader.read_line(&mut rest), Ok(0))
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write");
+    }
+
+    /// Sends a command line and asserts the reply starts with `expect` (e.g. `"250"`,
+    /// `"554 5.7.1"`). Returns the reply text.
+    pub fn cmd(&mut self, line: &str, expect: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        let (_, text) = self.reply();
+        assert!(
+            text.starts_with(expect),
+            "{line:?}: expected {expect:?}, got {text:?}"
+        );
+        text
+    }
+
+    /// Greeting and EHLO.
+    pub fn hello(&mut self) {
+        let (code, text) = self.reply();
+        assert_eq!(code, 220, "greeting: {text}");
+        self.cmd("EHLO client.test", "250");
+    }
+
+    /// A whole transaction; returns the final reply text.
+    pub fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250");
+        for r in to {
+            self.cmd(&format!("RCPT TO:<{r}>"), "250");
+        }
+        self.cmd("DATA", "354");
+        self.send_raw(body.as_bytes());
+        self.send_raw(b"\r\n.\r\n");
+        self.reply().1
+    }
+}
+
+/// The queue id in a `250 2.0.0 Ok: queued as <ID>` reply.
+pub fn queue_id(reply: &str) -> String {
+    reply
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("queue id")
+        .to_string()
+}
+
+/// A self-signed certificate for `localhost` written as PEM files in `dir`.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "relay.baton.test".into()])
+            .expect("rcgen");
+    let c = dir.join("tls.crt");
+    let k = dir.join("tls.key");
+    std::fs::write(&c, cert.cert.pem()).expect("write cert");
+    std::fs::write(&k, cert.signing_key.serialize_pem()).expect("write key");
+    (c, k)
+}
