@@ -446,3 +446,91 @@ impl StdinBytes for Command {
         child.wait_with_output().unwrap()
     }
 }
+
+#[test]
+fn outbound_starttls_opportunistic_and_required() {
+    let port = free_port();
+    let sink = Sink::start(at("127.0.0.15", port));
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    // The "remote MX" is another batond with a self-signed certificate.
+    let remote = Node::start(NodeOptions {
+        smarthost: Some(at("127.0.0.15", port)),
+        listener: format!(
+            "relay_networks = [\"127.0.0.0/8\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+        ..Default::default()
+    });
+    let opportunistic = Node::start(NodeOptions {
+        smarthost: Some(remote.smtp),
+        tls: "opportunistic".into(),
+        ..Default::default()
+    });
+    let mut c = opportunistic.smtp();
+    c.hello();
+    assert!(
+        c.send_mail("s@src.test", &["u@dst.test"], &body("tls"))
+            .starts_with("250")
+    );
+    let got = sink.wait_for(1, WAIT);
+    // The remote's Received: line records that our node spoke TLS to it.
+    assert!(
+        got[0].data.contains("(Baton) with ESMTPS"),
+        "opportunistic TLS used: {}",
+        got[0].data
+    );
+
+    // `required` verifies the certificate: self-signed fails, the message is deferred.
+    let required = Node::start(NodeOptions {
+        smarthost: Some(remote.smtp),
+        tls: "required".into(),
+        ..Default::default()
+    });
+    let mut c = required.smtp();
+    c.hello();
+    assert!(
+        c.send_mail("s@src.test", &["u@dst.test"], &body("must verify"))
+            .starts_with("250")
+    );
+    wait_until("a deferral", WAIT, || {
+        (required.metric("baton_messages_deferred_total") >= 1.0).then_some(())
+    });
+    assert_eq!(required.metric("baton_queue_messages"), 1.0);
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "nothing sent without verified TLS"
+    );
+}
+
+#[test]
+fn expired_message_bounces_with_4_4_7() {
+    let port = free_port();
+    let sink = Sink::start(at("127.0.0.16", port));
+    let node = Node::start(NodeOptions {
+        smarthost: Some(at("127.0.0.16", port)),
+        retry_intervals: "[\"500ms\"]".into(),
+        max_age: "2s".into(),
+        ..Default::default()
+    });
+    let mut c = node.smtp();
+    c.hello();
+    assert!(
+        c.send_mail("s@src.test", &["tempfail@dst.test"], &body("expire"))
+            .starts_with("250")
+    );
+    let got = sink.wait_for(1, WAIT);
+    assert_eq!(got[0].rcpts, vec!["s@src.test"]);
+    assert_eq!(got[0].mail_from, "");
+    assert!(got[0].data.contains("Status: 4.4.7"), "{}", got[0].data);
+    assert!(
+        got[0].data.contains("451 4.3.0 try later"),
+        "last reply quoted: {}",
+        got[0].data
+    );
+    wait_until("queue to empty", WAIT, || {
+        (node.metric("baton_queue_messages") == 0.0).then_some(())
+    });
+}

@@ -11,7 +11,8 @@
 #   -o, --only WHICH      baton | postfix | both      (env ONLY,    default both)
 #   -k, --keep            keep the work dir           (env KEEP=1)
 #   -h, --help
-# Other env: LOAD_TIMEOUT (seconds, baton-load --timeout, default 300),
+# Other env: LOAD_TIMEOUT (seconds, baton-load --timeout: bound on ingest +
+#   delivery per run, default 30 + N/25; a run that hits it reports TIMED OUT),
 #   OUT (directory to copy per-run JSON and logs into), BATOND, BATON_LOAD
 #   (binaries; default target/release/...), BATON_LOG (batond log filter).
 #
@@ -32,7 +33,7 @@ C=${C:-20}
 ROUNDS=${ROUNDS:-3}
 ONLY=${ONLY:-both}
 KEEP=${KEEP:-0}
-LOAD_TIMEOUT=${LOAD_TIMEOUT:-300}
+LOAD_TIMEOUT=${LOAD_TIMEOUT:-}
 OUT=${OUT:-}
 BATOND=${BATOND:-$ROOT/target/release/batond}
 BATON_LOAD=${BATON_LOAD:-$ROOT/target/release/baton-load}
@@ -53,6 +54,7 @@ while [ $# -gt 0 ]; do
 done
 
 case "$ONLY" in baton|postfix|both) ;; *) echo "ONLY must be baton, postfix or both" >&2; exit 2 ;; esac
+[[ $N =~ ^[1-9][0-9]*$ ]] && : "${LOAD_TIMEOUT:=$((30 + N / 25))}"
 for v in N C ROUNDS LOAD_TIMEOUT; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive integer (got '${!v}')" >&2; exit 2; }
 done
@@ -84,6 +86,7 @@ chmod 755 "$WORK"            # the postfix user must reach the spool below it
 RESULTS=$WORK/results        # one <round>-<system>.json per run
 mkdir -p "$RESULTS"
 BATOND_PID=""
+LOAD_PID=""                  # `timeout` wrapping a running baton-load
 PF_ETC=""                    # config dir of a Postfix instance that may be running
 
 postfix_running() { [ -n "$PF_ETC" ] && ! /usr/lib/postfix/sbin/master -c "$PF_ETC" -t 2>/dev/null; }
@@ -126,6 +129,10 @@ stop_postfix() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [ -n "$LOAD_PID" ]; then
+    kill -TERM "$LOAD_PID" 2>/dev/null || true
+    wait "$LOAD_PID" 2>/dev/null || true
+  fi
   stop_batond || true
   stop_postfix || true
   if [ -n "$OUT" ] && [ -d "$WORK" ]; then
@@ -185,9 +192,14 @@ PY
 # a failed run (exit status != 0) is reported and still goes into the table.
 run_load() {
   local target=$1 json=$2 err=$3 rc=0
+  # In the background + wait, so that a signal to this script is handled at
+  # once (the EXIT trap then stops the load too).
   timeout --kill-after=10 $((LOAD_TIMEOUT + 60)) \
     "$BATON_LOAD" --target "$target" --sink "$SINK" --messages "$N" --size "$S" \
-    --connections "$C" --timeout "${LOAD_TIMEOUT}s" --json >"$json" 2>"$err" || rc=$?
+    --connections "$C" --timeout "${LOAD_TIMEOUT}s" --json >"$json" 2>"$err" &
+  LOAD_PID=$!
+  wait "$LOAD_PID" || rc=$?
+  LOAD_PID=""
   echo "$rc" >"$json.rc"
   if [ "$rc" != 0 ]; then
     log "baton-load exited $rc against $target"
@@ -212,11 +224,14 @@ except Exception as e:
     sys.exit(0)
 s = j.get("sink") or {}
 lat = j["latency_ms"]
+if s.get("missing", 1) == 0 and not s.get("timed_out"):
+    e2e = f"e2e {s['e2e_msgs_per_sec']:.1f} msg/s ({s['e2e_secs']:.2f} s)"
+else:
+    e2e = "e2e INCOMPLETE (not all accepted messages reached the sink in time)"
 print(f"accepted {j['accepted']}/{j['messages']} failed {j['failed']} "
       f"connect_err {j['connect_errors']} | ingest {j['ingest_msgs_per_sec']:.1f} msg/s "
       f"({j['ingest_secs']:.2f} s) | p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} "
-      f"max {lat['max']:.2f} ms | e2e {s.get('e2e_msgs_per_sec', 0):.1f} msg/s "
-      f"({s.get('e2e_secs', 0):.2f} s) delivered {s.get('delivered')} "
+      f"max {lat['max']:.2f} ms | {e2e} delivered {s.get('delivered')} "
       f"missing {s.get('missing')} dup {s.get('duplicates')}"
       f"{' TIMED OUT' if s.get('timed_out') else ''} | exit {rc}")
 for f in j.get("first_failures") or []:
@@ -259,7 +274,7 @@ EOF
   "$BATOND" check-config "$dir/batond.toml" >/dev/null || die "generated batond config is invalid"
   check_free "$BATON_SMTP" "$BATON_RAFT" "$BATON_ADMIN" "$BATON_HTTP" "$SINK"
 
-  "$BATOND" --config "$dir/batond.toml" >"$dir/batond.log" 2>&1 &
+  NO_COLOR=1 "$BATOND" --config "$dir/batond.toml" >"$dir/batond.log" 2>&1 &
   BATOND_PID=$!
   local t0=$SECONDS
   until curl -sf -o /dev/null --max-time 2 "http://$BATON_HTTP/readyz"; do
@@ -283,12 +298,20 @@ EOF
   cp "$dir/batond.log" "$RESULTS/r$round-baton.batond.log"
   log "round $round baton: batond stopped in ${BATOND_STOP_SECS} s, exit status $BATOND_RC"
   [ "$BATOND_RC" = 0 ] || { log "batond exit status $BATOND_RC; log tail:"; tail -20 "$dir/batond.log" | sed 's/^/    batond: /' >&2; }
-  # Anything at WARN/ERROR level (or a panic) is worth a look.
-  local bad
-  bad=$(grep -Ec ' (WARN|ERROR) |panicked' "$dir/batond.log" || true)
+  # Failed delivery attempts (retried later: they hurt end-to-end), and anything
+  # at WARN/ERROR level or a panic, are worth a look.
+  local plain=$dir/batond.plain.log bad
+  sed 's/\x1b\[[0-9;]*m//g' "$dir/batond.log" >"$plain"
+  bad=$(grep -c 'attempt failed' "$plain" || true)
+  if [ "$bad" -gt 0 ]; then
+    log "round $round baton: $bad failed delivery attempts in batond's log, e.g.:"
+    grep 'attempt failed' "$plain" | sed 's/ id=[0-9A-Z]*//' | cut -c28- | sort | uniq -c |
+      sort -rn | head -5 | cut -c1-300 | sed 's/^/    batond: /' >&2
+  fi
+  bad=$(grep -Ec ' (WARN|ERROR) |panicked' "$plain" || true)
   if [ "$bad" -gt 0 ]; then
     log "round $round baton: $bad WARN/ERROR/panic lines in batond's log, first ones:"
-    grep -E ' (WARN|ERROR) |panicked' "$dir/batond.log" | head -10 | cut -c1-300 | sed 's/^/    batond: /' >&2
+    grep -E ' (WARN|ERROR) |panicked' "$plain" | head -10 | cut -c1-300 | sed 's/^/    batond: /' >&2
   fi
   [ "$KEEP" = 1 ] || rm -rf "$dir/baton-data"
   printf 'r%-2s baton   %s\n' "$round" "$(describe_run "$json")"
@@ -378,7 +401,12 @@ EOF
 
 # Number of messages in the Postfix queue (all queues).
 postfix_queue_count() {
-  postqueue -c "$1" -j 2>/dev/null | grep -c . || true
+  local out
+  if out=$(postqueue -c "$1" -j 2>&1); then
+    printf '%s' "$out" | grep -c . || true
+  else
+    echo "unknown (postqueue: $out)"
+  fi
 }
 
 postfix_round() {
@@ -414,6 +442,11 @@ postfix_round() {
   cp "$dir/postfix.log" "$RESULTS/r$round-postfix.maillog" 2>/dev/null || true
   [ "$q" = 0 ] || log "round $round postfix: $q messages still queued after the load"
   local bad
+  bad=$(grep -c 'status=deferred' "$dir/postfix.log" 2>/dev/null || true)
+  if [ "${bad:-0}" -gt 0 ]; then
+    log "round $round postfix: $bad deferred delivery attempts in the mail log, e.g.:"
+    grep 'status=deferred' "$dir/postfix.log" | head -3 | cut -c1-300 | sed 's/^/    postfix: /' >&2
+  fi
   bad=$(grep -Ec 'warning:|fatal:|panic:|error:' "$dir/postfix.log" 2>/dev/null || true)
   if [ "${bad:-0}" -gt 0 ]; then
     log "round $round postfix: $bad warning/error lines in the mail log, first ones:"
@@ -431,7 +464,9 @@ fi
 
 log "work dir $WORK"
 echo "baton vs postfix: N=$N size=$S connections=$C rounds=$ROUNDS ($(nproc) cores, $(uname -r))"
-echo "  baton   $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- 2>/dev/null || echo '+dirty')  batond -> $BATON_SMTP"
+if [ $run_baton = 1 ]; then
+  echo "  baton   tree $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- 2>/dev/null || echo '+dirty'), batond built $(date -r "$BATOND" '+%F %T') -> $BATON_SMTP"
+fi
 [ $run_postfix = 0 ] || echo "  postfix $(postconf -d -h mail_version 2>/dev/null) -> $POSTFIX_SMTP"
 echo "  sink (baton-load) $SINK"
 echo
@@ -469,8 +504,16 @@ metrics = [
     ("ingest msgs/s", lambda j: j["ingest_msgs_per_sec"], True),
     ("p50 end-of-DATA->250 ms", lambda j: j["latency_ms"]["p50"], False),
     ("p99 end-of-DATA->250 ms", lambda j: j["latency_ms"]["p99"], False),
-    ("end-to-end delivered msgs/s", lambda j: (j.get("sink") or {}).get("e2e_msgs_per_sec"), True),
+    ("end-to-end delivered msgs/s", lambda j: e2e(j), True),
 ]
+
+def e2e(j):
+    # Only runs where every accepted message reached the sink have a meaningful
+    # end-to-end rate; baton-load's rate for incomplete runs ignores the missing ones.
+    s = j.get("sink") or {}
+    if s.get("missing", 1) != 0 or s.get("timed_out"):
+        return None
+    return s.get("e2e_msgs_per_sec")
 
 def fmt(v):
     return "-" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
@@ -483,6 +526,10 @@ for name, f, ratio in metrics:
     print(f"{name:<30} {fmt(b):>10} {fmt(p):>10} {r:>14}")
 print(f"{'runs (of which not clean)':<30} {len(runs['baton']):>5} ({bad['baton']}) "
       f"{len(runs['postfix']):>6} ({bad['postfix']})")
+for system in ("baton", "postfix"):
+    inc = sum(1 for j in runs[system] if e2e(j) is None)
+    if inc:
+        print(f"NOTE: {inc} {system} run(s) incomplete end to end: left out of the e2e median")
 if bad["baton"] or bad["postfix"]:
     print("WARNING: some runs did not send/accept/deliver everything (see the per-run lines)")
 PY

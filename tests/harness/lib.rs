@@ -373,6 +373,8 @@ pub struct NodeOptions {
     pub tail: String,
     pub retry_intervals: String,
     pub max_age: String,
+    /// `[delivery] tls`.
+    pub tls: String,
 }
 
 impl Default for NodeOptions {
@@ -386,6 +388,7 @@ impl Default for NodeOptions {
             tail: String::new(),
             retry_intervals: "[\"1s\"]".into(),
             max_age: "1h".into(),
+            tls: "opportunistic".into(),
         }
     }
 }
@@ -429,7 +432,7 @@ address = "{smtp}"
 {dns}
 {smarthost}
 mx_port = {mx_port}
-tls = "opportunistic"
+tls = "{tls}"
 retry_intervals = {retry}
 max_age = "{max_age}"
 connect_timeout = "2s"
@@ -447,6 +450,7 @@ listen = "{http}"
             mx_port = opts.mx_port,
             retry = opts.retry_intervals,
             max_age = opts.max_age,
+            tls = opts.tls,
             tail = opts.tail,
         );
         let config_path = tmp.path().join("baton.toml");

@@ -276,6 +276,8 @@ impl Connection {
                     }
                 }
                 ClientAction::RcptResult { reply, .. } => rcpt_replies.push(reply),
+                // "Idle" from the end of the previous message.
+                ClientAction::Ready => {}
                 ClientAction::MessageDone {
                     rcpt_replies,
                     data_reply,

@@ -20,6 +20,7 @@ use baton_smtp::client::OutboundMessage;
 use baton_smtp::reply::Reply;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -38,6 +39,17 @@ pub struct DeliveryContext {
     pub outcomes: ActorRef<BatcherMsg<Outcome>>,
     /// False while this node must not start transactions (draining, no lease).
     pub may_deliver: watch::Receiver<bool>,
+    /// Messages taken by a DomainDelivery whose outcome is not yet committed.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+impl DeliveryContext {
+    /// Waits until no message is in flight (polling; drain only).
+    pub async fn idle(&self) {
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 // ---------------------------------------------------------------- manager
@@ -209,7 +221,9 @@ impl Actor for DomainDelivery {
         match msg {
             DomainMsg::Poke => {}
             DomainMsg::Finished(id) => {
-                state.in_flight.remove(&id);
+                if state.in_flight.remove(&id) {
+                    state.ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
             }
             DomainMsg::ConnectionDone => state.connections = state.connections.saturating_sub(1),
         }
@@ -243,6 +257,7 @@ impl DomainState {
             let mut work = self.work.lock().unwrap_or_else(|p| p.into_inner());
             for id in due {
                 if self.in_flight.insert(id.clone()) {
+                    self.ctx.in_flight.fetch_add(1, Ordering::AcqRel);
                     work.push_back(id);
                 }
             }
@@ -318,6 +333,11 @@ impl Worker {
         let mut sent_on_conn = 0usize;
         let mut targets: Option<Vec<Target>> = None;
         while let Some(id) = self.next_id() {
+            if !*self.ctx.may_deliver.borrow() {
+                // Draining (or no lease): leave it queued.
+                let _ = self.actor.cast(DomainMsg::Finished(id));
+                continue;
+            }
             let job = match self.load(&id) {
                 Some(job) => job,
                 None => {

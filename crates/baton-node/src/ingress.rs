@@ -152,8 +152,9 @@ impl Listener {
                     let tls = tls.clone();
                     let id = ulid::Ulid::new().to_string();
                     let span = tracing::info_span!("smtp", session = %id, peer = %peer, listener = %listener.address);
+                    let stop = stop.clone();
                     sessions.spawn(async move {
-                        if let Err(e) = serve(tcp, peer, shared, listener, tls).await {
+                        if let Err(e) = serve(tcp, peer, shared, listener, tls, stop).await {
                             tracing::debug!(error = %e, "session ended");
                         }
                     }.instrument(span));
@@ -194,6 +195,7 @@ async fn serve(
     shared: Arc<IngressShared>,
     listener: Arc<ListenerConfig>,
     tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = tcp.set_nodelay(true);
     let _gauge = SessionGauge::new();
@@ -332,12 +334,31 @@ async fn serve(
             Phase::Closed => return Ok(()),
             _ => shared.smtp.command_timeout,
         };
-        let io = conn.io()?;
-        match tokio::time::timeout(timeout, io.read(&mut buf)).await {
-            Err(_) => actions.extend(session.handle(Event::Timeout)),
-            Ok(Ok(0)) => return Ok(()),
-            Ok(Ok(n)) => actions.extend(session.handle(Event::Input(&buf[..n]))),
-            Ok(Err(e)) => return Err(e),
+        // Draining: a session between commands is told to come back later; one in the
+        // middle of DATA finishes its message first.
+        let may_stop = session.phase() != Phase::Data;
+        let read = {
+            let io = conn.io()?;
+            tokio::select! {
+                r = tokio::time::timeout(timeout, io.read(&mut buf)) => Some(r),
+                _ = async { let _ = stop.wait_for(|s| *s).await; }, if may_stop => None,
+            }
+        };
+        match read {
+            None => {
+                let reply = Reply::new(
+                    421,
+                    "4.3.2",
+                    format!("{hostname} Service shutting down, try again later"),
+                );
+                reply.write_to(&mut out);
+                flush(&mut conn, &mut out).await?;
+                return Ok(());
+            }
+            Some(Err(_)) => actions.extend(session.handle(Event::Timeout)),
+            Some(Ok(Ok(0))) => return Ok(()),
+            Some(Ok(Ok(n))) => actions.extend(session.handle(Event::Input(&buf[..n]))),
+            Some(Ok(Err(e))) => return Err(e),
         }
     }
 }

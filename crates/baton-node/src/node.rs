@@ -78,7 +78,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         BatcherArgs {
             write: write_messages,
             max_batch: 512,
-            max_in_flight: 4,
+            max_in_flight: 2,
             weight: |m: &NewMessage| m.body.len(),
             max_batch_bytes: 16 * 1024 * 1024,
         },
@@ -138,10 +138,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         max_messages_per_connection: d.max_messages_per_connection,
         outcomes: outcomes.clone(),
         may_deliver: deliver_rx,
+        in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     });
-    let (manager, manager_handle) = Actor::spawn(Some("delivery".into()), DeliveryManager, ctx)
-        .await
-        .context("starting delivery")?;
+    let (manager, manager_handle) =
+        Actor::spawn(Some("delivery".into()), DeliveryManager, ctx.clone())
+            .await
+            .context("starting delivery")?;
 
     // Ingress.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -185,7 +187,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     while listeners.join_next().await.is_some() {}
     // Sessions are done: their messages are committed. Let deliveries finish.
     deliver_tx.send_replace(false);
-    let _ = tokio::time::timeout(DRAIN, wait_deliveries_idle(&queue)).await;
+    let _ = tokio::time::timeout(DRAIN, ctx.idle()).await;
     manager.stop(None);
     committer.stop(None);
     outcomes.stop(None);
@@ -196,9 +198,4 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     queue.shutdown().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Gives in-flight deliveries a moment to commit their outcomes.
-async fn wait_deliveries_idle(_queue: &QueueNode) {
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }
