@@ -28,12 +28,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+/// Bodies waiting for their commit, at most (KiB).
+const COMMIT_BUDGET_KIB: u32 = 512 * 1024;
+
 /// What every session of a node shares.
 pub struct IngressShared {
     pub smtp: SmtpConfig,
     pub users: Users,
     pub committer: ActorRef<BatcherMsg<NewMessage>>,
     pub connections: Arc<Semaphore>,
+    /// KiB of message bodies handed to the Committer and not yet committed: a burst of
+    /// large messages waits here instead of filling memory.
+    commit_budget: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Set while the node accepts mail (leader known, not draining).
     pub accepting: watch::Receiver<bool>,
@@ -48,6 +54,7 @@ impl IngressShared {
     ) -> Arc<IngressShared> {
         Arc::new(IngressShared {
             connections: Arc::new(Semaphore::new(smtp.max_connections)),
+            commit_budget: Arc::new(Semaphore::new(COMMIT_BUDGET_KIB as usize)),
             smtp,
             users,
             committer,
@@ -435,6 +442,14 @@ async fn commit(
 ) -> Option<Result<String, Reply>> {
     let id = ulid::Ulid::new().to_string();
     let message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
+    let kib = (message.body.len() / 1024).clamp(1, COMMIT_BUDGET_KIB as usize) as u32;
+    let Ok(_budget) = shared.commit_budget.acquire_many(kib).await else {
+        return Some(Err(Reply::new(
+            451,
+            "4.3.0",
+            "Queue unavailable, try again later",
+        )));
+    };
     let result = shared
         .committer
         .call(
