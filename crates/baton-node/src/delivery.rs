@@ -171,6 +171,11 @@ impl Actor for DeliveryManager {
 
 // ---------------------------------------------------------------- one domain
 
+/// A domain's backlog is refilled from the index when it falls below this...
+const WORK_LOW: usize = 200;
+/// ...up to this many messages taken at once.
+const WORK_MAX: usize = 1000;
+
 pub struct DomainDelivery;
 
 pub enum DomainMsg {
@@ -218,16 +223,20 @@ impl Actor for DomainDelivery {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            DomainMsg::Poke => {}
+        let look = match msg {
+            DomainMsg::Poke => true,
             DomainMsg::Finished(id) => {
                 if state.in_flight.remove(&id) {
                     state.ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
+                false
             }
-            DomainMsg::ConnectionDone => state.connections = state.connections.saturating_sub(1),
-        }
-        state.schedule(&myself);
+            DomainMsg::ConnectionDone => {
+                state.connections = state.connections.saturating_sub(1);
+                false
+            }
+        };
+        state.schedule(&myself, look);
         if state.in_flight.is_empty()
             && state.connections == 0
             && state.ctx.reader.shared.with(|i| i.queued(&state.domain)) == 0
@@ -240,29 +249,34 @@ impl Actor for DomainDelivery {
 
 impl DomainState {
     /// Takes due work, starts connections for it and arms the retry timer.
-    fn schedule(&mut self, myself: &ActorRef<DomainMsg>) {
+    fn schedule(&mut self, myself: &ActorRef<DomainMsg>, look: bool) {
         let now = now_ms();
         if !*self.ctx.may_deliver.borrow() {
             self.arm_timer(myself, now + 1000);
             return;
         }
-        let limit = 1000;
-        let due = self
-            .ctx
-            .reader
-            .shared
-            .with(|i| i.due(&self.domain, now, limit + self.in_flight.len()));
-        let mut queued = 0;
-        {
+        let backlog = self.work.lock().unwrap_or_else(|p| p.into_inner()).len();
+        // Refill when the backlog runs low, or when asked to look (new work, timer):
+        // not on every finished message, which would rescan the in-flight set each time.
+        if look || backlog < WORK_LOW {
+            let want = WORK_MAX.saturating_sub(backlog);
+            let (due, next) = self
+                .ctx
+                .reader
+                .shared
+                .with(|i| i.take_due(&self.domain, now, want, &self.in_flight));
             let mut work = self.work.lock().unwrap_or_else(|p| p.into_inner());
             for id in due {
-                if self.in_flight.insert(id.clone()) {
-                    self.ctx.in_flight.fetch_add(1, Ordering::AcqRel);
-                    work.push_back(id);
-                }
+                self.in_flight.insert(id.clone());
+                self.ctx.in_flight.fetch_add(1, Ordering::AcqRel);
+                work.push_back(id);
             }
-            queued = queued.max(work.len());
+            drop(work);
+            if let Some(at) = next {
+                self.arm_timer(myself, at);
+            }
         }
+        let queued = self.work.lock().unwrap_or_else(|p| p.into_inner()).len();
         let per_connection = self.ctx.max_messages_per_connection.clamp(1, 20);
         let wanted = queued
             .div_ceil(per_connection)
@@ -276,14 +290,6 @@ impl DomainState {
                 actor: myself.clone(),
             };
             tokio::spawn(worker.run());
-        }
-        let next = self
-            .ctx
-            .reader
-            .shared
-            .with(|i| i.next_due_after(&self.domain, now, &self.in_flight));
-        if let Some(at) = next {
-            self.arm_timer(myself, at);
         }
     }
 

@@ -76,19 +76,33 @@ impl Index {
             .and_then(|q| q.due.first().map(|(due, _)| *due))
     }
 
-    /// The earliest due time for `domain` among messages not in `exclude`.
-    pub fn next_due_after(
+    /// Up to `want` ids due at `now_ms` for `domain` that are not in `exclude`, earliest
+    /// first, and — when fewer were due — when the next one not in `exclude` is due.
+    /// One pass over the domain's queue, bounded by `exclude.len() + want`.
+    pub fn take_due(
         &self,
         domain: &str,
-        _now_ms: u64,
+        now_ms: u64,
+        want: usize,
         exclude: &std::collections::HashSet<String>,
-    ) -> Option<u64> {
-        self.domains.get(domain).and_then(|q| {
-            q.due
-                .iter()
-                .find(|(_, id)| !exclude.contains(id))
-                .map(|(due, _)| *due)
-        })
+    ) -> (Vec<String>, Option<u64>) {
+        let mut ids = Vec::new();
+        let Some(q) = self.domains.get(domain) else {
+            return (ids, None);
+        };
+        for (due, id) in &q.due {
+            if exclude.contains(id) {
+                continue;
+            }
+            if *due > now_ms {
+                return (ids, Some(*due));
+            }
+            if ids.len() >= want {
+                return (ids, None);
+            }
+            ids.push(id.clone());
+        }
+        (ids, None)
     }
 
     /// Marks `domain` as changed, so watchers look at it.
