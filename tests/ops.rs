@@ -21,9 +21,18 @@ fn dev_mode_runs_a_relay_on_the_contract_ports() {
             .stderr(Stdio::null()),
     );
     let stdout = proc.child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("127.0.0.1:2525"), "{first}");
+    // It prints each address it listens on.
+    let printed: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .take(4)
+        .map(|l| l.unwrap())
+        .collect();
+    for addr in ["127.0.0.1:2525", "127.0.0.1:9401", "127.0.0.1:7301"] {
+        assert!(
+            printed.iter().any(|l| l.contains(addr)),
+            "{addr} not in {printed:?}"
+        );
+    }
     let http: SocketAddr = "127.0.0.1:9401".parse().unwrap();
     wait_until("--dev /readyz", WAIT, || {
         (http_get(http, "/readyz").map(|r| r.0) == Some(200)).then_some(())

@@ -351,8 +351,10 @@ impl SinkMessage {
 
 /// Ports and paths of one node.
 pub struct Node {
+    pub id: u64,
     pub smtp: SocketAddr,
     pub http: SocketAddr,
+    pub raft: SocketAddr,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
@@ -375,6 +377,12 @@ pub struct NodeOptions {
     pub max_age: String,
     /// `[delivery] tls`.
     pub tls: String,
+    /// `[node] id`.
+    pub id: u64,
+    /// `[cluster] bootstrap`.
+    pub bootstrap: bool,
+    /// `[cluster] join`: Raft addresses of seeds.
+    pub join: Vec<SocketAddr>,
 }
 
 impl Default for NodeOptions {
@@ -389,6 +397,9 @@ impl Default for NodeOptions {
             retry_intervals: "[\"1s\"]".into(),
             max_age: "1h".into(),
             tls: "opportunistic".into(),
+            id: 1,
+            bootstrap: true,
+            join: Vec::new(),
         }
     }
 }
@@ -399,7 +410,7 @@ impl Node {
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin = free_port();
-        let raft = free_port();
+        let raft: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let data_dir = tmp.path().join("data");
         let dns = opts
             .dns
@@ -412,13 +423,14 @@ impl Node {
         let config = format!(
             r#"
 [node]
-id = 1
+id = {id}
 data_dir = "{data}"
 
 [cluster]
-listen = "127.0.0.1:{raft}"
-advertise = "127.0.0.1:{raft}"
-bootstrap = true
+listen = "{raft}"
+advertise = "{raft}"
+bootstrap = {bootstrap}
+join = [{join}]
 
 [smtp]
 hostname = "relay.baton.test"
@@ -445,6 +457,14 @@ listen = "{http}"
 {tail}
 "#,
             data = data_dir.display(),
+            id = opts.id,
+            bootstrap = opts.bootstrap,
+            join = opts
+                .join
+                .iter()
+                .map(|j| format!("\"{j}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             smtp_extra = opts.smtp,
             listener = opts.listener,
             mx_port = opts.mx_port,
@@ -457,8 +477,10 @@ listen = "{http}"
         std::fs::write(&config_path, config).expect("write config");
         let stderr_path = tmp.path().join("batond.log");
         let mut node = Node {
+            id: opts.id,
             smtp,
             http,
+            raft,
             config_path,
             data_dir,
             proc: None,
@@ -489,7 +511,7 @@ listen = "{http}"
         let http = self.http;
         let log = self.stderr_path.clone();
         let mut tries = 0;
-        wait_until("batond /readyz", Duration::from_secs(30), || {
+        wait_until("batond /readyz", Duration::from_secs(60), || {
             tries += 1;
             if let Some(p) = self.proc.as_mut()
                 && !p.is_running()
@@ -602,10 +624,14 @@ impl Smtp {
         }
     }
 
-    /// Whether the server closed the connection (reads until EOF, bounded).
+    /// Whether the server closed (or reset) the connection without another reply.
     pub fn closed(&mut self) -> bool {
         let mut rest = String::new();
-        matches!(self.reader.read_line(&mut rest), Ok(0))
+        match self.reader.read_line(&mut rest) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {

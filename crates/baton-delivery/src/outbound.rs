@@ -53,6 +53,9 @@ pub enum ConnError {
     /// The connection broke during a transaction.
     #[error("connection lost: {0}")]
     Lost(String),
+    /// The TLS handshake failed (opportunistic: retried without TLS).
+    #[error("TLS handshake failed: {0}")]
+    TlsFailed(String),
     /// The lease ran out before the final dot: the transaction was abandoned.
     #[error("transaction abandoned before the final dot")]
     Abandoned,
@@ -119,6 +122,17 @@ impl Connection {
         for target in targets {
             match Self::open_one(target, helo_name, policy, tls, timeouts).await {
                 Ok(c) => return Ok(c),
+                Err(ConnError::TlsFailed(reason)) if policy == TlsPolicy::Opportunistic => {
+                    // Opportunistic: a failed handshake is retried in plain text, as
+                    // Postfix's "may" level does.
+                    tracing::info!(host = %target.host, %reason, "TLS failed; retrying without TLS");
+                    match Self::open_one(target, helo_name, TlsPolicy::Disabled, tls, timeouts)
+                        .await
+                    {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = e,
+                    }
+                }
                 Err(e @ ConnError::TlsRequired(_)) => last = e,
                 Err(e) => {
                     tracing::debug!(host = %target.host, addr = %target.addr, error = %e, "MX host unusable");
@@ -176,7 +190,12 @@ impl Connection {
                         _ => tls.opportunistic.clone(),
                     };
                     let name = ServerName::try_from(target.host.clone()).map_err(|e| {
-                        ConnError::TlsRequired(format!("bad host name {}: {e}", target.host))
+                        let reason = format!("bad host name {}: {e}", target.host);
+                        if policy == TlsPolicy::Required {
+                            ConnError::TlsRequired(reason)
+                        } else {
+                            ConnError::TlsFailed(reason)
+                        }
                     })?;
                     let Stream::Plain(tcp) = std::mem::replace(&mut conn.stream, Stream::Gone)
                     else {
@@ -196,7 +215,7 @@ impl Connection {
                             return Err(if policy == TlsPolicy::Required {
                                 ConnError::TlsRequired(reason)
                             } else {
-                                unavailable(reason)
+                                ConnError::TlsFailed(reason)
                             });
                         }
                         Err(_) => {
@@ -324,11 +343,27 @@ impl Connection {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut scratch)).await;
     }
 
+    /// Writes with a timeout (RFC 5321 §4.5.3.2.5: 3 minutes per data block): a
+    /// remote that stops reading cannot hold us forever.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|e| ConnError::Lost(format!("write to {}: {e}", self.target.host)))
+        let timeout = self.timeouts.command.min(Duration::from_secs(180));
+        match tokio::time::timeout(timeout, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.stream = Stream::Gone;
+                Err(ConnError::Lost(format!(
+                    "write to {}: {e}",
+                    self.target.host
+                )))
+            }
+            Err(_) => {
+                self.stream = Stream::Gone;
+                Err(ConnError::Lost(format!(
+                    "{} stopped reading",
+                    self.target.host
+                )))
+            }
+        }
     }
 
     /// Runs writes and reads until the engine produces an action for the caller.

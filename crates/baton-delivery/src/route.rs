@@ -96,15 +96,15 @@ impl Router {
             return self.smarthost(smarthost).await;
         }
         if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-            let ip: IpAddr = literal
-                .strip_prefix("IPv6:")
-                .unwrap_or(literal)
-                .parse()
-                .map_err(|_| {
-                    RouteError::Permanent(domain.into(), format!("bad address literal {domain}"))
-                })?;
+            let bare = match literal.get(..5) {
+                Some(p) if p.eq_ignore_ascii_case("ipv6:") => &literal[5..],
+                _ => literal,
+            };
+            let ip: IpAddr = bare.parse().map_err(|_| {
+                RouteError::Permanent(domain.into(), format!("bad address literal {domain}"))
+            })?;
             return Ok(vec![Target {
-                host: literal.to_string(),
+                host: ip.to_string(),
                 addr: SocketAddr::new(ip, self.config.mx_port),
             }]);
         }
@@ -133,7 +133,8 @@ impl Router {
                 format!("domain {domain} accepts no mail (null MX, RFC 7505)"),
             ));
         }
-        if exchanges.is_empty() {
+        let implicit = exchanges.is_empty();
+        if implicit {
             // RFC 5321 §5.1: no MX, so the domain itself is the implicit MX.
             exchanges.push((0, fqdn.clone()));
         }
@@ -151,6 +152,13 @@ impl Router {
                             addr: SocketAddr::new(ip, self.config.mx_port),
                         });
                     }
+                }
+                Err(e) if implicit && (e.is_no_records_found() || e.is_nx_domain()) => {
+                    // No MX and no address: the domain takes no mail (RFC 5321 §5.1).
+                    return Err(RouteError::Permanent(
+                        domain.into(),
+                        format!("domain {domain} has no MX and no address"),
+                    ));
                 }
                 Err(e) => last_error = Some(e.to_string()),
             }

@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub struct Users {
     hashes: Arc<HashMap<String, String>>,
     dummy: Arc<String>,
+    /// Argon2 checks at once (each takes ~19 MiB and a core for tens of ms).
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Users {
@@ -29,6 +31,7 @@ impl Users {
         Users {
             hashes: Arc::new(hashes),
             dummy: Arc::new(dummy),
+            checks: Arc::new(tokio::sync::Semaphore::new(4)),
         }
     }
 
@@ -41,6 +44,9 @@ impl Users {
         let known = self.hashes.get(name).cloned();
         let hash = known.clone().unwrap_or_else(|| (*self.dummy).clone());
         let password = password.to_string();
+        let Ok(_permit) = self.checks.acquire().await else {
+            return false;
+        };
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|parsed| {

@@ -193,6 +193,7 @@ pub struct DomainState {
     in_flight: HashSet<String>,
     work: Arc<Mutex<VecDeque<String>>>,
     connections: usize,
+    live: Arc<AtomicUsize>,
     timer_at: Option<u64>,
 }
 
@@ -213,6 +214,7 @@ impl Actor for DomainDelivery {
             in_flight: HashSet::new(),
             work: Arc::new(Mutex::new(VecDeque::new())),
             connections: 0,
+            live: Arc::new(AtomicUsize::new(0)),
             timer_at: None,
         })
     }
@@ -252,6 +254,18 @@ impl DomainState {
     fn schedule(&mut self, myself: &ActorRef<DomainMsg>, look: bool) {
         let now = now_ms();
         if !*self.ctx.may_deliver.borrow() {
+            // Draining or not allowed to deliver: give back what waits in the backlog.
+            let waiting: Vec<String> = self
+                .work
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+                .collect();
+            for id in waiting {
+                if self.in_flight.remove(&id) {
+                    self.ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
             self.arm_timer(myself, now + 1000);
             return;
         }
@@ -288,6 +302,7 @@ impl DomainState {
                 domain: self.domain.clone(),
                 work: self.work.clone(),
                 actor: myself.clone(),
+                live: self.live.clone(),
             };
             tokio::spawn(worker.run());
         }
@@ -317,6 +332,8 @@ struct Worker {
     domain: String,
     work: Arc<Mutex<VecDeque<String>>>,
     actor: ActorRef<DomainMsg>,
+    /// Open, working connections of this domain (all workers).
+    live: Arc<AtomicUsize>,
 }
 
 /// Everything needed to attempt one message.
@@ -347,7 +364,7 @@ impl Worker {
             let job = match self.load(&id) {
                 Some(job) => job,
                 None => {
-                    let _ = self.actor.cast(DomainMsg::Finished(id));
+                    self.release_later(id);
                     continue;
                 }
             };
@@ -372,11 +389,15 @@ impl Worker {
                     Ok(t) => targets = Some(t),
                     Err(e) => {
                         self.route_failed(job, &e);
-                        while let Some(id) = self.next_id() {
-                            if let Some(job) = self.load(&id) {
-                                self.route_failed(job, &e);
-                            } else {
-                                let _ = self.actor.cast(DomainMsg::Finished(id));
+                        // A permanent answer is the domain's; a temporary one is ours to
+                        // apply to everything waiting only if nothing else is getting
+                        // through.
+                        if e.is_permanent() || self.live.load(Ordering::Acquire) == 0 {
+                            while let Some(id) = self.next_id() {
+                                match self.load(&id) {
+                                    Some(job) => self.route_failed(job, &e),
+                                    None => self.release_later(id),
+                                }
                             }
                         }
                         break;
@@ -387,6 +408,7 @@ impl Worker {
                 || sent_on_conn >= self.ctx.max_messages_per_connection
             {
                 if let Some(c) = conn.take() {
+                    self.live.fetch_sub(1, Ordering::AcqRel);
                     c.quit().await;
                 }
                 sent_on_conn = 0;
@@ -401,16 +423,21 @@ impl Worker {
                 )
                 .await;
                 match opened {
-                    Ok(c) => conn = Some(c),
+                    Ok(c) => {
+                        self.live.fetch_add(1, Ordering::AcqRel);
+                        conn = Some(c);
+                    }
                     Err(e) => {
-                        // No host takes mail now: defer this and everything waiting.
                         let reason = e.to_string();
                         self.defer_all(&job, &reason);
-                        while let Some(id) = self.next_id() {
-                            match self.load(&id) {
-                                Some(job) => self.defer_all(&job, &reason),
-                                None => {
-                                    let _ = self.actor.cast(DomainMsg::Finished(id));
+                        // If no other connection to this domain works, the site is down:
+                        // defer everything waiting. Otherwise (a host refusing one more
+                        // connection, say) leave the rest to the working connections.
+                        if self.live.load(Ordering::Acquire) == 0 {
+                            while let Some(id) = self.next_id() {
+                                match self.load(&id) {
+                                    Some(job) => self.defer_all(&job, &reason),
+                                    None => self.release_later(id),
                                 }
                             }
                         }
@@ -423,9 +450,20 @@ impl Worker {
             sent_on_conn += 1;
         }
         if let Some(c) = conn.take() {
+            self.live.fetch_sub(1, Ordering::AcqRel);
             c.quit().await;
         }
         let _ = self.actor.cast(DomainMsg::ConnectionDone);
+    }
+
+    /// Releases an id that could not be loaded (finished meanwhile, or unreadable) after
+    /// a pause, so an unreadable record is not retried in a hot loop.
+    fn release_later(&self, id: String) {
+        let actor = self.actor.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let _ = actor.cast(DomainMsg::Finished(id));
+        });
     }
 
     fn load(&self, id: &str) -> Option<Job> {
@@ -494,7 +532,7 @@ impl Worker {
                             continue;
                         }
                     };
-                    if verdict.is_positive() {
+                    if verdict.is_completion() {
                         delivered.push(addr.clone());
                     } else if verdict.is_permanent() {
                         failed.push((
@@ -602,14 +640,31 @@ impl Worker {
         let actor = self.actor.clone();
         let id = job.id.clone();
         tokio::spawn(async move {
-            let result = outcomes
-                .call(
-                    |port| BatcherMsg::Submit(outcome, port),
-                    Some(Duration::from_secs(60)),
-                )
-                .await;
-            if !matches!(result, Ok(ractor::rpc::CallResult::Success(Ok(())))) {
-                tracing::error!(%id, "could not commit a delivery outcome; it will be retried");
+            // The message stays in flight until its outcome is committed: releasing it
+            // earlier would let it be taken and sent again. Enqueue and outcomes are
+            // idempotent, so retrying the commit is safe.
+            let mut wait = Duration::from_millis(200);
+            loop {
+                let o = outcome.clone();
+                let result = outcomes
+                    .call(
+                        |port| BatcherMsg::Submit(o, port),
+                        Some(Duration::from_secs(60)),
+                    )
+                    .await;
+                match result {
+                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => break,
+                    Err(_) | Ok(ractor::rpc::CallResult::SenderError) => {
+                        // The batcher is gone (shutting down): the record stays queued.
+                        tracing::warn!(%id, "outcome not committed: shutting down");
+                        break;
+                    }
+                    other => {
+                        tracing::warn!(%id, result = ?other.ok().map(|_| ()), "outcome not committed yet; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(10));
+                    }
+                }
             }
             let _ = actor.cast(DomainMsg::Finished(id));
         });

@@ -28,6 +28,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+/// How long a write to a client may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Bodies waiting for their commit, at most (KiB).
 const COMMIT_BUDGET_KIB: u32 = 512 * 1024;
 
@@ -220,9 +223,8 @@ async fn serve(
     };
 
     // The PROXY header, if the listener expects one, names the real client.
-    let mut early = Vec::new();
     let client = if listener.proxy_protocol {
-        match read_proxy_header(&mut tcp, &mut early).await? {
+        match read_proxy_header(&mut tcp).await? {
             Some(addr) => addr,
             None => peer,
         }
@@ -274,9 +276,6 @@ async fn serve(
 
     let mut out = Vec::with_capacity(1024);
     let mut actions: VecDeque<Action> = session.handle(Event::Connected).into();
-    if !early.is_empty() {
-        actions.extend(session.handle(Event::Input(&early)));
-    }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while let Some(action) = actions.pop_front() {
@@ -370,13 +369,21 @@ async fn serve(
     }
 }
 
+/// Writes the pending replies; a client that stops reading is dropped after a while.
 async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
     let io = conn.io()?;
-    io.write_all(out).await?;
-    io.flush().await?;
+    let write = async {
+        io.write_all(out).await?;
+        io.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")
+        })??;
     out.clear();
     Ok(())
 }
@@ -393,21 +400,29 @@ async fn upgrade(conn: Conn, acceptor: &TlsAcceptor, timeout: Duration) -> std::
     Ok(Conn::Tls(Box::new(stream)))
 }
 
-/// Reads a PROXY v1/v2 header; bytes after it stay in `rest`.
-async fn read_proxy_header(
-    tcp: &mut TcpStream,
-    rest: &mut Vec<u8>,
-) -> std::io::Result<Option<SocketAddr>> {
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
+/// Reads a PROXY v1/v2 header and nothing after it (the next bytes may be a TLS
+/// ClientHello): peek until the header parses, then consume exactly its length.
+async fn read_proxy_header(tcp: &mut TcpStream) -> std::io::Result<Option<SocketAddr>> {
+    let mut buf = vec![0u8; 16 + 65_535];
+    let mut seen = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match proxy::parse(&buf) {
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no PROXY header"))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        match proxy::parse(&buf[..n]) {
             Ok(Some((header, used))) => {
-                rest.extend_from_slice(&buf[used..]);
+                tcp.read_exact(&mut buf[..used]).await?;
                 return Ok(header.source);
             }
-            Ok(None) => {}
+            Ok(None) if n == seen => {
+                // Nothing new since the last peek: wait for more to arrive.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(None) => seen = n,
             Err(e) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -415,13 +430,6 @@ async fn read_proxy_header(
                 ));
             }
         }
-        let n = tokio::time::timeout_at(deadline, tcp.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no PROXY header"))??;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -443,12 +451,13 @@ async fn commit(
     let id = ulid::Ulid::new().to_string();
     let message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
     let kib = (message.body.len() / 1024).clamp(1, COMMIT_BUDGET_KIB as usize) as u32;
-    let Ok(_budget) = shared.commit_budget.acquire_many(kib).await else {
-        return Some(Err(Reply::new(
-            451,
-            "4.3.0",
-            "Queue unavailable, try again later",
-        )));
+    let budget = tokio::time::timeout(
+        Duration::from_secs(30),
+        shared.commit_budget.acquire_many(kib),
+    );
+    let Ok(Ok(_budget)) = budget.await else {
+        // Nothing was handed over: 451 is truthful.
+        return Some(Err(Reply::new(451, "4.3.0", "Queue busy, try again later")));
     };
     let result = shared
         .committer

@@ -7,11 +7,13 @@ use crate::delivery::{DeliveryContext, DeliveryManager};
 use crate::http::{self, HttpState};
 use crate::ingress::{IngressShared, Listener};
 use anyhow::Context;
+use baton_cluster::{GrpcNetwork, Peers, RaftService, Writer};
 use baton_delivery::date::now_ms;
 use baton_delivery::outbound::Timeouts;
 use baton_delivery::retry::RetryPolicy;
 use baton_delivery::route::{RouteConfig, Router};
 use baton_delivery::tls::{TlsClients, TlsPolicy};
+use baton_queue::types::Request;
 use baton_queue::{NewMessage, Outcome, QueueNode, QueueOptions};
 use ractor::Actor;
 use std::sync::Arc;
@@ -27,34 +29,83 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let prometheus = crate::metrics::install();
 
     let data_dir = config.node.data_dir.clone();
-    let has_state = data_dir.join("db").exists();
-    if !has_state && !config.cluster.bootstrap {
-        anyhow::bail!(
-            "{} holds no cluster state and cluster.bootstrap is false: set cluster.bootstrap = true to form a new cluster",
-            data_dir.display()
-        );
-    }
-    let queue = QueueNode::open(QueueOptions {
-        node_id: config.node.id,
-        data_dir: data_dir.clone(),
-        advertise: config.cluster.advertise.clone(),
-        bootstrap: config.cluster.bootstrap,
-    })
+    let peers = Peers::default();
+    let queue = QueueNode::open(
+        QueueOptions {
+            node_id: config.node.id,
+            data_dir: data_dir.clone(),
+            advertise: config.cluster.advertise.clone(),
+            bootstrap: config.cluster.bootstrap,
+        },
+        GrpcNetwork {
+            peers: peers.clone(),
+        },
+    )
     .await
     .with_context(|| format!("opening the queue in {}", data_dir.display()))?;
+    let writer = Writer {
+        queue: queue.clone(),
+        peers: peers.clone(),
+    };
 
-    // Readiness: a leader is known and what was committed is applied.
+    // The Raft service for peers.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let raft_listener = tokio::net::TcpListener::bind(config.cluster.listen)
+        .await
+        .with_context(|| format!("cluster.listen {}", config.cluster.listen))?;
+    println!("raft (peers only) on {}", config.cluster.listen);
+    let raft_task = {
+        let mut stop = stop_rx.clone();
+        let service = RaftService::new(queue.clone()).into_server();
+        let incoming = tokio_stream_listener(raft_listener);
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
+    if !queue.raft.is_initialized().await.unwrap_or(false) {
+        if config.cluster.join.is_empty() {
+            anyhow::bail!(
+                "{} holds no cluster state, cluster.bootstrap is false and cluster.join is empty: set cluster.bootstrap = true to form a new cluster, or cluster.join to join one",
+                data_dir.display()
+            );
+        }
+        println!("joining the cluster through {:?}", config.cluster.join);
+        baton_cluster::join::join(
+            &peers,
+            &config.cluster.join,
+            config.node.id,
+            &config.cluster.advertise,
+            Duration::from_secs(300),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    }
+
+    // Readiness: a leader is known and what was committed is applied. Until delivery
+    // ownership with leases arrives, only the leader delivers.
     let (ready_tx, ready_rx) = watch::channel(false);
     let (deliver_tx, deliver_rx) = watch::channel(false);
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let queue = queue.clone();
         let ready_tx = ready_tx.clone();
         let deliver_tx = deliver_tx.clone();
+        let draining = draining.clone();
         tokio::spawn(async move {
+            let _ = queue.wait_ready(Duration::from_secs(3600)).await;
+            // Caught up once at start (above); from then on ready while a leader is known.
+            let mut metrics = queue.raft.metrics();
             loop {
-                if queue.wait_ready(Duration::from_secs(3600)).await.is_ok() {
-                    ready_tx.send_replace(true);
-                    deliver_tx.send_replace(true);
+                let leader = metrics.borrow_and_update().current_leader;
+                let stopping = draining.load(std::sync::atomic::Ordering::Acquire);
+                ready_tx.send_replace(leader.is_some() && !stopping);
+                deliver_tx.send_replace(leader == Some(queue.id) && !stopping);
+                if metrics.changed().await.is_err() || stopping {
                     return;
                 }
             }
@@ -62,11 +113,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
 
     // Committer and OutcomeBatcher: group commit into Raft.
-    let q = queue.clone();
-    let write_messages: WriteFn<NewMessage> = Arc::new(move |batch| {
-        let q = q.clone();
+    let w = writer.clone();
+    let write_messages: WriteFn<NewMessage> = Arc::new(move |messages| {
+        let w = w.clone();
         Box::pin(async move {
-            q.enqueue(batch)
+            let request = Request::Enqueue { messages };
+            w.write(request)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -85,12 +137,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     )
     .await
     .context("starting the committer")?;
-    let q = queue.clone();
-    let write_outcomes: WriteFn<Outcome> = Arc::new(move |batch| {
-        let q = q.clone();
+    let w = writer.clone();
+    let write_outcomes: WriteFn<Outcome> = Arc::new(move |results| {
+        let w = w.clone();
         Box::pin(async move {
-            q.record_outcomes(now_ms(), batch)
+            let request = Request::Outcomes {
+                now_ms: now_ms(),
+                results,
+            };
+            w.write(request)
                 .await
+                .map(|_| ())
                 .map_err(|e| e.to_string())
         })
     });
@@ -146,7 +203,6 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             .context("starting delivery")?;
 
     // Ingress.
-    let (stop_tx, stop_rx) = watch::channel(false);
     let shared = IngressShared::new(
         config.smtp.clone(),
         Users::new(&config.smtp.users),
@@ -170,6 +226,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         config.node.id,
         data_dir.display()
     );
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
     let http_task = tokio::spawn(http::serve(
         http_listener,
         Arc::new(HttpState {
@@ -177,11 +234,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             prometheus,
             ready: ready_rx.clone(),
         }),
-        stop_rx.clone(),
+        // HTTP stays up through the drain (readyz answers 503) and stops last.
+        http_stop_rx,
     ));
 
     let _ = shutdown.wait_for(|s| *s).await;
     tracing::info!("draining");
+    draining.store(true, std::sync::atomic::Ordering::Release);
     ready_tx.send_replace(false);
     stop_tx.send_replace(true);
     while listeners.join_next().await.is_some() {}
@@ -194,8 +253,23 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let _ = manager_handle.await;
     let _ = committer_handle.await;
     let _ = outcomes_handle.await;
-    http_task.abort();
+    http_stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    raft_task.abort();
     queue.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepted connections of `listener` as the stream tonic serves.
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    async_stream_accept(listener)
+}
+
+fn async_stream_accept(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
 }

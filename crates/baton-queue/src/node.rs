@@ -3,7 +3,6 @@
 
 use crate::db::{Db, DbError};
 use crate::log_store::LogStore;
-use crate::network::NoPeers;
 use crate::state_machine::{QueueReader, StateMachine};
 use crate::types::{NewMessage, NodeId, Outcome, Raft, Request, Response};
 use openraft::error::{ClientWriteError, RaftError};
@@ -12,6 +11,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A leader accepts writes only if a quorum acknowledged it within this (the election
+/// timeout's upper bound).
+const QUORUM_FRESH_MS: u64 = 1200;
 
 /// How to open a queue node.
 #[derive(Debug, Clone)]
@@ -24,9 +27,13 @@ pub struct QueueOptions {
     pub bootstrap: bool,
 }
 
-/// Why a queue call failed. `Unavailable` is retryable and means nothing was stored.
+/// Why a queue call failed. `Unavailable` and `NotLeader` are retryable and mean
+/// nothing was stored.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// This node is not the leader; the leader's id and Raft address if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, String)> },
     #[error("queue unavailable: {0}")]
     Unavailable(String),
     #[error("queue failed: {0}")]
@@ -51,7 +58,11 @@ pub struct QueueNode {
 }
 
 impl QueueNode {
-    pub async fn open(opts: QueueOptions) -> Result<QueueNode, QueueError> {
+    /// Opens the stores and starts Raft with `network` for talking to peers.
+    pub async fn open<N>(opts: QueueOptions, network: N) -> Result<QueueNode, QueueError>
+    where
+        N: openraft::RaftNetworkFactory<crate::types::TypeConfig>,
+    {
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
             QueueError::Fatal(format!("cannot create {}: {e}", opts.data_dir.display()))
         })?;
@@ -75,7 +86,7 @@ impl QueueNode {
                 .validate()
                 .map_err(|e| QueueError::Fatal(format!("raft config: {e}")))?,
         );
-        let raft = Raft::new(opts.node_id, config, NoPeers, log, sm)
+        let raft = Raft::new(opts.node_id, config, network, log, sm)
             .await
             .map_err(|e| QueueError::Fatal(format!("raft start: {e}")))?;
         let node = QueueNode {
@@ -133,12 +144,30 @@ impl QueueNode {
             .map(|_| ())
     }
 
-    async fn write(&self, request: Request) -> Result<Response, QueueError> {
+    /// Appends `request` if this node is a leader that heard from a quorum recently;
+    /// returns once it is committed and applied here.
+    pub async fn write(&self, request: Request) -> Result<Response, QueueError> {
+        {
+            let m = self.raft.metrics().borrow().clone();
+            let voters = m.membership_config.membership().voter_ids().count();
+            if m.current_leader == Some(self.id)
+                && voters > 1
+                && m.millis_since_quorum_ack
+                    .is_none_or(|ms| ms > QUORUM_FRESH_MS)
+            {
+                // Not appended: answering 451 is truthful.
+                return Err(QueueError::Unavailable(
+                    "the leader has not heard from a quorum recently".into(),
+                ));
+            }
+        }
         match self.raft.client_write(request).await {
             Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
-                QueueError::Unavailable(format!("not the leader (leader: {:?})", f.leader_id)),
-            ),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(QueueError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
             Err(RaftError::APIError(e)) => Err(QueueError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(QueueError::Fatal(e.to_string())),
         }

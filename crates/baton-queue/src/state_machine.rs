@@ -279,12 +279,15 @@ impl<'a> Tx<'a> {
     }
 
     fn outcome(&mut self, o: &Outcome, now_ms: u64) -> Result<(), DbError> {
-        if let Some(dsn) = &o.dsn {
-            self.enqueue(dsn)?;
-        }
         let Some(mut record) = self.get_delivery(&o.domain, &o.id)? else {
             return Ok(()); // already finished: a repeated outcome changes nothing
         };
+        // A DSN only for recipients this outcome really finishes (not for a repeat).
+        if let Some(dsn) = &o.dsn
+            && o.finished.iter().any(|r| record.recipients.contains(r))
+        {
+            self.enqueue(dsn)?;
+        }
         record.recipients.retain(|r| !o.finished.contains(r));
         if !record.recipients.is_empty() {
             record.attempts += 1;

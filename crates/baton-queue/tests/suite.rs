@@ -43,12 +43,15 @@ fn message(id: &str, rcpts: &[&str]) -> NewMessage {
 }
 
 async fn open(dir: &TempDir) -> QueueNode {
-    let node = QueueNode::open(QueueOptions {
-        node_id: 1,
-        data_dir: dir.path().to_path_buf(),
-        advertise: "127.0.0.1:7301".into(),
-        bootstrap: true,
-    })
+    let node = QueueNode::open(
+        QueueOptions {
+            node_id: 1,
+            data_dir: dir.path().to_path_buf(),
+            advertise: "127.0.0.1:7301".into(),
+            bootstrap: true,
+        },
+        baton_queue::network::NoPeers,
+    )
     .await
     .expect("open");
     node.wait_ready(Duration::from_secs(10))

@@ -1,0 +1,37 @@
+//! Baton nodes talking to each other: the Raft network over tonic gRPC, the Raft
+//! service peers call, writes forwarded from followers to the leader, and joins.
+//!
+//! - [`network`] — openraft's `RaftNetworkFactory` over tonic: one lazily connected
+//!   channel per peer address, reused by every RPC;
+//! - [`server`] — the `baton.raft.v1.Raft` service (proto/raft.proto): Raft RPCs into the
+//!   local openraft, forwarded writes, join requests;
+//! - [`writer`] — [`Writer`]: a write from any node, forwarded to the leader when this
+//!   node is a follower, following leader changes;
+//! - [`join`] — a node with no state asking a seed to add it.
+//!
+//! Raft messages cross the wire as bincode of openraft's serde types inside a gRPC
+//! `Payload`.
+#![forbid(unsafe_code)]
+#![allow(clippy::result_large_err)]
+
+pub mod join;
+pub mod network;
+pub mod server;
+pub mod writer;
+
+/// Generated from proto/raft.proto.
+pub mod pb {
+    tonic::include_proto!("baton.raft.v1");
+}
+
+pub use network::{GrpcNetwork, Peers};
+pub use server::RaftService;
+pub use writer::Writer;
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, tonic::Status> {
+    bincode::serialize(value).map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, tonic::Status> {
+    bincode::deserialize(bytes).map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+}

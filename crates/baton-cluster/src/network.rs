@@ -1,0 +1,142 @@
+//! openraft's network over tonic.
+
+use crate::pb::Payload;
+use crate::pb::raft_client::RaftClient;
+use crate::{decode, encode};
+use baton_queue::types::{NodeId, TypeConfig};
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tonic::transport::{Channel, Endpoint};
+
+/// One channel per peer address, created lazily (no I/O until the first call) and shared
+/// by the Raft network, forwarding and joins.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(RaftClient::new(c.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10));
+        let channel = endpoint.connect_lazy();
+        map.insert(addr.to_string(), channel.clone());
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024))
+    }
+}
+
+/// The factory openraft asks for per-peer clients.
+#[derive(Clone, Default)]
+pub struct GrpcNetwork {
+    pub peers: Peers,
+}
+
+pub struct GrpcPeer {
+    target: NodeId,
+    addr: String,
+    peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = GrpcPeer;
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcPeer {
+        GrpcPeer {
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
+}
+
+impl GrpcPeer {
+    /// Sends `req` with `call` and decodes the remote's `Result<Resp, Err>`.
+    async fn rpc<Req, Resp, Err, F, Fut>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, Err>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        Err: std::error::Error + serde::de::DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, Payload) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Payload>, tonic::Status>>,
+    {
+        let client = self.peers.client(&self.addr).map_err(unreachable)?;
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = tokio::time::timeout(option.hard_ttl(), call(client, Payload { data }))
+            .await
+            .map_err(|_| unreachable(format!("node {} ({}) timed out", self.target, self.addr)))?
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => unreachable(format!(
+                    "node {} ({}): {}",
+                    self.target,
+                    self.addr,
+                    status.message()
+                )),
+                _ => RPCError::Network(NetworkError::new(&status)),
+            })?;
+        let result: Result<Resp, Err> = decode(&reply.into_inner().data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GrpcPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc(&rpc, &option, |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc(&rpc, &option, |mut c, p| async move {
+            c.install_snapshot(p).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc(&rpc, &option, |mut c, p| async move { c.vote(p).await })
+            .await
+    }
+}

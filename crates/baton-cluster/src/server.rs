@@ -1,0 +1,138 @@
+//! The `baton.raft.v1.Raft` service: what peers call on this node.
+
+use crate::pb::raft_server::Raft as RaftRpc;
+use crate::pb::{JoinReply, JoinRequest, Payload};
+use crate::{decode, encode};
+use baton_queue::types::{Raft, Request, Response};
+use baton_queue::{QueueError, QueueNode};
+use openraft::{BasicNode, ChangeMembers};
+use std::collections::BTreeSet;
+use tonic::Status;
+
+/// Serves Raft RPCs, forwarded writes and joins for one node.
+pub struct RaftService {
+    queue: QueueNode,
+}
+
+impl RaftService {
+    pub fn new(queue: QueueNode) -> RaftService {
+        RaftService { queue }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> crate::pb::raft_server::RaftServer<RaftService> {
+        crate::pb::raft_server::RaftServer::new(self)
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024)
+    }
+
+    fn raft(&self) -> &Raft {
+        &self.queue.raft
+    }
+
+    fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft().metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+}
+
+fn reply(data: Vec<u8>) -> Result<tonic::Response<Payload>, Status> {
+    Ok(tonic::Response::new(Payload { data }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, Status> {
+        let rpc = decode(&req.into_inner().data)?;
+        let result = self.raft().append_entries(rpc).await;
+        reply(encode(&result)?)
+    }
+
+    async fn vote(&self, req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, Status> {
+        let rpc = decode(&req.into_inner().data)?;
+        let result = self.raft().vote(rpc).await;
+        reply(encode(&result)?)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, Status> {
+        let rpc = decode(&req.into_inner().data)?;
+        let result = self.raft().install_snapshot(rpc).await;
+        reply(encode(&result)?)
+    }
+
+    async fn forward(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, Status> {
+        let request: Request = decode(&req.into_inner().data)?;
+        let result: Result<Response, ForwardError> = match self.queue.write(request).await {
+            Ok(r) => Ok(r),
+            Err(QueueError::NotLeader { leader }) => Err(ForwardError::NotLeader(leader)),
+            Err(e) => Err(ForwardError::Failed(e.to_string())),
+        };
+        reply(encode(&result)?)
+    }
+
+    async fn join(
+        &self,
+        req: tonic::Request<JoinRequest>,
+    ) -> Result<tonic::Response<JoinReply>, Status> {
+        let JoinRequest { node_id, addr } = req.into_inner();
+        if node_id == 0 || addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "node_id > 0 and addr are required",
+            ));
+        }
+        let leader = self.leader();
+        let not_here = |error: String| {
+            Ok(tonic::Response::new(JoinReply {
+                ok: false,
+                error,
+                leader_id: leader.as_ref().map_or(0, |l| l.0),
+                leader_addr: leader.as_ref().map(|l| l.1.clone()).unwrap_or_default(),
+            }))
+        };
+        if leader.as_ref().map(|l| l.0) != Some(self.queue.id) {
+            return not_here("not the leader".into());
+        }
+        tracing::info!(node_id, %addr, "adding node: learner first, voter once caught up");
+        // Blocking: returns when the learner has caught up with the leader's log.
+        if let Err(e) = self
+            .raft()
+            .add_learner(node_id, BasicNode { addr: addr.clone() }, true)
+            .await
+        {
+            return not_here(format!("add learner: {e}"));
+        }
+        let ids: BTreeSet<u64> = [node_id].into();
+        if let Err(e) = self
+            .raft()
+            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .await
+        {
+            return not_here(format!("promote to voter: {e}"));
+        }
+        tracing::info!(node_id, %addr, "node is a voter");
+        Ok(tonic::Response::new(JoinReply {
+            ok: true,
+            error: String::new(),
+            leader_id: self.queue.id,
+            leader_addr: String::new(),
+        }))
+    }
+}
+
+/// Why a forwarded write failed on the receiving node.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum ForwardError {
+    NotLeader(Option<(u64, String)>),
+    Failed(String),
+}

@@ -1,0 +1,105 @@
+//! Several nodes: formation by bootstrap + join, writes through followers, and a leader
+//! killed without losing or duplicating mail.
+
+use baton_tests::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn leader_of(nodes: &[&Node]) -> Option<u64> {
+    let leaders: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n.metric("baton_raft_leader") == 1.0)
+        .map(|n| n.id)
+        .collect();
+    (leaders.len() == 1).then(|| leaders[0])
+}
+
+fn send(node: &Node, n: usize) {
+    let mut c = node.smtp();
+    c.hello();
+    let reply = c.send_mail(
+        "s@src.test",
+        &["u@dst.test"],
+        &format!("Subject: cluster {n}\r\nX-Seq: {n}\r\n\r\nbody\r\n"),
+    );
+    assert!(reply.starts_with("250"), "node {}: {reply}", node.id);
+    c.cmd("QUIT", "221");
+}
+
+fn seqs(sink: &Sink) -> Vec<usize> {
+    let mut v: Vec<usize> = sink
+        .messages()
+        .iter()
+        .filter_map(|m| m.header("X-Seq").and_then(|s| s.parse().ok()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn three_nodes_form_accept_through_followers_and_survive_a_leader_kill() {
+    let port = free_port();
+    let sink_addr: SocketAddr = format!("127.0.0.30:{port}").parse().unwrap();
+    let sink = Sink::start(sink_addr);
+    let options = |id: u64, join: Vec<SocketAddr>| NodeOptions {
+        id,
+        bootstrap: join.is_empty(),
+        join,
+        smarthost: Some(sink_addr),
+        ..Default::default()
+    };
+    let n1 = Node::start(options(1, vec![]));
+    let n2 = Node::start(options(2, vec![n1.raft]));
+    let n3 = Node::start(options(3, vec![n1.raft, n2.raft]));
+    let mut nodes = [n1, n2, n3];
+
+    let leader = wait_until("one leader", WAIT, || {
+        leader_of(&nodes.iter().collect::<Vec<_>>())
+    });
+    // A write through each node, followers included: forwarded to the leader.
+    for (i, node) in nodes.iter().enumerate() {
+        send(node, i + 1);
+    }
+    wait_until("3 deliveries", WAIT, || {
+        (seqs(&sink).len() >= 3).then_some(())
+    });
+    assert_eq!(seqs(&sink), vec![1, 2, 3], "each exactly once");
+    // Every node applied the same entries.
+    wait_until("replicas agree", WAIT, || {
+        let idx: Vec<f64> = nodes
+            .iter()
+            .map(|n| n.metric("baton_raft_applied_index"))
+            .collect();
+        idx.windows(2).all(|w| w[0] == w[1]).then_some(())
+    });
+
+    // SIGKILL the leader: the other two elect a new one and keep accepting.
+    let pos = nodes.iter().position(|n| n.id == leader).unwrap();
+    nodes[pos].kill();
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let new_leader = wait_until("a new leader", WAIT, || {
+        leader_of(&survivors).filter(|l| *l != leader)
+    });
+    let follower = survivors.iter().find(|n| n.id != new_leader).unwrap();
+    wait_until("the follower to know the new leader", WAIT, || {
+        (http_get(follower.http, "/readyz").map(|r| r.0) == Some(200)).then_some(())
+    });
+    send(follower, 4);
+    wait_until("delivery after failover", WAIT, || {
+        (seqs(&sink).len() >= 4).then_some(())
+    });
+    assert_eq!(seqs(&sink), vec![1, 2, 3, 4]);
+
+    // The killed node comes back and catches up.
+    nodes[pos].restart();
+    wait_until("restarted node catches up", WAIT, || {
+        let idx: Vec<f64> = nodes
+            .iter()
+            .map(|n| n.metric("baton_raft_applied_index"))
+            .collect();
+        (idx[pos] > 0.0 && idx.windows(2).all(|w| w[0] == w[1])).then_some(())
+    });
+    assert_eq!(seqs(&sink), vec![1, 2, 3, 4], "nothing sent twice");
+}
