@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# A local Baton cluster on 127.0.0.1: N nodes with their own ports and data dirs, and
+# HAProxy on 127.0.0.1:2500 in front of their SMTP listeners (send-proxy-v2).
+#
+#   cluster/local.sh up N      start N nodes (node 1 bootstraps, the rest join) + HAProxy
+#   cluster/local.sh status    readiness, role and commit index of each node
+#   cluster/local.sh down      stop everything (SIGTERM, then SIGKILL after 40 s)
+#
+# Node i listens on: SMTP 127.0.0.1:(2600+i) (PROXY protocol required), Raft 7300+i,
+# admin 7400+i, HTTP 9400+i. Data and logs go under $BATON_LOCAL_DIR (default
+# /tmp/baton-local). Deliveries go to $SMARTHOST (default 127.0.0.3:2600, e.g. a
+# baton-sink or baton-load's sink); set DNS_SERVER=ip:port to use MX lookups instead.
+# Binaries: $BATOND (default target/release/batond; built if missing).
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+dir=${BATON_LOCAL_DIR:-/tmp/baton-local}
+batond=${BATOND:-$top/target/release/batond}
+smarthost=${SMARTHOST:-127.0.0.3:2600}
+lb=${LB_ADDR:-127.0.0.1:2500}
+
+die() { echo "local.sh: $*" >&2; exit 1; }
+
+node_config() {
+  local i=$1 n=$2
+  local join="" bootstrap=false
+  if [ "$i" = 1 ]; then bootstrap=true; else join='"127.0.0.1:7301"'; fi
+  local delivery="smarthost = \"$smarthost\""
+  [ -n "${DNS_SERVER:-}" ] && delivery="dns_servers = [\"$DNS_SERVER\"]"
+  cat <<TOML
+[node]
+id = $i
+data_dir = "$dir/node$i/data"
+
+[cluster]
+listen = "127.0.0.1:$((7300 + i))"
+advertise = "127.0.0.1:$((7300 + i))"
+bootstrap = $bootstrap
+join = [$join]
+
+[smtp]
+hostname = "node$i.baton.local"
+max_connections_per_ip = 0
+
+[[smtp.listener]]
+address = "127.0.0.1:$((2600 + i))"
+proxy_protocol = true
+relay_networks = ["127.0.0.0/8"]
+
+[delivery]
+$delivery
+tls = "${DELIVERY_TLS:-opportunistic}"
+
+[admin]
+listen = "127.0.0.1:$((7400 + i))"
+
+[http]
+listen = "127.0.0.1:$((9400 + i))"
+TOML
+}
+
+wait_ready() {
+  local i=$1
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$((9400 + i))/readyz" >/dev/null 2>&1 && return 0
+    if ! kill -0 "$(cat "$dir/node$i/pid")" 2>/dev/null; then
+      tail -20 "$dir/node$i/batond.log" >&2
+      die "node $i exited during start"
+    fi
+    sleep 0.2
+  done
+  die "node $i not ready after 60 s (see $dir/node$i/batond.log)"
+}
+
+haproxy_config() {
+  local n=$1
+  cat <<CFG
+global
+    maxconn 20000
+    pidfile $dir/haproxy.pid
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10m
+    timeout server 10m
+
+frontend smtp
+    bind $lb
+    default_backend baton
+
+backend baton
+    balance roundrobin
+    option httpchk GET /readyz
+CFG
+  for i in $(seq 1 "$n"); do
+    echo "    server node$i 127.0.0.1:$((2600 + i)) send-proxy-v2 check port $((9400 + i)) inter 500 fall 2 rise 2"
+  done
+}
+
+up() {
+  local n=${1:-3}
+  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || die "usage: local.sh up N (N >= 1)"
+  command -v haproxy >/dev/null || die "haproxy not found (apt-get install haproxy)"
+  if [ ! -x "$batond" ]; then
+    (cd "$top" && cargo build --release -p batond)
+  fi
+  [ -e "$dir/haproxy.pid" ] && die "$dir is in use: run local.sh down first"
+  mkdir -p "$dir"
+  for i in $(seq 1 "$n"); do
+    mkdir -p "$dir/node$i"
+    node_config "$i" "$n" > "$dir/node$i/baton.toml"
+    "$batond" check-config "$dir/node$i/baton.toml" >/dev/null
+    NO_COLOR=1 BATON_LOG=${BATON_LOG:-info} "$batond" --config "$dir/node$i/baton.toml" \
+      > "$dir/node$i/stdout.log" 2> "$dir/node$i/batond.log" &
+    echo $! > "$dir/node$i/pid"
+    wait_ready "$i"
+    echo "node $i ready: smtp 127.0.0.1:$((2600 + i)) raft 7300+$i http http://127.0.0.1:$((9400 + i))"
+  done
+  haproxy_config "$n" > "$dir/haproxy.cfg"
+  haproxy -f "$dir/haproxy.cfg" -D
+  echo "haproxy on $lb -> $n nodes (send-proxy-v2, health from /readyz)"
+}
+
+status() {
+  for p in "$dir"/node*/pid; do
+    [ -e "$p" ] || continue
+    local d i pid ready leader commit
+    d=$(dirname "$p"); i=${d##*node}; pid=$(cat "$p")
+    if kill -0 "$pid" 2>/dev/null; then
+      ready=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((9400 + i))/readyz" || true)
+      metrics=$(curl -s "http://127.0.0.1:$((9400 + i))/metrics" || true)
+      leader=$(echo "$metrics" | awk '$1=="baton_raft_leader"{print $2}')
+      commit=$(echo "$metrics" | awk '$1=="baton_raft_commit_index"{print $2}')
+      echo "node $i pid $pid readyz $ready leader ${leader:-?} commit ${commit:-?}"
+    else
+      echo "node $i pid $pid not running"
+    fi
+  done
+  if [ -e "$dir/haproxy.pid" ] && kill -0 "$(cat "$dir/haproxy.pid")" 2>/dev/null; then
+    echo "haproxy on $lb running"
+  fi
+}
+
+down() {
+  if [ -e "$dir/haproxy.pid" ]; then
+    kill "$(cat "$dir/haproxy.pid")" 2>/dev/null || true
+    rm -f "$dir/haproxy.pid"
+  fi
+  local pids=()
+  for p in "$dir"/node*/pid; do
+    [ -e "$p" ] || continue
+    pid=$(cat "$p"); kill -TERM "$pid" 2>/dev/null && pids+=("$pid"); rm -f "$p"
+  done
+  for _ in $(seq 1 200); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.2
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  echo "stopped; data kept in $dir (rm -rf it for a fresh cluster)"
+}
+
+case "${1:-}" in
+  up) up "${2:-3}" ;;
+  status) status ;;
+  down) down ;;
+  *) die "usage: local.sh up N | status | down" ;;
+esac
