@@ -76,7 +76,7 @@ haproxy_config() {
   local n=$1
   cat <<CFG
 global
-    maxconn 20000
+    maxconn 4000
     pidfile $dir/haproxy.pid
 
 defaults
@@ -118,7 +118,12 @@ up() {
     echo "node $i ready: smtp 127.0.0.1:$((2600 + i)) raft 7300+$i http http://127.0.0.1:$((9400 + i))"
   done
   haproxy_config "$n" > "$dir/haproxy.cfg"
-  haproxy -f "$dir/haproxy.cfg" -D
+  haproxy -f "$dir/haproxy.cfg" -D || die "haproxy did not start (config: $dir/haproxy.cfg)"
+  for _ in $(seq 1 50); do
+    [ -s "$dir/haproxy.pid" ] && kill -0 "$(cat "$dir/haproxy.pid")" 2>/dev/null && break
+    sleep 0.1
+  done
+  kill -0 "$(cat "$dir/haproxy.pid" 2>/dev/null)" 2>/dev/null || die "haproxy is not running"
   echo "haproxy on $lb -> $n nodes (send-proxy-v2, health from /readyz)"
 }
 
