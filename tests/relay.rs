@@ -11,6 +11,22 @@ fn at(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().unwrap()
 }
 
+/// A node that resolves MX through `dns` and delivers to port `port` of the MX hosts.
+fn with_dns(dns: &Dns, port: u16) -> Node {
+    Node::start(NodeOptions {
+        dns: Some(dns.addr),
+        mx_port: port,
+        ..Default::default()
+    })
+}
+
+/// A client past the greeting and EHLO.
+fn client(node: &Node) -> Smtp {
+    let mut c = node.smtp();
+    c.hello();
+    c
+}
+
 fn body(subject: &str) -> String {
     format!("From: <s@src.test>\r\nTo: <x@dst.test>\r\nSubject: {subject}\r\n\r\nHello.\r\n")
 }
@@ -27,13 +43,8 @@ fn one_message_to_two_domains() {
     );
     let one = Sink::start(at("127.0.0.2", port));
     let two = Sink::start(at("127.0.0.3", port));
-    let node = Node::start(NodeOptions {
-        dns: Some(dns.addr),
-        mx_port: port,
-        ..Default::default()
-    });
-    let mut c = node.smtp();
-    c.hello();
+    let node = with_dns(&dns, port);
+    let mut c = client(&node);
     let reply = c.send_mail(
         "s@src.test",
         &["a@one.test", "b@two.test", "c@TWO.test"],
@@ -79,13 +90,8 @@ fn mx_preference_falls_back_when_primary_is_down_or_busy() {
     // Nothing listens on 127.0.0.4; 127.0.0.5 greets with 421.
     let busy = Sink::start_with(at("127.0.0.5", port), 421);
     let backup = Sink::start(at("127.0.0.6", port));
-    let node = Node::start(NodeOptions {
-        dns: Some(dns.addr),
-        mx_port: port,
-        ..Default::default()
-    });
-    let mut c = node.smtp();
-    c.hello();
+    let node = with_dns(&dns, port);
+    let mut c = client(&node);
     let reply = c.send_mail("s@src.test", &["u@pref.test"], &body("pref"));
     assert!(reply.starts_with("250"), "{reply}");
     let got = backup.wait_for(1, WAIT);
@@ -98,13 +104,8 @@ fn implicit_mx_from_a_record() {
     let port = free_port();
     let dns = Dns::start(&Zone::new().a("bare.test", "127.0.0.7"));
     let sink = Sink::start(at("127.0.0.7", port));
-    let node = Node::start(NodeOptions {
-        dns: Some(dns.addr),
-        mx_port: port,
-        ..Default::default()
-    });
-    let mut c = node.smtp();
-    c.hello();
+    let node = with_dns(&dns, port);
+    let mut c = client(&node);
     assert!(
         c.send_mail("s@src.test", &["u@bare.test"], &body("a"))
             .starts_with("250")
@@ -127,8 +128,7 @@ fn temporary_failure_then_success_on_retry() {
         retry_intervals: "[\"1s\"]".into(),
         ..Default::default()
     });
-    let mut c = node.smtp();
-    c.hello();
+    let mut c = client(&node);
     assert!(
         c.send_mail("s@src.test", &["deferonce@later.test"], &body("retry"))
             .starts_with("250")
@@ -151,13 +151,8 @@ fn permanent_failure_sends_a_dsn_to_the_sender_and_null_sender_gets_none() {
     );
     let dst = Sink::start(at("127.0.0.9", port));
     let src = Sink::start(at("127.0.0.10", port));
-    let node = Node::start(NodeOptions {
-        dns: Some(dns.addr),
-        mx_port: port,
-        ..Default::default()
-    });
-    let mut c = node.smtp();
-    c.hello();
+    let node = with_dns(&dns, port);
+    let mut c = client(&node);
     let reply = c.send_mail(
         "s@src.test",
         &["reject@dst.test", "ok@dst.test"],
@@ -208,13 +203,8 @@ fn null_mx_bounces_at_once() {
             .a("mx.src.test", "127.0.0.11"),
     );
     let src = Sink::start(at("127.0.0.11", port));
-    let node = Node::start(NodeOptions {
-        dns: Some(dns.addr),
-        mx_port: port,
-        ..Default::default()
-    });
-    let mut c = node.smtp();
-    c.hello();
+    let node = with_dns(&dns, port);
+    let mut c = client(&node);
     assert!(
         c.send_mail("s@src.test", &["u@nomail.test"], &body("null mx"))
             .starts_with("250")
@@ -229,8 +219,7 @@ fn relay_is_refused_outside_relay_networks() {
         listener: "relay_networks = [\"10.9.0.0/16\"]".into(),
         ..Default::default()
     });
-    let mut c = node.smtp();
-    c.hello();
+    let mut c = client(&node);
     c.cmd("MAIL FROM:<s@src.test>", "250");
     c.cmd("RCPT TO:<u@elsewhere.test>", "554 5.7.1");
     c.cmd("DATA", "554");
@@ -311,8 +300,7 @@ fn bare_lf_dot_does_not_end_data() {
         c.cmd("NOOP", "250");
     }
     // A clean message still goes through, and only that one arrives.
-    let mut c = node.smtp();
-    c.hello();
+    let mut c = client(&node);
     assert!(
         c.send_mail("s@src.test", &["u@dst.test"], &body("clean"))
             .starts_with("250")
@@ -328,8 +316,7 @@ fn size_and_recipient_limits() {
         smtp: "max_message_size = 2048\nmax_recipients = 3".into(),
         ..Default::default()
     });
-    let mut c = node.smtp();
-    c.hello();
+    let mut c = client(&node);
     c.cmd("MAIL FROM:<s@src.test> SIZE=999999", "552 5.3.4");
     c.cmd("MAIL FROM:<s@src.test>", "250");
     for i in 0..3 {
@@ -468,8 +455,7 @@ fn outbound_starttls_opportunistic_and_required() {
         tls: "opportunistic".into(),
         ..Default::default()
     });
-    let mut c = opportunistic.smtp();
-    c.hello();
+    let mut c = client(&opportunistic);
     assert!(
         c.send_mail("s@src.test", &["u@dst.test"], &body("tls"))
             .starts_with("250")
@@ -488,8 +474,7 @@ fn outbound_starttls_opportunistic_and_required() {
         tls: "required".into(),
         ..Default::default()
     });
-    let mut c = required.smtp();
-    c.hello();
+    let mut c = client(&required);
     assert!(
         c.send_mail("s@src.test", &["u@dst.test"], &body("must verify"))
             .starts_with("250")
@@ -515,8 +500,7 @@ fn expired_message_bounces_with_4_4_7() {
         max_age: "2s".into(),
         ..Default::default()
     });
-    let mut c = node.smtp();
-    c.hello();
+    let mut c = client(&node);
     assert!(
         c.send_mail("s@src.test", &["tempfail@dst.test"], &body("expire"))
             .starts_with("250")
