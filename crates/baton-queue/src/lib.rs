@@ -10,6 +10,7 @@
 //! - [`log_store`] — the Raft log on [`db`], with group commit: an append is reported to
 //!   openraft only after the fsync that covers it, and concurrent appends share one fsync;
 //! - [`state_machine`] — applies commands, builds and installs snapshots;
+//! - [`snapshot`] — snapshot files, streamed record by record (never whole in memory);
 //! - [`index`] — the in-memory scheduling index (per domain: what is due when), rebuilt
 //!   from the state on open and kept current by `apply`;
 //! - [`network`] — the network factory used by a one-voter cluster (no peers);
@@ -27,6 +28,7 @@ pub mod index;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 

@@ -69,7 +69,7 @@ impl QueueNode {
         let db = Db::open(&opts.data_dir.join("db"))?;
         let log = LogStore::open(&db)?;
         let committed = log.committed.clone();
-        let sm = StateMachine::open(&db, opts.data_dir.join("snapshot.bin"))?;
+        let sm = StateMachine::open(&db, opts.data_dir.join("snapshots"))?;
         let reader = sm.reader();
         let config = Config {
             cluster_name: "baton".into(),

@@ -12,17 +12,17 @@
 //! | `T/<time BE><id>` | the same tombstone, ordered by time for expiry |
 //! | `s/applied`, `s/membership` | openraft's applied log id and membership |
 
-use crate::db::{Batch, Db, DbError, Pair, Tree};
+use crate::db::{Batch, Db, DbError, Tree};
 use crate::index::Shared;
+use crate::snapshot::{self, SnapshotReader, SnapshotWriter, make_current};
 use crate::types::{
     DeliveryRecord, Entry, LogId, MessageMeta, NewMessage, NodeId, Outcome, Request, Response,
     Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, domain_of,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, StorageIOError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -95,22 +95,31 @@ impl QueueReader {
 pub struct StateMachine {
     state: Tree,
     shared: Arc<Shared>,
-    snapshot_file: PathBuf,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    pairs: Vec<Pair>,
+    /// Where snapshot files live.
+    snapshot_dir: PathBuf,
+    /// The `.tmp` file a snapshot from the leader is being received into.
+    receiving: Option<PathBuf>,
 }
 
 impl StateMachine {
     /// Opens the state in `db`, rebuilding the scheduling index from it.
-    pub fn open(db: &Db, snapshot_file: PathBuf) -> Result<StateMachine, DbError> {
+    /// Opens the state in `db`, with snapshot files in `snapshot_dir`.
+    pub fn open(db: &Db, snapshot_dir: PathBuf) -> Result<StateMachine, DbError> {
+        std::fs::create_dir_all(&snapshot_dir)
+            .map_err(|e| DbError::corrupt(format!("{}: {e}", snapshot_dir.display())))?;
+        // Leftovers of a snapshot being built or received when the process stopped.
+        if let Ok(entries) = std::fs::read_dir(&snapshot_dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let sm = StateMachine {
             state: db.tree("state")?,
             shared: Arc::new(Shared::new()),
-            snapshot_file,
+            snapshot_dir,
+            receiving: None,
         };
         sm.rebuild_index()?;
         Ok(sm)
@@ -145,6 +154,32 @@ impl StateMachine {
             index.add_messages(messages as isize);
         });
         Ok(())
+    }
+
+    /// Streams the whole state into a new `.tmp` snapshot file.
+    fn write_snapshot(&self) -> Result<(SnapshotMeta, PathBuf), DbError> {
+        let (last_log_id, last_membership) = self.applied_and_membership()?;
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, ulid::Ulid::new()),
+            None => format!("empty-{}", ulid::Ulid::new()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let tmp = self
+            .snapshot_dir
+            .join(format!("building-{}.tmp", ulid::Ulid::new()));
+        let mut writer = SnapshotWriter::create(tmp, &meta)?;
+        for pair in self.state.iter() {
+            let (k, v) = pair?;
+            if k.as_slice() == APPLIED || k.as_slice() == MEMBERSHIP {
+                continue;
+            }
+            writer.record(&k, &v)?;
+        }
+        Ok((meta, writer.finish()?))
     }
 
     fn applied_and_membership(&self) -> Result<(Option<LogId>, StoredMembership), DbError> {
@@ -399,36 +434,72 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Taken here, while apply is paused, so the copy is consistent.
-        let dump = self
-            .applied_and_membership()
-            .and_then(|am| Ok((am, self.state.iter().collect::<Result<Vec<_>, _>>()?)));
+        // Written here, while apply is paused, so the copy is consistent; streamed to a
+        // file, so the state is never whole in memory.
         SnapshotBuilder {
-            dump,
-            file: self.snapshot_file.clone(),
+            written: self.write_snapshot(),
+            dir: self.snapshot_dir.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self
+            .snapshot_dir
+            .join(format!("receiving-{}.tmp", ulid::Ulid::new()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(sm_write_err)?;
+        if let Some(old) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let bytes = snapshot.into_inner();
-        let file: SnapshotFile = decode(&bytes, "snapshot").map_err(sm_write_err)?;
+        use std::io::Seek;
+        let mut file = snapshot.into_std().await;
+        // Keep a copy as the current snapshot (the data handed over need not be the file
+        // we created for receiving), then apply it.
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(sm_write_err)?;
+        let tmp = self
+            .snapshot_dir
+            .join(format!("installing-{}.tmp", ulid::Ulid::new()));
+        {
+            let mut copy = std::fs::File::create(&tmp).map_err(sm_write_err)?;
+            std::io::copy(&mut file, &mut copy).map_err(sm_write_err)?;
+            copy.sync_all().map_err(sm_write_err)?;
+        }
+        if let Some(received) = self.receiving.take() {
+            let _ = std::fs::remove_file(received);
+        }
+        let current = make_current(&tmp, &self.snapshot_dir).map_err(sm_write_err)?;
+        let mut reader = SnapshotReader::open(&current).map_err(sm_write_err)?;
         self.state.clear().map_err(sm_write_err)?;
         let mut batch = Batch::default();
-        for (k, v) in &file.pairs {
-            batch.insert(k, v);
+        let mut batch_bytes = 0;
+        while let Some((k, v)) = reader.next_record().map_err(sm_write_err)? {
+            batch_bytes += k.len() + v.len();
+            batch.insert(&k, &v);
+            if batch_bytes > 8 * 1024 * 1024 {
+                self.state
+                    .apply(std::mem::take(&mut batch))
+                    .map_err(sm_write_err)?;
+                batch_bytes = 0;
+            }
         }
         batch.insert(APPLIED, encode(&meta.last_log_id));
         batch.insert(MEMBERSHIP, encode(&meta.last_membership));
         self.state.apply(batch).map_err(sm_write_err)?;
-        write_snapshot_file(&self.snapshot_file, &bytes).map_err(sm_write_err)?;
         self.rebuild_index().map_err(sm_write_err)?;
         if let Some(log_id) = meta.last_log_id {
             self.shared.changed.send_replace(log_id.index);
@@ -437,65 +508,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let bytes = match std::fs::read(&self.snapshot_file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        let path = self.snapshot_dir.join(snapshot::CURRENT);
+        let meta = match SnapshotReader::open(&path) {
+            Ok(r) => r.meta,
+            Err(_) if !path.exists() => return Ok(None),
             Err(e) => return Err(sm_read_err(e)),
         };
-        let file: SnapshotFile = decode(&bytes, "snapshot").map_err(sm_read_err)?;
+        let file = tokio::fs::File::open(&path).await.map_err(sm_read_err)?;
         Ok(Some(Snapshot {
-            meta: file.meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta,
+            snapshot: Box::new(file),
         }))
     }
 }
 
-fn write_snapshot_file(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// The applied log id, membership and every pair of the state tree.
-type Dump = ((Option<LogId>, StoredMembership), Vec<Pair>);
-
-/// Serializes the state copied by `get_snapshot_builder`.
+/// A snapshot written by `get_snapshot_builder`, made current by `build_snapshot`.
 pub struct SnapshotBuilder {
-    dump: Result<Dump, DbError>,
-    file: PathBuf,
+    written: Result<(SnapshotMeta, PathBuf), DbError>,
+    dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let dump = std::mem::replace(&mut self.dump, Ok(((None, Default::default()), Vec::new())));
-        let ((last_log_id, last_membership), pairs) = dump.map_err(sm_read_err)?;
-        let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, ulid::Ulid::new()),
-            None => format!("empty-{}", ulid::Ulid::new()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
-        let file = SnapshotFile { meta, pairs };
-        let bytes = encode(&file);
-        let path = self.file.clone();
-        let to_write = bytes.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&path, &to_write))
-            .await
-            .map_err(|e| sm_write_err(std::io::Error::other(e.to_string())))?
-            .map_err(sm_write_err)?;
+        let placeholder = Err(DbError::corrupt("snapshot already built"));
+        let (meta, tmp) = std::mem::replace(&mut self.written, placeholder).map_err(sm_read_err)?;
+        let current = make_current(&tmp, &self.dir).map_err(sm_write_err)?;
+        let file = tokio::fs::File::open(&current).await.map_err(sm_read_err)?;
         Ok(Snapshot {
-            meta: file.meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta,
+            snapshot: Box::new(file),
         })
     }
 }

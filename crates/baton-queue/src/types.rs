@@ -1,7 +1,6 @@
 //! openraft type configuration, log commands and the records they create.
 
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 pub type NodeId = u64;
 
@@ -13,7 +12,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -20,7 +20,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         };
         let db = Db::open(&dir.path().join("db")).map_err(io)?;
         let log = LogStore::open(&db).map_err(io)?;
-        let sm = StateMachine::open(&db, dir.path().join("snapshot.bin")).map_err(io)?;
+        let sm = StateMachine::open(&db, dir.path().join("snapshots")).map_err(io)?;
         Ok((dir, log, sm))
     }
 }
