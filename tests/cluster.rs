@@ -103,3 +103,55 @@ fn three_nodes_form_accept_through_followers_and_survive_a_leader_kill() {
     });
     assert_eq!(seqs(&sink), vec![1, 2, 3, 4], "nothing sent twice");
 }
+
+/// A node joining after the log was compacted can only catch up from a snapshot.
+/// (A node that is merely down does not force one: openraft keeps entries a follower's
+/// replication still has in flight, so the leader does not purge past a dead follower.)
+#[test]
+fn a_node_joining_after_log_compaction_catches_up_from_a_snapshot() {
+    let port = free_port();
+    let sink_addr: SocketAddr = format!("127.0.0.31:{port}").parse().unwrap();
+    let sink = Sink::start(sink_addr);
+    // Snapshots every 20 entries; 2 entries kept after one.
+    let options = |id: u64, join: Vec<SocketAddr>| NodeOptions {
+        id,
+        bootstrap: join.is_empty(),
+        join,
+        smarthost: Some(sink_addr),
+        cluster: "snapshot_logs = 20".into(),
+        ..Default::default()
+    };
+    let n1 = Node::start(options(1, vec![]));
+    let n2 = Node::start(options(2, vec![n1.raft]));
+    let leader = wait_until("a leader", WAIT, || leader_of(&[&n1, &n2]));
+    let leader = if leader == 1 { &n1 } else { &n2 };
+    for i in 1..=40 {
+        send(leader, i);
+    }
+    wait_until("40 deliveries", WAIT, || {
+        (seqs(&sink).len() >= 40).then_some(())
+    });
+    wait_until("the leader's queue to empty", WAIT, || {
+        (leader.metric("baton_queue_messages") == 0.0).then_some(())
+    });
+    assert!(
+        leader.data_dir.join("snapshots/current.bin").exists(),
+        "the leader built a snapshot"
+    );
+    let n3 = Node::start(options(3, vec![n1.raft, n2.raft]));
+    wait_until("node 3 catches up", WAIT, || {
+        let target = leader.metric("baton_raft_applied_index");
+        (n3.metric("baton_raft_applied_index") == target).then_some(())
+    });
+    assert!(
+        n3.log().contains("installed a snapshot from the leader"),
+        "node 3 caught up from a snapshot:\n{}",
+        n3.log()
+    );
+    assert_eq!(
+        seqs(&sink),
+        (1..=40).collect::<Vec<_>>(),
+        "each exactly once"
+    );
+    assert_eq!(n3.metric("baton_queue_messages"), 0.0);
+}

@@ -383,6 +383,8 @@ pub struct NodeOptions {
     pub bootstrap: bool,
     /// `[cluster] join`: Raft addresses of seeds.
     pub join: Vec<SocketAddr>,
+    /// Extra TOML appended to `[cluster]`.
+    pub cluster: String,
 }
 
 impl Default for NodeOptions {
@@ -400,6 +402,7 @@ impl Default for NodeOptions {
             id: 1,
             bootstrap: true,
             join: Vec::new(),
+            cluster: String::new(),
         }
     }
 }
@@ -431,6 +434,7 @@ listen = "{raft}"
 advertise = "{raft}"
 bootstrap = {bootstrap}
 join = [{join}]
+{cluster_extra}
 
 [smtp]
 hostname = "relay.baton.test"
@@ -459,6 +463,7 @@ listen = "{http}"
             data = data_dir.display(),
             id = opts.id,
             bootstrap = opts.bootstrap,
+            cluster_extra = opts.cluster,
             join = opts
                 .join
                 .iter()

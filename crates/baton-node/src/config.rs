@@ -88,6 +88,8 @@ pub struct ClusterConfig {
     pub bootstrap: bool,
     /// With no state on disk, ask these to add this node.
     pub join: Vec<String>,
+    /// Raft log entries between snapshots (then older entries are purged).
+    pub snapshot_logs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -97,6 +99,7 @@ impl Default for ClusterConfig {
             advertise: "127.0.0.1:7301".into(),
             bootstrap: false,
             join: Vec::new(),
+            snapshot_logs: 5000,
         }
     }
 }
@@ -376,6 +379,9 @@ impl Config {
         }
         if self.node.data_dir.as_os_str().is_empty() {
             err("node.data_dir".into(), "must not be empty".into());
+        }
+        if self.cluster.snapshot_logs < 10 {
+            err("cluster.snapshot_logs".into(), "must be at least 10".into());
         }
         if self.cluster.advertise.is_empty() {
             err("cluster.advertise".into(), "must not be empty".into());

@@ -36,6 +36,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             data_dir: data_dir.clone(),
             advertise: config.cluster.advertise.clone(),
             bootstrap: config.cluster.bootstrap,
+            snapshot_logs: config.cluster.snapshot_logs,
         },
         GrpcNetwork {
             peers: peers.clone(),

@@ -25,6 +25,9 @@ pub struct QueueOptions {
     pub advertise: String,
     /// With no state on disk, form a new one-voter cluster.
     pub bootstrap: bool,
+    /// Log entries between snapshots; a tenth of it is kept after a snapshot for
+    /// followers that lag a little, older entries are purged.
+    pub snapshot_logs: u64,
 }
 
 /// Why a queue call failed. `Unavailable` and `NotLeader` are retryable and mean
@@ -77,8 +80,9 @@ impl QueueNode {
             election_timeout_min: 600,
             election_timeout_max: 1200,
             max_payload_entries: 64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
-            max_in_snapshot_log_to_keep: 500,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs),
+            max_in_snapshot_log_to_keep: opts.snapshot_logs / 10,
+            purge_batch_size: (opts.snapshot_logs / 10).max(1),
             ..Default::default()
         };
         let config = Arc::new(

@@ -500,6 +500,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.insert(APPLIED, encode(&meta.last_log_id));
         batch.insert(MEMBERSHIP, encode(&meta.last_membership));
         self.state.apply(batch).map_err(sm_write_err)?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            last_log = ?meta.last_log_id.map(|l| l.index),
+            "installed a snapshot from the leader"
+        );
         self.rebuild_index().map_err(sm_write_err)?;
         if let Some(log_id) = meta.last_log_id {
             self.shared.changed.send_replace(log_id.index);

@@ -49,6 +49,7 @@ async fn open(dir: &TempDir) -> QueueNode {
             data_dir: dir.path().to_path_buf(),
             advertise: "127.0.0.1:7301".into(),
             bootstrap: true,
+            snapshot_logs: 5000,
         },
         baton_queue::network::NoPeers,
     )
