@@ -155,3 +155,61 @@ fn a_node_joining_after_log_compaction_catches_up_from_a_snapshot() {
     );
     assert_eq!(n3.metric("baton_queue_messages"), 0.0);
 }
+
+#[test]
+fn sigterm_of_the_leader_hands_over_without_duplicates() {
+    let port = free_port();
+    let sink_addr: SocketAddr = format!("127.0.0.32:{port}").parse().unwrap();
+    let sink = Sink::start(sink_addr);
+    let options = |id: u64, join: Vec<SocketAddr>| NodeOptions {
+        id,
+        bootstrap: join.is_empty(),
+        join,
+        smarthost: Some(sink_addr),
+        ..Default::default()
+    };
+    let n1 = Node::start(options(1, vec![]));
+    let n2 = Node::start(options(2, vec![n1.raft]));
+    let n3 = Node::start(options(3, vec![n1.raft]));
+    let mut nodes = [n1, n2, n3];
+    let leader = wait_until("one leader", WAIT, || {
+        leader_of(&nodes.iter().collect::<Vec<_>>())
+    });
+    let pos = nodes.iter().position(|n| n.id == leader).unwrap();
+    for i in 1..=20 {
+        send(&nodes[pos], i);
+    }
+    // Stop the leader while its deliveries may still be running.
+    let stopped = std::time::Instant::now();
+    let code = nodes[pos].proc.as_mut().unwrap().terminate(WAIT);
+    assert_eq!(code, Some(0), "{}", nodes[pos].log());
+    assert!(
+        nodes[pos].log().contains("leadership handed over"),
+        "{}",
+        nodes[pos].log()
+    );
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let new_leader = wait_until("a new leader", WAIT, || {
+        leader_of(&survivors).filter(|l| *l != leader)
+    });
+    eprintln!(
+        "new leader {new_leader} {:?} after SIGTERM",
+        stopped.elapsed()
+    );
+    let other = survivors.iter().find(|n| n.id != new_leader).unwrap();
+    wait_until("the other node to know the new leader", WAIT, || {
+        (http_get(other.http, "/readyz").map(|r| r.0) == Some(200)).then_some(())
+    });
+    send(other, 21);
+    wait_until("21 deliveries", WAIT, || {
+        (seqs(&sink).len() >= 21).then_some(())
+    });
+    wait_until("the queue to empty", WAIT, || {
+        (survivors[0].metric("baton_queue_messages") == 0.0).then_some(())
+    });
+    assert_eq!(
+        seqs(&sink),
+        (1..=21).collect::<Vec<_>>(),
+        "zero duplicates, zero lost"
+    );
+}

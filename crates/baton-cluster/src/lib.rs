@@ -7,13 +7,15 @@
 //!   local openraft, forwarded writes, join requests;
 //! - [`writer`] — [`Writer`]: a write from any node, forwarded to the leader when this
 //!   node is a follower, following leader changes;
-//! - [`join`] — a node with no state asking a seed to add it.
+//! - [`join`] — a node with no state asking a seed to add it;
+//! - [`handover`] — a draining leader handing leadership to an up-to-date voter.
 //!
 //! Raft messages cross the wire as bincode of openraft's serde types inside a gRPC
 //! `Payload`.
 #![forbid(unsafe_code)]
 #![allow(clippy::result_large_err)]
 
+pub mod handover;
 pub mod join;
 pub mod network;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The `baton.raft.v1.Raft` service: what peers call on this node.
 
 use crate::pb::raft_server::Raft as RaftRpc;
-use crate::pb::{JoinReply, JoinRequest, Payload};
+use crate::pb::{ElectReply, ElectRequest, JoinReply, JoinRequest, Payload};
 use crate::{decode, encode};
 use baton_queue::types::{Raft, Request, Response};
 use baton_queue::{QueueError, QueueNode};
@@ -127,6 +127,19 @@ impl RaftRpc for RaftService {
             leader_id: self.queue.id,
             leader_addr: String::new(),
         }))
+    }
+
+    async fn elect(
+        &self,
+        _req: tonic::Request<ElectRequest>,
+    ) -> Result<tonic::Response<ElectReply>, Status> {
+        tracing::info!("asked to take over leadership: starting an election");
+        self.raft()
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(tonic::Response::new(ElectReply {}))
     }
 }
 

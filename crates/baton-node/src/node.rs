@@ -55,16 +55,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .await
         .with_context(|| format!("cluster.listen {}", config.cluster.listen))?;
     println!("raft (peers only) on {}", config.cluster.listen);
+    // The Raft service serves through the drain (forwarded writes, the hand-over's
+    // election) and is aborted at the very end.
     let raft_task = {
-        let mut stop = stop_rx.clone();
         let service = RaftService::new(queue.clone()).into_server();
-        let incoming = tokio_stream_listener(raft_listener);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(raft_listener);
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
+                .serve_with_incoming(incoming)
                 .await;
         })
     };
@@ -248,6 +247,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     // Sessions are done: their messages are committed. Let deliveries finish.
     deliver_tx.send_replace(false);
     let _ = tokio::time::timeout(DRAIN, ctx.idle()).await;
+    // Outcomes are committed: hand leadership (and with it delivery) to a voter.
+    baton_cluster::handover::hand_over(&queue, &peers, Duration::from_secs(5)).await;
     manager.stop(None);
     committer.stop(None);
     outcomes.stop(None);
@@ -260,17 +261,4 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     queue.shutdown().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Accepted connections of `listener` as the stream tonic serves.
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    async_stream_accept(listener)
-}
-
-fn async_stream_accept(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
 }
