@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// A leader delivers only while a quorum acknowledged it within this.
+const QUORUM_ACK_MS: u64 = 1000;
+
 /// How long a drain waits for open SMTP sessions and deliveries.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -99,14 +102,30 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         tokio::spawn(async move {
             let _ = queue.wait_ready(Duration::from_secs(3600)).await;
             // Caught up once at start (above); from then on ready while a leader is known.
+            // Delivery needs more than believing we lead: a quorum must have acknowledged
+            // us recently. A restarted or cut-off old leader keeps its belief until it
+            // hears of a newer term, but gets no acknowledgements, so it stops (or never
+            // starts) delivering while the real leader does.
             let mut metrics = queue.raft.metrics();
             loop {
-                let leader = metrics.borrow_and_update().current_leader;
+                let (leader, confirmed) = {
+                    let m = metrics.borrow_and_update();
+                    let voters = m.membership_config.membership().voter_ids().count();
+                    let fresh = voters <= 1
+                        || m.millis_since_quorum_ack
+                            .is_some_and(|ms| ms < QUORUM_ACK_MS);
+                    (m.current_leader, fresh)
+                };
                 let stopping = draining.load(std::sync::atomic::Ordering::Acquire);
                 ready_tx.send_replace(leader.is_some() && !stopping);
-                deliver_tx.send_replace(leader == Some(queue.id) && !stopping);
-                if metrics.changed().await.is_err() || stopping {
+                deliver_tx.send_replace(leader == Some(queue.id) && confirmed && !stopping);
+                if stopping {
                     return;
+                }
+                // Re-check on every change, and at least every 200 ms (acks age).
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
         });
