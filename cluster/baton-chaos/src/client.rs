@@ -1,13 +1,13 @@
 //! The SMTP side: C connections push N numbered messages through the target
 //! and re-send what was not answered `250`, like a real client would.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use baton_load::message::{MessageSpec, build_message};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
@@ -56,6 +56,18 @@ pub struct Ingest {
     run_id: String,
 }
 
+impl Ingest {
+    fn message_spec(&self) -> MessageSpec<'_> {
+        MessageSpec {
+            tool: "chaos",
+            run_id: &self.run_id,
+            date: &self.date,
+            from: &self.cfg.from,
+            size: self.cfg.size,
+        }
+    }
+}
+
 const MAX_NOTED: usize = 10;
 
 impl Ingest {
@@ -80,7 +92,7 @@ impl Ingest {
             ok_times: Mutex::new(Vec::with_capacity(n)),
             done: AtomicBool::new(false),
             failures: Mutex::new(Vec::new()),
-            date: rfc5322_date(unix),
+            date: baton_load::message::rfc5322_date(unix),
             run_id: format!("{unix}.{}", std::process::id()),
         }
     }
@@ -157,7 +169,7 @@ async fn worker(ing: Arc<Ingest>) {
             break;
         }
         let rcpt = format!("u{}@{}", seq % 1000, ing.cfg.rcpt_domain);
-        build_message(&ing, seq, &rcpt, &mut msg);
+        build_message(&ing.message_spec(), seq, &rcpt, &mut msg);
         // Bounded by max_attempts and the deadline.
         for attempt in 1..=ing.cfg.max_attempts.max(1) {
             if tokio::time::Instant::now() >= ing.deadline {
@@ -367,74 +379,6 @@ async fn send_one(
     }
 }
 
-/// Message `seq` in wire format (dot-stuffed, with the final `.` line):
-/// about `size` bytes, with an `X-Load-Seq: <seq>` header.
-fn build_message(ing: &Ingest, seq: u64, rcpt: &str, buf: &mut Vec<u8>) {
-    buf.clear();
-    let mut hdr = String::with_capacity(512);
-    let _ = write!(
-        hdr,
-        "Message-ID: <chaos.{}.{seq}@bench.test>\r\n\
-         Date: {}\r\n\
-         From: <{}>\r\n\
-         To: <{rcpt}>\r\n\
-         Subject: baton-chaos message {seq}\r\n\
-         X-Load-Seq: {seq}\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=us-ascii\r\n\
-         \r\n",
-        ing.run_id, ing.date, ing.cfg.from
-    );
-    buf.extend_from_slice(hdr.as_bytes());
-    let size = ing.cfg.size;
-    let mut total = hdr.len();
-    let mut i: u64 = 0;
-    // Bounded: every line adds at least 3 bytes towards `size` (capped at 50M).
-    while total < size || i == 0 {
-        let len = size.saturating_sub(total + 2).clamp(1, 76) as u64;
-        let start = seq.wrapping_add(i.wrapping_mul(7)) % 94;
-        if 0x21 + start as u8 == b'.' {
-            buf.push(b'.');
-        }
-        for j in 0..len {
-            buf.push(0x21 + ((start + j) % 94) as u8);
-        }
-        buf.extend_from_slice(b"\r\n");
-        total += len as usize + 2;
-        i += 1;
-    }
-    buf.extend_from_slice(b".\r\n");
-}
-
-/// RFC 5322 date (UTC) for a Unix time.
-fn rfc5322_date(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        d,
-        MON[(m - 1) as usize],
-        y,
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,7 +403,7 @@ mod tests {
     fn message_has_seq_and_ends_with_dot() {
         let ing = ingest(4096);
         let mut buf = Vec::new();
-        build_message(&ing, 7, "u7@sink.test", &mut buf);
+        build_message(&ing.message_spec(), 7, "u7@sink.test", &mut buf);
         assert!(buf.ends_with(b"\r\n.\r\n"));
         assert_eq!(baton_load::sink::load_seq(&buf), Some(7));
         // Unstuffed size is the requested size.

@@ -3,4 +3,5 @@
 //! * [`sink`]: an in-process SMTP sink server (used by the `baton-sink`
 //!   binary, by end-to-end tests and by the `baton-load` tool).
 
+pub mod message;
 pub mod sink;

@@ -1,13 +1,13 @@
 //! `baton-load`: SMTP load generator for Baton, with an optional in-process
 //! counting sink that receives what the relay delivers.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
+use baton_load::message::{MessageSpec, build_message};
 use baton_load::sink::{AcceptedMessage, SinkConfig, load_seq, start_sink};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -118,6 +118,18 @@ struct Client {
     run_id: String,
 }
 
+impl Client {
+    fn message_spec(&self) -> MessageSpec<'_> {
+        MessageSpec {
+            tool: "load",
+            run_id: &self.run_id,
+            date: &self.date,
+            from: &self.args.from,
+            size: self.args.size,
+        }
+    }
+}
+
 const MAX_PRINTED_FAILURES: usize = 10;
 
 impl Client {
@@ -161,47 +173,6 @@ async fn read_reply(
         text.push_str(" / ");
     }
     bail!("reply too long")
-}
-
-/// Build message `seq` in wire format (dot-stuffed, with the final `.` line)
-/// into `buf`.
-fn build_message(client: &Client, seq: u64, rcpt: &str, buf: &mut Vec<u8>) {
-    buf.clear();
-    let a = &client.args;
-    let mut hdr = String::with_capacity(512);
-    let _ = write!(
-        hdr,
-        "Message-ID: <load.{}.{seq}@bench.test>\r\n\
-         Date: {}\r\n\
-         From: <{}>\r\n\
-         To: <{rcpt}>\r\n\
-         Subject: baton-load message {seq}\r\n\
-         X-Load-Seq: {seq}\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=us-ascii\r\n\
-         \r\n",
-        client.run_id, client.date, a.from
-    );
-    buf.extend_from_slice(hdr.as_bytes());
-    let mut total = hdr.len();
-    // Body: lines of 76 printable ASCII chars (no spaces) + CRLF. Some lines
-    // start with '.', exercising dot-stuffing.
-    // The last line is shortened so the total hits the requested size.
-    let mut i: u64 = 0;
-    while total < a.size || i == 0 {
-        let len = (a.size.saturating_sub(total + 2)).clamp(1, 76) as u64;
-        let start = seq.wrapping_add(i.wrapping_mul(7)) % 94;
-        if 0x21 + start as u8 == b'.' {
-            buf.push(b'.');
-        }
-        for j in 0..len {
-            buf.push(0x21 + ((start + j) % 94) as u8);
-        }
-        buf.extend_from_slice(b"\r\n");
-        total += len as usize + 2;
-        i += 1;
-    }
-    buf.extend_from_slice(b".\r\n");
 }
 
 async fn connect(client: &Client) -> anyhow::Result<(Conn, bool)> {
@@ -267,7 +238,7 @@ async fn send_one(
     let a = &client.args;
     let dl = client.deadline;
     let rcpt = format!("u{}@{}", seq % 1000, a.rcpt_domain);
-    build_message(client, seq, &rcpt, msg);
+    build_message(&client.message_spec(), seq, &rcpt, msg);
     cmd.clear();
     let mail = format!("MAIL FROM:<{}> SIZE={}\r\n", a.from, msg.len());
     let rcpt_cmd = format!("RCPT TO:<{rcpt}>\r\n");
@@ -428,36 +399,6 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[idx] as f64 / 1000.0
 }
 
-/// RFC 5322 date (UTC) for the given Unix time.
-fn rfc5322_date(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Civil-from-days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        d,
-        MON[(m - 1) as usize],
-        y,
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -517,7 +458,7 @@ async fn main() -> anyhow::Result<()> {
         connect_errors: AtomicU64::new(0),
         last_ok_ns: AtomicU64::new(0),
         failures: Mutex::new(Vec::new()),
-        date: rfc5322_date(now_unix),
+        date: baton_load::message::rfc5322_date(now_unix),
         run_id: format!("{now_unix}.{}", std::process::id()),
         args: args.clone(),
     });
