@@ -7,6 +7,17 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Node `id`: bootstraps when `join` is empty, else joins through it; delivers to `sink`.
+fn member(id: u64, join: Vec<SocketAddr>, sink: SocketAddr) -> NodeOptions {
+    NodeOptions {
+        id,
+        bootstrap: join.is_empty(),
+        join,
+        smarthost: Some(sink),
+        ..Default::default()
+    }
+}
+
 fn leader_of(nodes: &[&Node]) -> Option<u64> {
     let leaders: Vec<u64> = nodes
         .iter()
@@ -43,13 +54,7 @@ fn three_nodes_form_accept_through_followers_and_survive_a_leader_kill() {
     let port = free_port();
     let sink_addr: SocketAddr = format!("127.0.0.30:{port}").parse().unwrap();
     let sink = Sink::start(sink_addr);
-    let options = |id: u64, join: Vec<SocketAddr>| NodeOptions {
-        id,
-        bootstrap: join.is_empty(),
-        join,
-        smarthost: Some(sink_addr),
-        ..Default::default()
-    };
+    let options = |id: u64, join: Vec<SocketAddr>| member(id, join, sink_addr);
     let n1 = Node::start(options(1, vec![]));
     let n2 = Node::start(options(2, vec![n1.raft]));
     let n3 = Node::start(options(3, vec![n1.raft, n2.raft]));
@@ -114,12 +119,8 @@ fn a_node_joining_after_log_compaction_catches_up_from_a_snapshot() {
     let sink = Sink::start(sink_addr);
     // Snapshots every 20 entries; 2 entries kept after one.
     let options = |id: u64, join: Vec<SocketAddr>| NodeOptions {
-        id,
-        bootstrap: join.is_empty(),
-        join,
-        smarthost: Some(sink_addr),
         cluster: "snapshot_logs = 20".into(),
-        ..Default::default()
+        ..member(id, join, sink_addr)
     };
     let n1 = Node::start(options(1, vec![]));
     let n2 = Node::start(options(2, vec![n1.raft]));
@@ -161,13 +162,7 @@ fn sigterm_of_the_leader_hands_over_without_duplicates() {
     let port = free_port();
     let sink_addr: SocketAddr = format!("127.0.0.32:{port}").parse().unwrap();
     let sink = Sink::start(sink_addr);
-    let options = |id: u64, join: Vec<SocketAddr>| NodeOptions {
-        id,
-        bootstrap: join.is_empty(),
-        join,
-        smarthost: Some(sink_addr),
-        ..Default::default()
-    };
+    let options = |id: u64, join: Vec<SocketAddr>| member(id, join, sink_addr);
     let n1 = Node::start(options(1, vec![]));
     let n2 = Node::start(options(2, vec![n1.raft]));
     let n3 = Node::start(options(3, vec![n1.raft]));
