@@ -16,42 +16,80 @@ pub struct Writer {
     pub peers: Peers,
 }
 
-/// Attempts per write (each after a leader change or a failed forward).
-const ATTEMPTS: usize = 5;
+/// Quick attempts while nothing can have been appended (no leader known, refused by a
+/// leader's quorum check): then a 451 is the truth.
+const CLEAN_ATTEMPTS: u32 = 5;
+/// How long a write that may have been appended is retried until it resolves. Retrying
+/// is what resolves it: enqueue is idempotent by message id, so if the first attempt
+/// was committed the retry is a no-op that says so. Answering 451 instead would make
+/// the client send the message again (ARCHITECTURE.md, "Replies mean what they say").
+const RESOLVE: Duration = Duration::from_secs(60);
 
 impl Writer {
     pub async fn write(&self, request: Request) -> Result<Response, QueueError> {
-        let mut last = QueueError::Unavailable("no leader".into());
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
-            }
-            match self.queue.write(request.clone()).await {
+        let deadline = tokio::time::Instant::now() + RESOLVE;
+        let mut maybe_appended = false;
+        let mut attempt: u32 = 0;
+        loop {
+            let was_leader = self.queue.is_leader();
+            let error = match self.queue.write(request.clone()).await {
+                Ok(r) => return Ok(r),
                 Err(QueueError::NotLeader {
                     leader: Some((id, addr)),
                 }) if id != self.queue.id => match self.forward(&addr, &request).await {
                     Ok(r) => return Ok(r),
-                    Err(e) => last = e,
+                    Err((e, sent)) => {
+                        maybe_appended |= sent;
+                        e
+                    }
                 },
-                Err(e @ QueueError::NotLeader { .. }) => last = e,
-                other => return other,
+                // A leader that lost leadership while our entry waited for its commit:
+                // the entry may still be committed by the next leader.
+                Err(e @ QueueError::NotLeader { .. }) => {
+                    maybe_appended |= was_leader;
+                    e
+                }
+                Err(e @ QueueError::Fatal(_)) => return Err(e),
+                // Refused before appending (quorum check).
+                Err(e @ QueueError::Unavailable(_)) => e,
+            };
+            attempt += 1;
+            let give_up = if maybe_appended {
+                tokio::time::Instant::now() >= deadline
+            } else {
+                attempt >= CLEAN_ATTEMPTS
+            };
+            if give_up {
+                if maybe_appended {
+                    tracing::error!(error = %error, "a write that may have been appended did not resolve");
+                }
+                return Err(error);
             }
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
         }
-        Err(last)
     }
 
-    async fn forward(&self, addr: &str, request: &Request) -> Result<Response, QueueError> {
-        let mut client = self.peers.client(addr).map_err(QueueError::Unavailable)?;
-        let data = encode(request).map_err(|e| QueueError::Fatal(e.to_string()))?;
-        let reply = client
-            .forward(Payload { data })
-            .await
-            .map_err(|s| QueueError::Unavailable(format!("forward to {addr}: {}", s.message())))?;
-        let result: Result<Response, ForwardError> =
-            decode(&reply.into_inner().data).map_err(|e| QueueError::Unavailable(e.to_string()))?;
+    /// Forwards to the leader at `addr`. On error, also says whether the request may have
+    /// reached a leader (anything but a refused connection or a definite refusal).
+    async fn forward(&self, addr: &str, request: &Request) -> Result<Response, (QueueError, bool)> {
+        let mut client = self
+            .peers
+            .client(addr)
+            .map_err(|e| (QueueError::Unavailable(e), false))?;
+        let data = encode(request).map_err(|e| (QueueError::Fatal(e.to_string()), false))?;
+        let reply = client.forward(Payload { data }).await.map_err(|s| {
+            let refused = s.code() == tonic::Code::Unavailable && s.message().contains("connect");
+            (
+                QueueError::Unavailable(format!("forward to {addr}: {}", s.message())),
+                !refused,
+            )
+        })?;
+        let result: Result<Response, ForwardError> = decode(&reply.into_inner().data)
+            .map_err(|e| (QueueError::Unavailable(e.to_string()), true))?;
         result.map_err(|e| match e {
-            ForwardError::NotLeader(leader) => QueueError::NotLeader { leader },
-            ForwardError::Failed(m) => QueueError::Unavailable(m),
+            // The remote may have appended before losing leadership.
+            ForwardError::NotLeader(leader) => (QueueError::NotLeader { leader }, true),
+            ForwardError::Failed(m) => (QueueError::Unavailable(m), false),
         })
     }
 }

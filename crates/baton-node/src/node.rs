@@ -114,7 +114,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     let fresh = voters <= 1
                         || m.millis_since_quorum_ack
                             .is_some_and(|ms| ms < QUORUM_ACK_MS);
-                    (m.current_leader, fresh)
+                    // A new leader first applies the blank entry of its own term: then
+                    // every outcome the previous leader committed is applied here too,
+                    // and nothing it delivered looks due again.
+                    let caught_up = m
+                        .last_applied
+                        .is_some_and(|l| l.leader_id.term == m.current_term);
+                    (m.current_leader, fresh && caught_up)
                 };
                 let stopping = draining.load(std::sync::atomic::Ordering::Acquire);
                 ready_tx.send_replace(leader.is_some() && !stopping);
