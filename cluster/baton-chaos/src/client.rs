@@ -256,38 +256,16 @@ async fn worker(ing: Arc<Ingest>) {
     }
 }
 
-/// Read one (possibly multi-line) reply; returns (code, text).
+/// Reads one (possibly multi-line) reply within the reply timeout; returns (code, text).
 async fn read_reply(
     ing: &Ingest,
     conn: &mut Conn,
     line: &mut Vec<u8>,
 ) -> anyhow::Result<(u16, String)> {
-    let dl = ing
+    let deadline = ing
         .deadline
         .min(tokio::time::Instant::now() + ing.cfg.reply_timeout);
-    let mut text = String::new();
-    for _ in 0..1000 {
-        line.clear();
-        let n = timeout_at(dl, conn.read_until(b'\n', line))
-            .await
-            .context("no reply in time")??;
-        if n == 0 {
-            bail!("connection closed by server");
-        }
-        if line.len() < 4 {
-            bail!("malformed reply line {:?}", String::from_utf8_lossy(line));
-        }
-        let code: u16 = std::str::from_utf8(&line[..3])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("malformed reply {:?}", String::from_utf8_lossy(line)))?;
-        text.push_str(String::from_utf8_lossy(line).trim_end());
-        if line[3] != b'-' {
-            return Ok((code, text));
-        }
-        text.push_str(" / ");
-    }
-    bail!("reply too long")
+    baton_load::client::read_reply(conn, line, deadline).await
 }
 
 async fn connect(ing: &Ingest, line: &mut Vec<u8>) -> anyhow::Result<Conn> {

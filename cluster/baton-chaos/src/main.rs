@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use baton_load::client::parse_size;
 use baton_load::sink::{AcceptedMessage, SinkConfig, load_seq, start_sink};
 use clap::Parser;
 
@@ -93,19 +94,6 @@ struct Args {
     /// Print one JSON object instead of human-readable lines.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (num, mult) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 1024),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 1024 * 1024),
-        _ => (s, 1),
-    };
-    let n: usize = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
-    n.checked_mul(mult)
-        .filter(|&v| v <= 50 * 1024 * 1024)
-        .ok_or_else(|| format!("size {s:?} too large (max 50M)"))
 }
 
 /// Deliveries seen by the sink, per X-Load-Seq.

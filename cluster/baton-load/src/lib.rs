@@ -3,5 +3,6 @@
 //! * [`sink`]: an in-process SMTP sink server (used by the `baton-sink`
 //!   binary, by end-to-end tests and by the `baton-load` tool).
 
+pub mod client;
 pub mod message;
 pub mod sink;
