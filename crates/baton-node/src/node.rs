@@ -246,11 +246,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     println!("http (metrics, health) on {}", config.http.listen);
-    println!(
-        "raft node {} data in {}",
-        config.node.id,
-        data_dir.display()
-    );
+    println!("node {} data in {}", config.node.id, data_dir.display());
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
     let http_task = tokio::spawn(http::serve(
         http_listener,

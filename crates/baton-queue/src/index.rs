@@ -54,21 +54,6 @@ impl Index {
         self.messages = 0;
     }
 
-    /// Ids due at `now_ms` for `domain`, earliest first, at most `limit`.
-    pub fn due(&self, domain: &str, now_ms: u64, limit: usize) -> Vec<String> {
-        self.domains
-            .get(domain)
-            .map(|q| {
-                q.due
-                    .iter()
-                    .take_while(|(due, _)| *due <= now_ms)
-                    .take(limit)
-                    .map(|(_, id)| id.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// When the next message for `domain` is due, if any is queued.
     pub fn next_due(&self, domain: &str) -> Option<u64> {
         self.domains

@@ -73,7 +73,8 @@ async fn enqueue_is_idempotent_and_outcomes_finish_messages() {
         .await
         .unwrap();
     assert_eq!((r.added, r.duplicates), (1, 1));
-    let idx = |d: &str| node.reader.shared.with(|i| i.due(d, 10, 10));
+    let none = std::collections::HashSet::new();
+    let idx = |d: &str| node.reader.shared.with(|i| i.take_due(d, 10, 10, &none).0);
     assert_eq!(idx("one.test"), vec!["m1".to_string()]);
     assert_eq!(idx("two.test"), vec!["m1".to_string()]);
     let rec = node.reader.delivery("two.test", "m1").unwrap().unwrap();
