@@ -28,6 +28,22 @@ pub async fn hand_over(queue: &QueueNode, peers: &Peers, timeout: Duration) -> O
         })
         .collect();
     candidates.sort_by_key(|(_, index)| std::cmp::Reverse(*index));
+    queue.set_handing_over(true);
+    let new = elect_one(queue, peers, &membership, candidates, timeout).await;
+    if new.is_none() {
+        // Still the leader (or nobody is): keep serving writes.
+        queue.set_handing_over(false);
+    }
+    new
+}
+
+async fn elect_one(
+    queue: &QueueNode,
+    peers: &Peers,
+    membership: &openraft::Membership<u64, openraft::BasicNode>,
+    candidates: Vec<(u64, u64)>,
+    timeout: Duration,
+) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
     for (id, _) in candidates {
         let Some(node) = membership.get_node(&id) else {
@@ -36,6 +52,25 @@ pub async fn hand_over(queue: &QueueNode, peers: &Peers, timeout: Duration) -> O
         let Ok(mut client) = peers.client(&node.addr) else {
             continue;
         };
+        // The candidate's log must hold everything we appended (the last writes of the
+        // drain among them), or the other voters would refuse it their votes.
+        let mut metrics = queue.raft.metrics();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                let caught_up = {
+                    let m = metrics.borrow_and_update();
+                    let last = m.last_log_index.unwrap_or(0);
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|l| l.index >= last)
+                };
+                if caught_up || metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
         let asked = tokio::time::timeout_at(deadline, client.elect(ElectRequest {})).await;
         if !matches!(asked, Ok(Ok(_))) {
             continue;

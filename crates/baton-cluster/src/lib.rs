@@ -8,6 +8,7 @@
 //! - [`writer`] — [`Writer`]: a write from any node, forwarded to the leader when this
 //!   node is a follower, following leader changes;
 //! - [`join`] — a node with no state asking a seed to add it;
+//! - [`lease`] — renewing this node's delivery lease; on the leader, expiring others';
 //! - [`handover`] — a draining leader handing leadership to an up-to-date voter.
 //!
 //! Raft messages cross the wire as bincode of openraft's serde types inside a gRPC
@@ -17,6 +18,7 @@
 
 pub mod handover;
 pub mod join;
+pub mod lease;
 pub mod network;
 pub mod server;
 pub mod writer;
@@ -26,6 +28,7 @@ pub mod pb {
     tonic::include_proto!("baton.raft.v1");
 }
 
+pub use lease::Lease;
 pub use network::{GrpcNetwork, Peers};
 pub use server::RaftService;
 pub use writer::Writer;

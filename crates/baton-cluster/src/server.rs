@@ -1,7 +1,7 @@
 //! The `baton.raft.v1.Raft` service: what peers call on this node.
 
 use crate::pb::raft_server::Raft as RaftRpc;
-use crate::pb::{ElectReply, ElectRequest, JoinReply, JoinRequest, Payload};
+use crate::pb::{ElectReply, ElectRequest, JoinReply, JoinRequest, Payload, RemoveRequest};
 use crate::{decode, encode};
 use baton_queue::types::{Raft, Request, Response};
 use baton_queue::{QueueError, QueueNode};
@@ -127,6 +127,68 @@ impl RaftRpc for RaftService {
             leader_id: self.queue.id,
             leader_addr: String::new(),
         }))
+    }
+
+    async fn remove(
+        &self,
+        req: tonic::Request<RemoveRequest>,
+    ) -> Result<tonic::Response<JoinReply>, Status> {
+        let RemoveRequest { node_id } = req.into_inner();
+        let leader = self.leader();
+        let answer = |ok: bool, error: String| {
+            Ok(tonic::Response::new(JoinReply {
+                ok,
+                error,
+                leader_id: leader.as_ref().map_or(0, |l| l.0),
+                leader_addr: leader.as_ref().map(|l| l.1.clone()).unwrap_or_default(),
+            }))
+        };
+        if leader.as_ref().map(|l| l.0) != Some(self.queue.id) {
+            return answer(false, "not the leader".into());
+        }
+        let members: BTreeSet<u64> = {
+            let m = self.raft().metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        if !members.contains(&node_id) {
+            return answer(false, format!("node {node_id} is not a member"));
+        }
+        if members.len() == 1 {
+            return answer(false, "cannot remove the only member".into());
+        }
+        tracing::info!(node_id, "removing node: moving its domains first");
+        if let Err(e) = self.queue.write(Request::Retire { node: node_id }).await {
+            return answer(false, format!("retire: {e}"));
+        }
+        // Its domains move once it (or its lease's expiry) acknowledges the new epoch.
+        let mut ownership = self.queue.reader.shared.ownership.subscribe();
+        let moved = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            ownership
+                .wait_for(|o| !o.nodes.contains(&node_id) && o.is_settled())
+                .await
+                .is_ok()
+        })
+        .await;
+        if moved != Ok(true) {
+            return answer(
+                false,
+                format!("node {node_id} did not hand its domains over within 60 s"),
+            );
+        }
+        let ids: BTreeSet<u64> = [node_id].into();
+        if let Err(e) = self
+            .raft()
+            .change_membership(ChangeMembers::RemoveVoters(ids), false)
+            .await
+        {
+            return answer(false, format!("remove from membership: {e}"));
+        }
+        tracing::info!(node_id, "node removed");
+        answer(true, String::new())
     }
 
     async fn elect(

@@ -254,14 +254,19 @@ impl Connection {
         }
     }
 
-    /// Sends one message. `may_finish` is asked right before the final dot: when it says
-    /// no (the delivery lease is too short), the connection is dropped before the dot so
-    /// the remote discards the partial message, and [`ConnError::Abandoned`] is returned.
+    /// Sends one message under a delivery lease; `lease_left` tells how much of it is
+    /// left. The final dot is sent only if more than `lease_margin` is left; otherwise
+    /// the connection is dropped before the dot, so the remote discards the partial
+    /// message, and [`ConnError::Abandoned`] is returned. The reply to the dot is awaited
+    /// for at most `timeouts.data_end`, and only while the lease lasts: once it has run
+    /// out another node may send the message, so a later reply cannot be trusted to
+    /// mean anything and the attempt counts as failed.
     pub async fn send(
         &mut self,
         message: OutboundMessage,
         body: &[u8],
-        may_finish: &(dyn Fn() -> bool + Send + Sync),
+        lease_left: &(dyn Fn() -> Duration + Send + Sync),
+        lease_margin: Duration,
     ) -> Result<Transaction, ConnError> {
         let actions = self.session.handle(ClientEvent::Send(message));
         self.pending.extend(actions);
@@ -273,15 +278,38 @@ impl Connection {
                     let mut out = Vec::with_capacity(body.len() + body.len() / 50 + 8);
                     dot_stuff_body(body, &mut out);
                     self.write(&out).await?;
-                    if !may_finish() {
+                    if lease_left() <= lease_margin {
                         self.stream = Stream::Gone;
                         return Err(ConnError::Abandoned);
                     }
                     self.write(b".\r\n").await?;
                     let actions = self.session.handle(ClientEvent::DataWritten);
                     self.pending.extend(actions);
-                    // The reply to the dot may take longer.
-                    match self.next_action(self.timeouts.data_end).await? {
+                    // The reply to the dot may take longer; wait in slices no longer
+                    // than the lease (renewals extend it).
+                    let deadline = tokio::time::Instant::now() + self.timeouts.data_end;
+                    let action = loop {
+                        let left = lease_left();
+                        let now = tokio::time::Instant::now();
+                        if left.is_zero() || now >= deadline {
+                            self.stream = Stream::Gone;
+                            return Err(ConnError::Lost(format!(
+                                "{} did not answer the final dot {}",
+                                self.target.host,
+                                if left.is_zero() {
+                                    "while the delivery lease lasted"
+                                } else {
+                                    "in time"
+                                }
+                            )));
+                        }
+                        if let Some(action) =
+                            self.next_action_within(left.min(deadline - now)).await?
+                        {
+                            break action;
+                        }
+                    };
+                    match action {
                         ClientAction::MessageDone {
                             rcpt_replies,
                             data_reply,
@@ -368,22 +396,34 @@ impl Connection {
 
     /// Runs writes and reads until the engine produces an action for the caller.
     async fn next_action(&mut self, timeout: Duration) -> Result<ClientAction, ConnError> {
+        match self.next_action_within(timeout).await? {
+            Some(action) => Ok(action),
+            None => {
+                self.stream = Stream::Gone;
+                Err(ConnError::Lost(format!(
+                    "{} did not answer in {timeout:?}",
+                    self.target.host
+                )))
+            }
+        }
+    }
+
+    /// The next action, or `None` when nothing arrived within `timeout` (the connection
+    /// stays usable: reads are cancel-safe).
+    async fn next_action_within(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<ClientAction>, ConnError> {
         loop {
             while !self.pending.is_empty() {
                 let action = self.pending.remove(0);
                 match action {
                     ClientAction::Write(bytes) => self.write(&bytes).await?,
-                    other => return Ok(other),
+                    other => return Ok(Some(other)),
                 }
             }
             let n = match tokio::time::timeout(timeout, self.stream.read(&mut self.buf)).await {
-                Err(_) => {
-                    self.stream = Stream::Gone;
-                    return Err(ConnError::Lost(format!(
-                        "{} did not answer in {timeout:?}",
-                        self.target.host
-                    )));
-                }
+                Err(_) => return Ok(None),
                 Ok(Err(e)) => {
                     self.stream = Stream::Gone;
                     return Err(ConnError::Lost(format!(

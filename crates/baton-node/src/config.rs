@@ -90,6 +90,10 @@ pub struct ClusterConfig {
     pub join: Vec<String>,
     /// Raft log entries between snapshots (then older entries are purged).
     pub snapshot_logs: u64,
+    /// How long a node's delivery lease lasts; it is renewed every third of this. A dead
+    /// node's domains move to the others this long after its last renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -100,6 +104,7 @@ impl Default for ClusterConfig {
             bootstrap: false,
             join: Vec::new(),
             snapshot_logs: 5000,
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -382,6 +387,11 @@ impl Config {
         }
         if self.cluster.snapshot_logs < 10 {
             err("cluster.snapshot_logs".into(), "must be at least 10".into());
+        }
+        if self.cluster.lease < Duration::from_secs(2)
+            || self.cluster.lease > Duration::from_secs(600)
+        {
+            err("cluster.lease".into(), "must be between 2s and 10m".into());
         }
         if self.cluster.advertise.is_empty() {
             err("cluster.advertise".into(), "must not be empty".into());

@@ -4,15 +4,24 @@
 //!
 //! A message stays "in flight" in its DomainDelivery from the moment it is taken until
 //! its outcome is committed and applied, so it is never sent twice by this node.
+//!
+//! Only the domains this node owns are delivered, and only while its lease lasts
+//! (ARCHITECTURE.md, "Delivery ownership"). Messages are taken into flight only after
+//! checking, under one lock, that the current ownership view allows their domain; the
+//! acknowledgement of a new epoch checks under the same lock that nothing it forbids is
+//! in flight. So once a node has acknowledged an epoch, it is not delivering anything
+//! that epoch gave to another node.
 
 use crate::batcher::BatcherMsg;
 use crate::metrics as m;
+use baton_cluster::Lease;
 use baton_delivery::date::now_ms;
 use baton_delivery::dsn::{self, FailedRecipient};
 use baton_delivery::outbound::{ConnError, Connection, Timeouts, Transaction};
 use baton_delivery::retry::RetryPolicy;
 use baton_delivery::route::{RouteError, Router, Target};
 use baton_delivery::tls::{TlsClients, TlsPolicy};
+use baton_queue::ownership::Ownership;
 use baton_queue::state_machine::QueueReader;
 use baton_queue::{DeliveryRecord, MessageMeta, NewMessage, Outcome};
 use baton_smtp::address::{Mailbox, ReversePath};
@@ -37,13 +46,74 @@ pub struct DeliveryContext {
     pub max_connections: usize,
     pub max_messages_per_connection: usize,
     pub outcomes: ActorRef<BatcherMsg<Outcome>>,
-    /// False while this node must not start transactions (draining, no lease).
+    /// False while this node must not start transactions (catching up, draining).
     pub may_deliver: watch::Receiver<bool>,
     /// Messages taken by a DomainDelivery whose outcome is not yet committed.
     pub in_flight: Arc<AtomicUsize>,
+    /// This node, its lease and the replicated ownership table.
+    pub me: u64,
+    pub lease: Arc<Lease>,
+    /// No transaction starts, and no final dot is sent, with less lease left than this.
+    pub lease_margin: Duration,
+    pub ownership: watch::Receiver<Arc<Ownership>>,
+    /// In-flight counts per domain; also the lock that orders taking work against
+    /// acknowledging epochs.
+    pub in_flight_domains: Mutex<HashMap<String, usize>>,
 }
 
 impl DeliveryContext {
+    /// Whether this node owns `domain` in the current epoch (it may still have to wait
+    /// for the epoch to settle).
+    pub fn owns(&self, domain: &str) -> bool {
+        self.ownership.borrow().owner(domain) == Some(self.me)
+    }
+
+    /// Whether a transaction to `domain` may start now.
+    pub fn allowed(&self, domain: &str) -> bool {
+        *self.may_deliver.borrow()
+            && self.lease.left() > self.lease_margin
+            && self.ownership.borrow().may_deliver(self.me, domain)
+    }
+
+    /// Puts `n` messages of `domain` in flight if the domain may be delivered now.
+    fn enter(&self, domain: &str, n: usize) -> bool {
+        let mut map = self
+            .in_flight_domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if n == 0 || !self.allowed(domain) {
+            return false;
+        }
+        *map.entry(domain.to_string()).or_default() += n;
+        self.in_flight.fetch_add(n, Ordering::AcqRel);
+        true
+    }
+
+    /// Takes one message of `domain` out of flight.
+    fn leave(&self, domain: &str) {
+        let mut map = self
+            .in_flight_domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get_mut(domain) {
+            *c -= 1;
+            if *c == 0 {
+                map.remove(domain);
+            }
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether nothing in flight is forbidden by `view` (then this node may acknowledge
+    /// `view`'s epoch).
+    pub fn clean_for(&self, view: &Ownership) -> bool {
+        let map = self
+            .in_flight_domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.keys().all(|d| view.may_deliver(self.me, d))
+    }
+
     /// Waits until no message is in flight (polling; drain only).
     pub async fn idle(&self) {
         while self.in_flight.load(Ordering::Acquire) > 0 {
@@ -59,6 +129,9 @@ pub struct DeliveryManager;
 pub enum ManagerMsg {
     /// The queue changed: look at the dirty domains.
     Changed,
+    /// Ownership changed, or the periodic look: start actors for owned domains with
+    /// work; with `poke`, also wake the running ones.
+    Review { poke: bool },
 }
 
 pub struct ManagerState {
@@ -72,12 +145,15 @@ impl ManagerState {
         &mut self,
         myself: &ActorRef<ManagerMsg>,
         domain: String,
+        poke: bool,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(actor) = self.domains.get(&domain) {
-            let _ = actor.cast(DomainMsg::Poke);
+            if poke {
+                let _ = actor.cast(DomainMsg::Poke);
+            }
             return Ok(());
         }
-        if self.ctx.reader.shared.with(|i| i.queued(&domain)) == 0 {
+        if !self.ctx.owns(&domain) || self.ctx.reader.shared.with(|i| i.queued(&domain)) == 0 {
             return Ok(());
         }
         let (actor, _) = Actor::spawn_linked(
@@ -116,10 +192,24 @@ impl Actor for DeliveryManager {
                 }
             }
         });
-        // Everything queued at start is due for a look.
-        ctx.reader.shared.with(|i| {
-            for d in i.domains() {
-                i.mark_dirty(&d);
+        // Ownership changes move domains here or away.
+        let mut ownership = ctx.ownership.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            while ownership.changed().await.is_ok() {
+                if me.cast(ManagerMsg::Review { poke: true }).is_err() {
+                    return;
+                }
+            }
+        });
+        // And a periodic look, for what no event announces (the lease starting).
+        let me = myself.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if me.cast(ManagerMsg::Review { poke: false }).is_err() {
+                    return;
+                }
             }
         });
         Ok(ManagerState {
@@ -139,7 +229,13 @@ impl Actor for DeliveryManager {
             ManagerMsg::Changed => {
                 let dirty = state.ctx.reader.shared.with(|i| i.take_dirty());
                 for domain in dirty {
-                    state.ensure(&myself, domain).await?;
+                    state.ensure(&myself, domain, true).await?;
+                }
+            }
+            ManagerMsg::Review { poke } => {
+                let domains = state.ctx.reader.shared.with(|i| i.domains());
+                for domain in domains {
+                    state.ensure(&myself, domain, poke).await?;
                 }
             }
         }
@@ -163,7 +259,7 @@ impl Actor for DeliveryManager {
                 tracing::error!(%domain, error = %e, "domain delivery crashed; restarting");
             }
             // Work may have arrived while it was stopping.
-            state.ensure(&myself, domain).await?;
+            state.ensure(&myself, domain, true).await?;
         }
         Ok(())
     }
@@ -229,7 +325,7 @@ impl Actor for DomainDelivery {
             DomainMsg::Poke => true,
             DomainMsg::Finished(id) => {
                 if state.in_flight.remove(&id) {
-                    state.ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    state.ctx.leave(&state.domain);
                 }
                 false
             }
@@ -241,7 +337,8 @@ impl Actor for DomainDelivery {
         state.schedule(&myself, look);
         if state.in_flight.is_empty()
             && state.connections == 0
-            && state.ctx.reader.shared.with(|i| i.queued(&state.domain)) == 0
+            && (!state.ctx.owns(&state.domain)
+                || state.ctx.reader.shared.with(|i| i.queued(&state.domain)) == 0)
         {
             myself.stop(None);
         }
@@ -253,8 +350,8 @@ impl DomainState {
     /// Takes due work, starts connections for it and arms the retry timer.
     fn schedule(&mut self, myself: &ActorRef<DomainMsg>, look: bool) {
         let now = now_ms();
-        if !*self.ctx.may_deliver.borrow() {
-            // Draining or not allowed to deliver: give back what waits in the backlog.
+        if !self.ctx.allowed(&self.domain) {
+            // Draining, no lease, or not (yet) ours: give back what waits in the backlog.
             let waiting: Vec<String> = self
                 .work
                 .lock()
@@ -263,7 +360,7 @@ impl DomainState {
                 .collect();
             for id in waiting {
                 if self.in_flight.remove(&id) {
-                    self.ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    self.ctx.leave(&self.domain);
                 }
             }
             self.arm_timer(myself, now + 1000);
@@ -279,13 +376,13 @@ impl DomainState {
                 .reader
                 .shared
                 .with(|i| i.take_due(&self.domain, now, want, &self.in_flight));
-            let mut work = self.work.lock().unwrap_or_else(|p| p.into_inner());
-            for id in due {
-                self.in_flight.insert(id.clone());
-                self.ctx.in_flight.fetch_add(1, Ordering::AcqRel);
-                work.push_back(id);
+            if self.ctx.enter(&self.domain, due.len()) {
+                let mut work = self.work.lock().unwrap_or_else(|p| p.into_inner());
+                for id in due {
+                    self.in_flight.insert(id.clone());
+                    work.push_back(id);
+                }
             }
-            drop(work);
             if let Some(at) = next {
                 self.arm_timer(myself, at);
             }
@@ -356,8 +453,8 @@ impl Worker {
         let mut sent_on_conn = 0usize;
         let mut targets: Option<Vec<Target>> = None;
         while let Some(id) = self.next_id() {
-            if !*self.ctx.may_deliver.borrow() {
-                // Draining (or no lease): leave it queued.
+            if !self.ctx.allowed(&self.domain) {
+                // Draining, no lease, or moved away: leave it queued.
                 let _ = self.actor.cast(DomainMsg::Finished(id));
                 continue;
             }
@@ -509,10 +606,13 @@ impl Worker {
             eight_bit: job.meta.eight_bit,
             smtputf8: job.meta.smtputf8,
         };
-        let may = self.ctx.may_deliver.clone();
-        let may_finish = move || *may.borrow();
+        let lease = self.ctx.lease.clone();
+        let lease_left = move || lease.left();
         let host = conn.target.host.clone();
-        match conn.send(message, &body, &may_finish).await {
+        match conn
+            .send(message, &body, &lease_left, self.ctx.lease_margin)
+            .await
+        {
             Ok(Transaction {
                 rcpt_replies,
                 data_reply,

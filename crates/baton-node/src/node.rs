@@ -7,7 +7,7 @@ use crate::delivery::{DeliveryContext, DeliveryManager};
 use crate::http::{self, HttpState};
 use crate::ingress::{IngressShared, Listener};
 use anyhow::Context;
-use baton_cluster::{GrpcNetwork, Peers, RaftService, Writer};
+use baton_cluster::{GrpcNetwork, Lease, Peers, RaftService, Writer, lease};
 use baton_delivery::date::now_ms;
 use baton_delivery::outbound::Timeouts;
 use baton_delivery::retry::RetryPolicy;
@@ -19,9 +19,6 @@ use ractor::Actor;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// A leader delivers only while a quorum acknowledged it within this.
-const QUORUM_ACK_MS: u64 = 1000;
 
 /// How long a drain waits for open SMTP sessions and deliveries.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -89,46 +86,27 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .map_err(anyhow::Error::msg)?;
     }
 
-    // Readiness: a leader is known and what was committed is applied. Until delivery
-    // ownership with leases arrives, only the leader delivers.
+    // Readiness: a leader is known and what was committed at start is applied. Delivery
+    // additionally needs this node's lease and the ownership of each domain.
     let (ready_tx, ready_rx) = watch::channel(false);
     let (deliver_tx, deliver_rx) = watch::channel(false);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lease = Lease::new(config.cluster.lease);
+    let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
     {
         let queue = queue.clone();
         let ready_tx = ready_tx.clone();
-        let deliver_tx = deliver_tx.clone();
         let draining = draining.clone();
         tokio::spawn(async move {
             let _ = queue.wait_ready(Duration::from_secs(3600)).await;
-            // Caught up once at start (above); from then on ready while a leader is known.
-            // Delivery needs more than believing we lead: a quorum must have acknowledged
-            // us recently. A restarted or cut-off old leader keeps its belief until it
-            // hears of a newer term, but gets no acknowledgements, so it stops (or never
-            // starts) delivering while the real leader does.
             let mut metrics = queue.raft.metrics();
             loop {
-                let (leader, confirmed) = {
-                    let m = metrics.borrow_and_update();
-                    let voters = m.membership_config.membership().voter_ids().count();
-                    let fresh = voters <= 1
-                        || m.millis_since_quorum_ack
-                            .is_some_and(|ms| ms < QUORUM_ACK_MS);
-                    // A new leader first applies the blank entry of its own term: then
-                    // every outcome the previous leader committed is applied here too,
-                    // and nothing it delivered looks due again.
-                    let caught_up = m
-                        .last_applied
-                        .is_some_and(|l| l.leader_id.term == m.current_term);
-                    (m.current_leader, fresh && caught_up)
-                };
+                let leader = metrics.borrow_and_update().current_leader;
                 let stopping = draining.load(std::sync::atomic::Ordering::Acquire);
                 ready_tx.send_replace(leader.is_some() && !stopping);
-                deliver_tx.send_replace(leader == Some(queue.id) && confirmed && !stopping);
                 if stopping {
                     return;
                 }
-                // Re-check on every change, and at least every 200 ms (acks age).
                 tokio::select! {
                     changed = metrics.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -136,6 +114,28 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             }
         });
     }
+    let lease_task = {
+        let queue = queue.clone();
+        let writer = writer.clone();
+        let lease = lease.clone();
+        let deliver_tx = deliver_tx.clone();
+        let draining = draining.clone();
+        tokio::spawn(async move {
+            // A (re)started node catches up with the leader's commit index before it
+            // takes a lease, so it never delivers from a stale queue.
+            let _ = queue.wait_ready(Duration::from_secs(3600)).await;
+            if !draining.load(std::sync::atomic::Ordering::Acquire) {
+                deliver_tx.send_replace(true);
+            }
+            lease::keep(lease, writer, lease_stop_rx).await;
+        })
+    };
+    let expire_task = tokio::spawn(lease::expire(
+        queue.clone(),
+        writer.clone(),
+        config.cluster.lease,
+        stop_rx.clone(),
+    ));
 
     // Committer and OutcomeBatcher: group commit into Raft.
     let w = writer.clone();
@@ -221,7 +221,39 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         outcomes: outcomes.clone(),
         may_deliver: deliver_rx,
         in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        me: config.node.id,
+        lease: lease.clone(),
+        lease_margin: config.cluster.lease / 4,
+        ownership: queue.reader.shared.ownership.subscribe(),
+        in_flight_domains: Default::default(),
     });
+    // Acknowledge each new ownership epoch once nothing it forbids is in flight here.
+    let ack_task = {
+        let ctx = ctx.clone();
+        let writer = writer.clone();
+        let mut ownership = queue.reader.shared.ownership.subscribe();
+        tokio::spawn(async move {
+            let me = ctx.me;
+            loop {
+                let view = ownership.borrow_and_update().clone();
+                if view.awaits_ack(me) && ctx.clean_for(&view) {
+                    let ack = Request::AssignAck {
+                        node: me,
+                        epoch: view.epoch,
+                    };
+                    if let Err(e) = writer.write(ack).await {
+                        tracing::warn!(epoch = view.epoch, error = %e, "could not acknowledge an ownership epoch");
+                    }
+                    // Applied (or failed): look again at the newest view.
+                    continue;
+                }
+                tokio::select! {
+                    changed = ownership.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        })
+    };
     let (manager, manager_handle) =
         Actor::spawn(Some("delivery".into()), DeliveryManager, ctx.clone())
             .await
@@ -267,8 +299,34 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     while listeners.join_next().await.is_some() {}
     // Sessions are done: their messages are committed. Let deliveries finish.
     deliver_tx.send_replace(false);
-    let _ = tokio::time::timeout(DRAIN, ctx.idle()).await;
-    // Outcomes are committed: hand leadership (and with it delivery) to a voter.
+    let idle = tokio::time::timeout(DRAIN, ctx.idle()).await.is_ok();
+    // Stop renewing the lease, then give the domains back: their outcomes are
+    // committed, so the next owners start where this node stopped. If something is
+    // still in flight, the domains move only when the lease expires.
+    lease_stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    if idle {
+        lease.revoke();
+        let release = writer.write(Request::Release {
+            node: config.node.id,
+        });
+        match tokio::time::timeout(Duration::from_secs(5), release).await {
+            Ok(Ok(_)) => tracing::info!("domains handed over"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not hand domains over; they move when the lease expires")
+            }
+            Err(_) => {
+                tracing::warn!("handing domains over timed out; they move when the lease expires")
+            }
+        }
+    } else {
+        tracing::warn!(
+            "deliveries still in flight after the drain; domains move when the lease expires"
+        );
+    }
+    ack_task.abort();
+    expire_task.abort();
+    // Hand leadership to an up-to-date voter.
     baton_cluster::handover::hand_over(&queue, &peers, Duration::from_secs(5)).await;
     manager.stop(None);
     committer.stop(None);

@@ -2,8 +2,11 @@
 //! when. Rebuilt from the state on open and on snapshot install; kept current by `apply`.
 //! Readers (delivery) wait on [`Shared::changed`] and then ask for due work.
 
+use crate::ownership::Ownership;
+use crate::types::NodeId;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::watch;
 
 #[derive(Default)]
@@ -120,6 +123,11 @@ pub struct Shared {
     pub index: Mutex<Index>,
     /// Bumped after every apply; the value is the last applied log index.
     pub changed: watch::Sender<u64>,
+    /// The ownership table as last applied.
+    pub ownership: watch::Sender<Arc<Ownership>>,
+    /// When this node applied each node's last lease renewal (log index, local time):
+    /// the leader counts lease expiry from here, never from a replicated clock.
+    pub renewals: Mutex<HashMap<NodeId, (u64, Instant)>>,
 }
 
 impl Shared {
@@ -127,6 +135,8 @@ impl Shared {
         Shared {
             index: Mutex::new(Index::default()),
             changed: watch::channel(0).0,
+            ownership: watch::channel(Arc::new(Ownership::default())).0,
+            renewals: Mutex::new(HashMap::new()),
         }
     }
 

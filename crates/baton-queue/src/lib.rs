@@ -13,6 +13,7 @@
 //! - [`snapshot`] — snapshot files, streamed record by record (never whole in memory);
 //! - [`index`] — the in-memory scheduling index (per domain: what is due when), rebuilt
 //!   from the state on open and kept current by `apply`;
+//! - [`ownership`] — which node delivers which domain: epochs, leases, acknowledgements;
 //! - [`network`] — the network factory used by a one-voter cluster (no peers);
 //! - [`node`] — [`QueueNode`]: opens the stores, starts openraft and offers the calls the
 //!   rest of Baton uses (enqueue, record outcomes, read due work).
@@ -28,6 +29,7 @@ pub mod index;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod ownership;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

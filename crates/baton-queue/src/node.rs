@@ -57,6 +57,10 @@ pub struct QueueNode {
     pub id: NodeId,
     /// Last committed log index known here.
     pub committed: Arc<std::sync::atomic::AtomicU64>,
+    /// Set while a draining leader hands leadership over: new writes are refused (as
+    /// "not the leader", so writers retry until the next leader takes them) so the
+    /// successor's log can match ours.
+    handing_over: Arc<std::sync::atomic::AtomicBool>,
     db: Db,
 }
 
@@ -98,6 +102,7 @@ impl QueueNode {
             reader,
             id: opts.node_id,
             committed,
+            handing_over: Default::default(),
             db,
         };
         if opts.bootstrap && !node.raft.is_initialized().await.unwrap_or(true) {
@@ -151,6 +156,9 @@ impl QueueNode {
     /// Appends `request` if this node is a leader that heard from a quorum recently;
     /// returns once it is committed and applied here.
     pub async fn write(&self, request: Request) -> Result<Response, QueueError> {
+        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(QueueError::NotLeader { leader: None });
+        }
         {
             let m = self.raft.metrics().borrow().clone();
             let voters = m.membership_config.membership().voter_ids().count();
@@ -175,6 +183,12 @@ impl QueueNode {
             Err(RaftError::APIError(e)) => Err(QueueError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(QueueError::Fatal(e.to_string())),
         }
+    }
+
+    /// Refuses (or again accepts) new writes while leadership is handed over.
+    pub fn set_handing_over(&self, on: bool) {
+        self.handing_over
+            .store(on, std::sync::atomic::Ordering::Release);
     }
 
     pub fn is_leader(&self) -> bool {

@@ -11,9 +11,11 @@
 //! | `t/<id>` | tombstone time (unix ms, BE): a finished id, so a retried enqueue is a no-op |
 //! | `T/<time BE><id>` | the same tombstone, ordered by time for expiry |
 //! | `s/applied`, `s/membership` | openraft's applied log id and membership |
+//! | `s/ownership` | the delivery [`Ownership`] table |
 
 use crate::db::{Batch, Db, DbError, Tree};
 use crate::index::Shared;
+use crate::ownership::Ownership;
 use crate::snapshot::{self, SnapshotReader, SnapshotWriter, make_current};
 use crate::types::{
     DeliveryRecord, Entry, LogId, MessageMeta, NewMessage, NodeId, Outcome, Request, Response,
@@ -22,12 +24,13 @@ use crate::types::{
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, StorageIOError};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 const APPLIED: &[u8] = b"s/applied";
 const MEMBERSHIP: &[u8] = b"s/membership";
+const OWNERSHIP: &[u8] = b"s/ownership";
 /// How long a finished message id is remembered for idempotent enqueue.
 pub const TOMBSTONE_MS: u64 = 24 * 3600 * 1000;
 
@@ -99,6 +102,10 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     /// The `.tmp` file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
+    /// The ownership table and the voters, as stored (kept here to avoid decoding them
+    /// on every entry).
+    ownership: Ownership,
+    voters: BTreeSet<NodeId>,
 }
 
 impl StateMachine {
@@ -115,11 +122,13 @@ impl StateMachine {
                 }
             }
         }
-        let sm = StateMachine {
+        let mut sm = StateMachine {
             state: db.tree("state")?,
             shared: Arc::new(Shared::new()),
             snapshot_dir,
             receiving: None,
+            ownership: Ownership::default(),
+            voters: BTreeSet::new(),
         };
         sm.rebuild_index()?;
         Ok(sm)
@@ -132,7 +141,16 @@ impl StateMachine {
         }
     }
 
-    fn rebuild_index(&self) -> Result<(), DbError> {
+    fn rebuild_index(&mut self) -> Result<(), DbError> {
+        self.ownership = match self.state.get(OWNERSHIP)? {
+            Some(v) => decode(&v, "ownership")?,
+            None => Ownership::default(),
+        };
+        let (_, membership) = self.applied_and_membership()?;
+        self.voters = membership.membership().voter_ids().collect();
+        self.shared
+            .ownership
+            .send_replace(Arc::new(self.ownership.clone()));
         let mut records = Vec::new();
         for pair in self.state.scan_prefix(b"d/") {
             let (key, value) = pair?;
@@ -197,11 +215,18 @@ impl StateMachine {
     fn apply_entry(&mut self, entry: &Entry) -> Result<Response, DbError> {
         let mut tx = Tx::new(&self.state);
         let mut response = Response::default();
+        let mut owner_change: Option<Ownership> = None;
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                 tx.batch.insert(MEMBERSHIP, encode(&stored));
+                self.voters = m.voter_ids().collect();
+                let members: BTreeSet<NodeId> = m.nodes().map(|(id, _)| *id).collect();
+                owner_change = Some(self.ownership.clone());
+                if let Some(o) = owner_change.as_mut() {
+                    o.members_changed(&members);
+                }
             }
             EntryPayload::Normal(Request::Enqueue { messages }) => {
                 for message in messages {
@@ -218,7 +243,34 @@ impl StateMachine {
                 }
                 tx.expire_tombstones(*now_ms)?;
             }
+            EntryPayload::Normal(request) => {
+                let mut o = self.ownership.clone();
+                match *request {
+                    Request::LeaseRenew { node } => {
+                        o.renew(node, entry.log_id.index, self.voters.contains(&node));
+                        self.shared
+                            .renewals
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(node, (entry.log_id.index, std::time::Instant::now()));
+                    }
+                    Request::Expire { node, renewal } => o.expire(node, renewal),
+                    Request::Release { node } => o.release(node),
+                    Request::Retire { node } => o.retire(node),
+                    Request::AssignAck { node, epoch } => o.ack(node, epoch),
+                    Request::Enqueue { .. } | Request::Outcomes { .. } => {}
+                }
+                owner_change = Some(o);
+            }
         }
+        if let Some(o) = &owner_change
+            && *o != self.ownership
+        {
+            tx.batch.insert(OWNERSHIP, encode(o));
+        } else {
+            owner_change = None;
+        }
+        response.index = entry.log_id.index;
         tx.batch.insert(APPLIED, encode(&Some(entry.log_id)));
         let Tx {
             batch,
@@ -236,6 +288,10 @@ impl StateMachine {
             }
             index.add_messages(message_delta);
         });
+        if let Some(o) = owner_change {
+            self.ownership = o.clone();
+            self.shared.ownership.send_replace(Arc::new(o));
+        }
         Ok(response)
     }
 }

@@ -64,6 +64,16 @@ pub enum Request {
     /// Record delivery outcomes. `now_ms` is the proposer's clock, used to expire
     /// idempotency tombstones.
     Outcomes { now_ms: u64, results: Vec<Outcome> },
+    /// A node renews its delivery lease (and joins the owner set if it is a voter).
+    LeaseRenew { node: NodeId },
+    /// The leader found `node`'s lease, renewed at log index `renewal`, expired.
+    Expire { node: NodeId, renewal: u64 },
+    /// `node` drained and gives its domains back.
+    Release { node: NodeId },
+    /// An operator removes `node`: its domains move to the others.
+    Retire { node: NodeId },
+    /// `node` has nothing in flight that `epoch` forbids it.
+    AssignAck { node: NodeId, epoch: u64 },
 }
 
 /// What applying a command produced.
@@ -72,6 +82,8 @@ pub struct Response {
     /// For `Enqueue`: how many were new and how many were already known.
     pub added: u32,
     pub duplicates: u32,
+    /// The log index of the entry.
+    pub index: u64,
 }
 
 /// A queued message's envelope and bookkeeping (the body is stored apart).
