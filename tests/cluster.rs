@@ -208,3 +208,186 @@ fn sigterm_of_the_leader_hands_over_without_duplicates() {
         "zero duplicates, zero lost"
     );
 }
+
+/// Options for a member with a short delivery lease, so ownership moves fast in tests.
+fn short_lease(id: u64, join: Vec<SocketAddr>, sink: SocketAddr) -> NodeOptions {
+    NodeOptions {
+        cluster: "lease = \"3s\"".into(),
+        ..member(id, join, sink)
+    }
+}
+
+/// Sends message `n` to `u@<domain>` through `node`.
+fn send_to(node: &Node, n: usize, domain: &str) {
+    let mut c = node.smtp();
+    c.hello();
+    let to = format!("u@{domain}");
+    let reply = c.send_mail(
+        "s@src.test",
+        &[to.as_str()],
+        &format!("Subject: cluster {n}\r\nX-Seq: {n}\r\n\r\nbody\r\n"),
+    );
+    assert!(reply.starts_with("250"), "node {}: {reply}", node.id);
+    c.cmd("QUIT", "221");
+}
+
+/// Waits until every node in `nodes` sees `owners` owner nodes and a settled epoch.
+fn wait_owners(nodes: &[&Node], owners: usize) {
+    wait_until(&format!("{owners} owners, settled"), WAIT, || {
+        nodes
+            .iter()
+            .all(|n| {
+                let m = n.metrics();
+                metric_value(&m, "baton_ownership_nodes") == owners as f64
+                    && metric_value(&m, "baton_ownership_settled") == 1.0
+            })
+            .then_some(())
+    });
+}
+
+/// Domains `d0.test`.. owned by `node` among `owners`.
+fn domains_of(node: u64, owners: &[u64], count: usize) -> Vec<String> {
+    let set = owners.iter().copied().collect();
+    (0..1000)
+        .map(|i| format!("d{i}.test"))
+        .filter(|d| baton_queue::ownership::owner_among(&set, d) == Some(node))
+        .take(count)
+        .collect()
+}
+
+#[test]
+fn a_killed_follower_s_domains_move_and_it_catches_up_on_return() {
+    let port = free_port();
+    let sink_addr: SocketAddr = format!("127.0.0.33:{port}").parse().unwrap();
+    let sink = Sink::start(sink_addr);
+    let n1 = Node::start(short_lease(1, vec![], sink_addr));
+    let n2 = Node::start(short_lease(2, vec![n1.raft], sink_addr));
+    let n3 = Node::start(short_lease(3, vec![n1.raft, n2.raft], sink_addr));
+    let mut nodes = [n1, n2, n3];
+    wait_owners(&nodes.iter().collect::<Vec<_>>(), 3);
+    let leader = wait_until("one leader", WAIT, || {
+        leader_of(&nodes.iter().collect::<Vec<_>>())
+    });
+    let pos = nodes.iter().position(|n| n.id != leader).unwrap();
+    let victim = nodes[pos].id;
+    let lpos = nodes.iter().position(|n| n.id == leader).unwrap();
+    let theirs = domains_of(victim, &[1, 2, 3], 4);
+    // Before: the victim delivers its own domains.
+    for (i, d) in theirs.iter().enumerate() {
+        send_to(&nodes[lpos], i + 1, d);
+    }
+    wait_until("4 deliveries", WAIT, || {
+        (seqs(&sink).len() >= 4).then_some(())
+    });
+    assert_eq!(nodes[pos].metric("baton_messages_delivered_total"), 4.0);
+
+    // SIGKILL the follower; mail for its domains waits for its lease, then moves.
+    nodes[pos].kill();
+    let killed = std::time::Instant::now();
+    for (i, d) in theirs.iter().enumerate() {
+        send_to(&nodes[lpos], i + 5, d);
+    }
+    wait_until("its domains delivered by the others", WAIT, || {
+        (seqs(&sink).len() >= 8).then_some(())
+    });
+    let moved = killed.elapsed();
+    eprintln!("a killed follower's domains were delivered {moved:?} after the kill (lease 3 s)");
+    assert!(
+        moved < Duration::from_secs(3 + 7),
+        "domains moved only after {moved:?}"
+    );
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != victim).collect();
+    wait_owners(&survivors, 2);
+
+    // It returns: catches up, takes its domains back, delivers them; nothing twice.
+    nodes[pos].restart();
+    wait_owners(&nodes.iter().collect::<Vec<_>>(), 3);
+    let applied = |n: &Node| n.metric("baton_raft_applied_index");
+    assert!(applied(&nodes[pos]) > 0.0);
+    for (i, d) in theirs.iter().enumerate() {
+        send_to(&nodes[lpos], i + 9, d);
+    }
+    wait_until("12 deliveries", WAIT, || {
+        (seqs(&sink).len() >= 12).then_some(())
+    });
+    wait_until("the returned node delivers its domains", WAIT, || {
+        (nodes[pos].metric("baton_messages_delivered_total") == 4.0).then_some(())
+    });
+    assert_eq!(
+        seqs(&sink),
+        (1..=12).collect::<Vec<_>>(),
+        "each exactly once"
+    );
+}
+
+/// Asks the cluster service at `raft` to remove node `id`.
+fn remove_node(raft: SocketAddr, id: u64) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client =
+            baton_cluster::pb::raft_client::RaftClient::connect(format!("http://{raft}"))
+                .await
+                .map_err(|e| e.to_string())?;
+        let reply = client
+            .remove(baton_cluster::pb::RemoveRequest { node_id: id })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        if reply.ok { Ok(()) } else { Err(reply.error) }
+    })
+}
+
+#[test]
+fn a_fourth_node_joins_and_one_is_removed_while_mail_flows() {
+    let port = free_port();
+    let sink_addr: SocketAddr = format!("127.0.0.34:{port}").parse().unwrap();
+    let sink = Sink::start(sink_addr);
+    let n1 = Node::start(short_lease(1, vec![], sink_addr));
+    let n2 = Node::start(short_lease(2, vec![n1.raft], sink_addr));
+    let n3 = Node::start(short_lease(3, vec![n1.raft, n2.raft], sink_addr));
+    wait_owners(&[&n1, &n2, &n3], 3);
+    let domains: Vec<String> = (0..12).map(|i| format!("d{i}.test")).collect();
+    // Mail flows through node 1 and node 3 the whole time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::thread::scope(|scope| {
+        let flow = scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) && n < 400 {
+                n += 1;
+                let via = if n % 2 == 0 { &n1 } else { &n3 };
+                send_to(via, n, &domains[n % domains.len()]);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n
+        });
+        let n4 = Node::start(short_lease(4, vec![n1.raft], sink_addr));
+        wait_owners(&[&n1, &n2, &n3, &n4], 4);
+        let leader = wait_until("one leader", WAIT, || leader_of(&[&n1, &n2, &n3, &n4]));
+        let leader_raft = [&n1, &n2, &n3, &n4]
+            .iter()
+            .find(|n| n.id == leader)
+            .map(|n| n.raft)
+            .unwrap();
+        remove_node(leader_raft, 2).expect("remove node 2");
+        wait_owners(&[&n1, &n3, &n4], 3);
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let sent = flow.join().unwrap();
+        wait_until("every message delivered", WAIT, || {
+            (seqs(&sink).len() >= sent).then_some(())
+        });
+        assert!(
+            n4.metric("baton_messages_delivered_total") > 0.0,
+            "node 4 took domains"
+        );
+        sent
+    });
+    assert_eq!(
+        seqs(&sink),
+        (1..=sent).collect::<Vec<_>>(),
+        "each exactly once"
+    );
+    assert_eq!(n2.metric("baton_ownership_owner"), 0.0);
+}

@@ -71,17 +71,12 @@ pub async fn keep(lease: Arc<Lease>, writer: Writer, mut stop: watch::Receiver<b
         }
         let sent = Instant::now();
         let renewed = tokio::time::timeout(period, async {
-            let response = writer
-                .write(Request::LeaseRenew { node: me })
-                .await
-                .map_err(|e| e.to_string())?;
             // Valid once applied here: deliveries read the state this node applied.
-            let mut applied = writer.queue.reader.shared.changed.subscribe();
-            applied
-                .wait_for(|i| *i >= response.index)
+            writer
+                .write_applied(Request::LeaseRenew { node: me })
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok::<(), String>(())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
         .await;
         let wait = match renewed {

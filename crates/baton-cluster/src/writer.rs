@@ -26,6 +26,23 @@ const CLEAN_ATTEMPTS: u32 = 5;
 const RESOLVE: Duration = Duration::from_secs(60);
 
 impl Writer {
+    /// Like [`Writer::write`], and returns only once the entry is applied on this node
+    /// too (a follower applies after the leader answered). Callers that read their own
+    /// writes from the local state need this: delivery must not see a message as still
+    /// due after its outcome was committed.
+    pub async fn write_applied(&self, request: Request) -> Result<Response, QueueError> {
+        let response = self.write(request).await?;
+        let mut applied = self.queue.reader.shared.changed.subscribe();
+        let wait = applied.wait_for(|i| *i >= response.index);
+        match tokio::time::timeout(RESOLVE, wait).await {
+            Ok(Ok(_)) => Ok(response),
+            _ => Err(QueueError::Unavailable(format!(
+                "entry {} committed but not applied here within {RESOLVE:?}",
+                response.index
+            ))),
+        }
+    }
+
     pub async fn write(&self, request: Request) -> Result<Response, QueueError> {
         let deadline = tokio::time::Instant::now() + RESOLVE;
         let mut maybe_appended = false;

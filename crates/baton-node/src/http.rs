@@ -17,6 +17,7 @@ pub struct HttpState {
     pub prometheus: PrometheusHandle,
     /// True when the node accepts SMTP (leader known, caught up, not draining).
     pub ready: watch::Receiver<bool>,
+    pub lease: Arc<baton_cluster::Lease>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, mut stop: watch::Receiver<bool>) {
@@ -52,6 +53,16 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     metrics::gauge!(m::RAFT_APPLIED_INDEX).set(raft.last_applied.map_or(0, |l| l.index) as f64);
     metrics::gauge!(m::RAFT_COMMIT_INDEX).set(q.committed.load(Ordering::Relaxed) as f64);
     metrics::gauge!(m::QUEUE_MESSAGES).set(q.reader.shared.with(|i| i.messages()) as f64);
+    let ownership = q.reader.shared.ownership.borrow().clone();
+    metrics::gauge!(m::OWNERSHIP_EPOCH).set(ownership.epoch as f64);
+    metrics::gauge!(m::OWNERSHIP_SETTLED).set(if ownership.is_settled() { 1.0 } else { 0.0 });
+    metrics::gauge!(m::OWNERS).set(ownership.nodes.len() as f64);
+    metrics::gauge!(m::OWNER).set(if ownership.nodes.contains(&q.id) {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!(m::LEASE_LEFT).set(state.lease.left().as_secs_f64());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.prometheus.render(),

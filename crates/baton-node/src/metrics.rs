@@ -15,6 +15,11 @@
 //! | `baton_smtp_sessions` | gauge | open inbound SMTP sessions |
 //! | `baton_smtp_replies_total{code}` | counter | final replies to DATA/BDAT by code class |
 //! | `baton_commit_batch_size` | histogram | messages per `Enqueue` entry |
+//! | `baton_ownership_epoch` | gauge | current delivery-ownership epoch |
+//! | `baton_ownership_settled` | gauge | 1 when every node acknowledged the current epoch |
+//! | `baton_ownership_nodes` | gauge | nodes that own domains in the current epoch |
+//! | `baton_ownership_owner` | gauge | 1 when this node is one of them |
+//! | `baton_lease_remaining_seconds` | gauge | this node's delivery lease left, by its clock |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -31,6 +36,11 @@ pub const RAFT_TERM: &str = "baton_raft_term";
 pub const SMTP_SESSIONS: &str = "baton_smtp_sessions";
 pub const SMTP_REPLIES: &str = "baton_smtp_replies_total";
 pub const COMMIT_BATCH: &str = "baton_commit_batch_size";
+pub const OWNERSHIP_EPOCH: &str = "baton_ownership_epoch";
+pub const OWNERSHIP_SETTLED: &str = "baton_ownership_settled";
+pub const OWNERS: &str = "baton_ownership_nodes";
+pub const OWNER: &str = "baton_ownership_owner";
+pub const LEASE_LEFT: &str = "baton_lease_remaining_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -66,6 +76,17 @@ fn describe() {
     describe_gauge!(SMTP_SESSIONS, "Open inbound SMTP sessions.");
     describe_counter!(SMTP_REPLIES, "Final replies to message data, by code.");
     describe_histogram!(COMMIT_BATCH, "Messages per Enqueue log entry.");
+    describe_gauge!(OWNERSHIP_EPOCH, "Current delivery-ownership epoch.");
+    describe_gauge!(
+        OWNERSHIP_SETTLED,
+        "1 when every node acknowledged the current ownership epoch."
+    );
+    describe_gauge!(OWNERS, "Nodes that own domains in the current epoch.");
+    describe_gauge!(OWNER, "1 when this node owns domains in the current epoch.");
+    describe_gauge!(
+        LEASE_LEFT,
+        "This node's delivery lease left, in seconds, by its own clock."
+    );
     // Register every contract name so /metrics carries them from the start.
     for c in [RECEIVED, DELIVERED, DEFERRED, BOUNCED] {
         metrics::counter!(c).increment(0);

@@ -170,7 +170,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 now_ms: now_ms(),
                 results,
             };
-            w.write(request)
+            // Applied here before the messages leave flight, or this node's index
+            // would still show them due and send them again.
+            w.write_applied(request)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -241,7 +243,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                         node: me,
                         epoch: view.epoch,
                     };
-                    if let Err(e) = writer.write(ack).await {
+                    if let Err(e) = writer.write_applied(ack).await {
                         tracing::warn!(epoch = view.epoch, error = %e, "could not acknowledge an ownership epoch");
                     }
                     // Applied (or failed): look again at the newest view.
@@ -286,6 +288,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             queue: queue.clone(),
             prometheus,
             ready: ready_rx.clone(),
+            lease: lease.clone(),
         }),
         // HTTP stays up through the drain (readyz answers 503) and stops last.
         http_stop_rx,
