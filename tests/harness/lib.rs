@@ -359,7 +359,151 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
     pub stderr_path: PathBuf,
+    /// The network namespace it runs in, if not ours.
+    pub netns: Option<String>,
     _tmp: tempfile::TempDir,
+}
+
+/// Network namespaces for partition tests (Linux `ip netns`, needs root): a hub
+/// namespace with two bridges, and per node a namespace joined to both by veth pairs —
+/// the *mail* network (SMTP, HTTP, the sink; 127.100.0.0/24) and the *cluster* network
+/// (Raft; 127.101.0.0/24). Cutting a node's cluster link partitions it from its peers
+/// while clients and the sink still reach it. Addresses stay in 127.0.0.0/8
+/// (`route_localnet`), and no link leads out of the machine. Removed on drop.
+pub struct Net {
+    pub hub: String,
+    pub prefix: String,
+    nodes: usize,
+    /// Created here (and so removed on drop), or attached to.
+    owned: bool,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Net {
+    /// The mail address of node `k` (1-based) and of the hub (the sink, the test).
+    pub fn mail_ip(k: usize) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(127, 100, 0, k as u8)
+    }
+    pub fn cluster_ip(k: usize) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(127, 101, 0, k as u8)
+    }
+    pub const HUB_MAIL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 100, 0, 254);
+
+    pub fn create(nodes: usize) -> Result<Net, String> {
+        let prefix = format!("bt{}", std::process::id());
+        let net = Net {
+            hub: format!("{prefix}h"),
+            prefix,
+            nodes,
+            owned: true,
+        };
+        net.setup()?;
+        Ok(net)
+    }
+
+    /// The namespaces another process created with [`Net::create`].
+    pub fn attach(prefix: &str, nodes: usize) -> Net {
+        Net {
+            hub: format!("{prefix}h"),
+            prefix: prefix.to_string(),
+            nodes,
+            owned: false,
+        }
+    }
+
+    pub fn ns(&self, k: usize) -> String {
+        format!("{}n{k}", self.prefix)
+    }
+
+    fn prepare(ns: &str) -> Result<(), String> {
+        ip(&["netns", "add", ns])?;
+        ip(&[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.route_localnet=1",
+            "net.ipv4.conf.default.route_localnet=1",
+        ])?;
+        // Only 127.0.0.1 is local here, so the rest of 127/8 can be routed to links.
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "addr", "del", "127.0.0.1/8", "dev", "lo"])?;
+        ip(&["-n", ns, "addr", "add", "127.0.0.1/32", "dev", "lo"])
+    }
+
+    fn setup(&self) -> Result<(), String> {
+        let hub = self.hub.as_str();
+        Net::prepare(hub)?;
+        for (br, addr) in [("brm", "127.100.0.254/24"), ("brc", "127.101.0.254/24")] {
+            ip(&["-n", hub, "link", "add", br, "type", "bridge"])?;
+            ip(&["-n", hub, "addr", "add", addr, "dev", br])?;
+            ip(&["-n", hub, "link", "set", br, "up"])?;
+        }
+        for k in 1..=self.nodes {
+            let ns = self.ns(k);
+            Net::prepare(&ns)?;
+            for (net, br, addr) in [
+                ("m", "brm", Net::mail_ip(k)),
+                ("c", "brc", Net::cluster_ip(k)),
+            ] {
+                let outer = format!("{net}{k}");
+                let inner = format!("eth-{net}");
+                ip(&[
+                    "link", "add", "name", &outer, "netns", hub, "type", "veth", "peer", "name",
+                    &inner, "netns", &ns,
+                ])?;
+                ip(&["-n", hub, "link", "set", &outer, "master", br, "up"])?;
+                ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    &inner,
+                ])?;
+                ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts node `k` off the cluster network.
+    pub fn cut(&self, k: usize) {
+        ip(&["-n", &self.hub, "link", "set", &format!("c{k}"), "down"]).expect("cut");
+    }
+
+    pub fn heal(&self, k: usize) {
+        ip(&["-n", &self.hub, "link", "set", &format!("c{k}"), "up"]).expect("heal");
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        for k in 1..=self.nodes {
+            let _ = ip(&["netns", "del", &self.ns(k)]);
+        }
+        let _ = ip(&["netns", "del", &self.hub]);
+    }
 }
 
 /// What a test may change in the generated config.
@@ -385,6 +529,9 @@ pub struct NodeOptions {
     pub join: Vec<SocketAddr>,
     /// Extra TOML appended to `[cluster]`.
     pub cluster: String,
+    /// Run inside a network namespace of a [`Net`]: (namespace, mail address for SMTP
+    /// and HTTP, cluster address for Raft).
+    pub netns: Option<(String, std::net::Ipv4Addr, std::net::Ipv4Addr)>,
 }
 
 impl Default for NodeOptions {
@@ -403,6 +550,7 @@ impl Default for NodeOptions {
             bootstrap: true,
             join: Vec::new(),
             cluster: String::new(),
+            netns: None,
         }
     }
 }
@@ -410,10 +558,22 @@ impl Default for NodeOptions {
 impl Node {
     pub fn start(opts: NodeOptions) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin = free_port();
-        let raft: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let (smtp, http, admin, raft): (SocketAddr, SocketAddr, u16, SocketAddr) = match &opts.netns
+        {
+            // A namespace of its own: the contract's ports are free there.
+            Some((_, mail, cluster)) => (
+                (*mail, 2525).into(),
+                (*mail, 9401).into(),
+                7401,
+                (*cluster, 7301).into(),
+            ),
+            None => (
+                format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+                format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+                free_port(),
+                format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            ),
+        };
         let data_dir = tmp.path().join("data");
         let dns = opts
             .dns
@@ -482,6 +642,7 @@ listen = "{http}"
         std::fs::write(&config_path, config).expect("write config");
         let stderr_path = tmp.path().join("batond.log");
         let mut node = Node {
+            netns: opts.netns.as_ref().map(|n| n.0.clone()),
             id: opts.id,
             smtp,
             http,
@@ -503,10 +664,17 @@ listen = "{http}"
             .append(true)
             .open(&self.stderr_path)
             .expect("log file");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("batond"));
+                c
+            }
+            None => Command::new(bin("batond")),
+        };
         let proc = Proc::spawn(
             "batond",
-            Command::new(bin("batond"))
-                .arg("--config")
+            cmd.arg("--config")
                 .arg(&self.config_path)
                 .env("BATON_LOG", "info,openraft=warn")
                 .stdout(Stdio::null())
