@@ -452,6 +452,7 @@ impl Worker {
         let mut conn: Option<Connection> = None;
         let mut sent_on_conn = 0usize;
         let mut targets: Option<Vec<Target>> = None;
+        let mut unsettled: Option<tokio::task::JoinHandle<()>> = None;
         while let Some(id) = self.next_id() {
             if !self.ctx.allowed(&self.domain) {
                 // Draining, no lease, or moved away: leave it queued.
@@ -543,7 +544,13 @@ impl Worker {
                 }
             }
             let Some(c) = conn.as_mut() else { break };
-            self.attempt(c, job).await;
+            // A message the remote accepted but whose outcome is not committed is the
+            // one a crash here would have sent twice; keep at most one such message per
+            // connection (ARCHITECTURE.md: duplicates bounded by open connections).
+            if let Some(previous) = unsettled.take() {
+                let _ = previous.await;
+            }
+            unsettled = self.attempt(c, job).await;
             sent_on_conn += 1;
         }
         if let Some(c) = conn.take() {
@@ -574,10 +581,16 @@ impl Worker {
         })
     }
 
-    async fn attempt(&self, conn: &mut Connection, job: Job) {
+    /// Attempts one message; when the remote answered, returns the task committing the
+    /// outcome.
+    async fn attempt(
+        &self,
+        conn: &mut Connection,
+        job: Job,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let Some(body) = self.ctx.reader.body(&job.id).ok().flatten() else {
             let _ = self.actor.cast(DomainMsg::Finished(job.id));
-            return;
+            return None;
         };
         let from = if job.meta.sender.is_empty() {
             ReversePath::Null
@@ -653,16 +666,18 @@ impl Worker {
                     delivered = delivered.len(), failed = failed.len(), deferred = deferred.len(),
                     reply = last.as_deref().unwrap_or(""), "attempt"
                 );
-                self.finish(&job, delivered, failed, deferred, last, Some(host));
+                Some(self.finish(&job, delivered, failed, deferred, last, Some(host)))
             }
             Err(ConnError::Abandoned) => {
                 tracing::info!(id = %job.id, "delivery abandoned before the final dot");
                 let _ = self.actor.cast(DomainMsg::Finished(job.id));
+                None
             }
             Err(e) => {
                 let reason = e.to_string();
                 tracing::info!(id = %job.id, domain = %self.domain, error = %reason, "attempt failed");
                 self.defer_all(&job, &reason);
+                None
             }
         }
     }
@@ -714,7 +729,7 @@ impl Worker {
         deferred: Vec<(String, String)>,
         last_reply: Option<String>,
         remote: Option<String>,
-    ) {
+    ) -> tokio::task::JoinHandle<()> {
         let now = now_ms();
         metrics::counter!(m::DELIVERED).increment(delivered.len() as u64);
         metrics::counter!(m::BOUNCED).increment(failed.len() as u64);
@@ -767,7 +782,7 @@ impl Worker {
                 }
             }
             let _ = actor.cast(DomainMsg::Finished(id));
-        });
+        })
     }
 
     fn dsn(
