@@ -49,7 +49,15 @@ impl Writer {
         let mut attempt: u32 = 0;
         loop {
             let was_leader = self.queue.is_leader();
-            let error = match self.queue.write(request.clone()).await {
+            // A follower that knows its leader forwards at once (no local attempt, no
+            // copy of the batch for it).
+            let local = match self.known_leader() {
+                Some(leader) => Err(QueueError::NotLeader {
+                    leader: Some(leader),
+                }),
+                None => self.queue.write(request.clone()).await,
+            };
+            let error = match local {
                 Ok(r) => return Ok(r),
                 Err(QueueError::NotLeader {
                     leader: Some((id, addr)),
@@ -84,6 +92,15 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
         }
+    }
+
+    /// The leader and its address, when it is another node.
+    fn known_leader(&self) -> Option<(u64, String)> {
+        let metrics = self.queue.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader.filter(|id| *id != self.queue.id)?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
     }
 
     /// Forwards to the leader at `addr`. On error, also says whether the request may have

@@ -155,7 +155,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         BatcherArgs {
             write: write_messages,
             max_batch: 512,
-            max_in_flight: 2,
+            max_in_flight: 1,
             weight: |m: &NewMessage| m.body.len(),
             max_batch_bytes: 16 * 1024 * 1024,
         },
@@ -184,7 +184,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         BatcherArgs {
             write: write_outcomes,
             max_batch: 1024,
-            max_in_flight: 2,
+            max_in_flight: 1,
             weight: |o: &Outcome| o.dsn.as_ref().map_or(256, |d| d.body.len()),
             max_batch_bytes: 16 * 1024 * 1024,
         },
