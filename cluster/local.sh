@@ -3,6 +3,8 @@
 # HAProxy on 127.0.0.1:2500 in front of their SMTP listeners (send-proxy-v2).
 #
 #   cluster/local.sh up N      start N nodes (node 1 bootstraps, the rest join) + HAProxy
+#   cluster/local.sh add I     start one more node I (joins through node 1's Raft port; not
+#                              added to HAProxy) — e.g. to watch a node catch up
 #   cluster/local.sh status    readiness, role and commit index of each node
 #   cluster/local.sh down      stop everything (SIGTERM, then SIGKILL after 40 s)
 #
@@ -10,7 +12,8 @@
 # admin 7400+i, HTTP 9400+i. Data and logs go under $BATON_LOCAL_DIR (default
 # /tmp/baton-local). Deliveries go to $SMARTHOST (default 127.0.0.3:2600, e.g. a
 # baton-sink or baton-load's sink); set DNS_SERVER=ip:port to use MX lookups instead.
-# Binaries: $BATOND (default target/release/batond; built if missing).
+# Binaries: $BATOND (default target/release/batond; built if missing). A node must be
+# ready within $READY_TIMEOUT seconds (default 60).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,7 +64,8 @@ TOML
 
 wait_ready() {
   local i=$1
-  for _ in $(seq 1 300); do
+  local secs=${READY_TIMEOUT:-60}
+  for _ in $(seq 1 $((secs * 5))); do
     curl -sf "http://127.0.0.1:$((9400 + i))/readyz" >/dev/null 2>&1 && return 0
     if ! kill -0 "$(cat "$dir/node$i/pid")" 2>/dev/null; then
       tail -20 "$dir/node$i/batond.log" >&2
@@ -69,7 +73,7 @@ wait_ready() {
     fi
     sleep 0.2
   done
-  die "node $i not ready after 60 s (see $dir/node$i/batond.log)"
+  die "node $i not ready after $secs s (see $dir/node$i/batond.log; READY_TIMEOUT sets the wait)"
 }
 
 haproxy_config() {
@@ -98,6 +102,25 @@ CFG
   done
 }
 
+start_node() {
+  local i=$1 n=$2
+  mkdir -p "$dir/node$i"
+  node_config "$i" "$n" > "$dir/node$i/baton.toml"
+  "$batond" check-config "$dir/node$i/baton.toml" >/dev/null
+  NO_COLOR=1 BATON_LOG=${BATON_LOG:-info} "$batond" --config "$dir/node$i/baton.toml" \
+    > "$dir/node$i/stdout.log" 2> "$dir/node$i/batond.log" &
+  echo $! > "$dir/node$i/pid"
+  wait_ready "$i"
+  echo "node $i ready: smtp 127.0.0.1:$((2600 + i)) raft 7300+$i http http://127.0.0.1:$((9400 + i))"
+}
+
+add() {
+  local i=${1:-}
+  [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 2 ] || die "usage: local.sh add I (I >= 2)"
+  [ -e "$dir/node$i/pid" ] && kill -0 "$(cat "$dir/node$i/pid")" 2>/dev/null && die "node $i is running"
+  start_node "$i" "$i"
+}
+
 up() {
   local n=${1:-3}
   [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || die "usage: local.sh up N (N >= 1)"
@@ -108,14 +131,7 @@ up() {
   [ -e "$dir/haproxy.pid" ] && die "$dir is in use: run local.sh down first"
   mkdir -p "$dir"
   for i in $(seq 1 "$n"); do
-    mkdir -p "$dir/node$i"
-    node_config "$i" "$n" > "$dir/node$i/baton.toml"
-    "$batond" check-config "$dir/node$i/baton.toml" >/dev/null
-    NO_COLOR=1 BATON_LOG=${BATON_LOG:-info} "$batond" --config "$dir/node$i/baton.toml" \
-      > "$dir/node$i/stdout.log" 2> "$dir/node$i/batond.log" &
-    echo $! > "$dir/node$i/pid"
-    wait_ready "$i"
-    echo "node $i ready: smtp 127.0.0.1:$((2600 + i)) raft 7300+$i http http://127.0.0.1:$((9400 + i))"
+    start_node "$i" "$n"
   done
   haproxy_config "$n" > "$dir/haproxy.cfg"
   haproxy -f "$dir/haproxy.cfg" -D || die "haproxy did not start (config: $dir/haproxy.cfg)"
@@ -169,7 +185,8 @@ down() {
 
 case "${1:-}" in
   up) up "${2:-3}" ;;
+  add) add "${2:-}" ;;
   status) status ;;
   down) down ;;
-  *) die "usage: local.sh up N | status | down" ;;
+  *) die "usage: local.sh up N | add I | status | down" ;;
 esac

@@ -71,6 +71,14 @@ fn three_nodes_form_accept_through_followers_and_survive_a_leader_kill() {
         (seqs(&sink).len() >= 3).then_some(())
     });
     assert_eq!(seqs(&sink), vec![1, 2, 3], "each exactly once");
+    // Their outcomes are committed and applied everywhere (a message whose outcome was
+    // still in flight at a crash may be sent again: the bounded crash duplicate).
+    wait_until("queues empty on every node", WAIT, || {
+        nodes
+            .iter()
+            .all(|n| n.metric("baton_queue_messages") == 0.0)
+            .then_some(())
+    });
     // Every node applied the same entries.
     wait_until("replicas agree", WAIT, || {
         let idx: Vec<f64> = nodes
@@ -280,6 +288,12 @@ fn a_killed_follower_s_domains_move_and_it_catches_up_on_return() {
         (seqs(&sink).len() >= 4).then_some(())
     });
     assert_eq!(nodes[pos].metric("baton_messages_delivered_total"), 4.0);
+    wait_until("their outcomes committed everywhere", WAIT, || {
+        nodes
+            .iter()
+            .all(|n| n.metric("baton_queue_messages") == 0.0)
+            .then_some(())
+    });
 
     // SIGKILL the follower; mail for its domains waits for its lease, then moves.
     nodes[pos].kill();

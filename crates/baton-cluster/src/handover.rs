@@ -29,6 +29,9 @@ pub async fn hand_over(queue: &QueueNode, peers: &Peers, timeout: Duration) -> O
         .collect();
     candidates.sort_by_key(|(_, index)| std::cmp::Reverse(*index));
     queue.set_handing_over(true);
+    // A draining node must not win the election it provokes (its election timer would
+    // otherwise fire while the others wait out the old leader's lease).
+    queue.raft.runtime_config().elect(false);
     let new = elect_one(queue, peers, &membership, candidates, timeout).await;
     if new.is_none() {
         // Still the leader (or nobody is): keep serving writes.

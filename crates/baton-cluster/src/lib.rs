@@ -9,6 +9,7 @@
 //!   node is a follower, following leader changes;
 //! - [`join`] — a node with no state asking a seed to add it;
 //! - [`lease`] — renewing this node's delivery lease; on the leader, expiring others';
+//! - [`catch_up`] — a (re)starting node reaching the leader's commit index before it delivers;
 //! - [`handover`] — a draining leader handing leadership to an up-to-date voter.
 //!
 //! Raft messages cross the wire as bincode of openraft's serde types inside a gRPC
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::result_large_err)]
 
+pub mod catch_up;
 pub mod handover;
 pub mod join;
 pub mod lease;

@@ -1,7 +1,10 @@
 //! The `baton.raft.v1.Raft` service: what peers call on this node.
 
 use crate::pb::raft_server::Raft as RaftRpc;
-use crate::pb::{ElectReply, ElectRequest, JoinReply, JoinRequest, Payload, RemoveRequest};
+use crate::pb::{
+    CommitIndexReply, CommitIndexRequest, ElectReply, ElectRequest, JoinReply, JoinRequest,
+    Payload, RemoveRequest,
+};
 use crate::{decode, encode};
 use baton_queue::types::{Raft, Request, Response};
 use baton_queue::{QueueError, QueueNode};
@@ -189,6 +192,21 @@ impl RaftRpc for RaftService {
         }
         tracing::info!(node_id, "node removed");
         answer(true, String::new())
+    }
+
+    async fn commit_index(
+        &self,
+        _req: tonic::Request<CommitIndexRequest>,
+    ) -> Result<tonic::Response<CommitIndexReply>, Status> {
+        let ok = self.queue.is_leader();
+        let index = if ok {
+            self.queue
+                .committed
+                .load(std::sync::atomic::Ordering::Acquire)
+        } else {
+            0
+        };
+        Ok(tonic::Response::new(CommitIndexReply { ok, index }))
     }
 
     async fn elect(

@@ -86,19 +86,20 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .map_err(anyhow::Error::msg)?;
     }
 
-    // Readiness: a leader is known and what was committed at start is applied. Delivery
-    // additionally needs this node's lease and the ownership of each domain.
+    // Readiness: caught up with the leader's commit index (asked at start), and a leader
+    // known. Delivery additionally needs this node's lease and each domain's ownership.
     let (ready_tx, ready_rx) = watch::channel(false);
     let (deliver_tx, deliver_rx) = watch::channel(false);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lease = Lease::new(config.cluster.lease);
     let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
+    let (caught_up_tx, mut caught_up_rx) = watch::channel(false);
     {
         let queue = queue.clone();
         let ready_tx = ready_tx.clone();
         let draining = draining.clone();
         tokio::spawn(async move {
-            let _ = queue.wait_ready(Duration::from_secs(3600)).await;
+            let _ = caught_up_rx.wait_for(|c| *c).await;
             let mut metrics = queue.raft.metrics();
             loop {
                 let leader = metrics.borrow_and_update().current_leader;
@@ -116,14 +117,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     let lease_task = {
         let queue = queue.clone();
+        let peers = peers.clone();
         let writer = writer.clone();
         let lease = lease.clone();
         let deliver_tx = deliver_tx.clone();
         let draining = draining.clone();
         tokio::spawn(async move {
             // A (re)started node catches up with the leader's commit index before it
-            // takes a lease, so it never delivers from a stale queue.
-            let _ = queue.wait_ready(Duration::from_secs(3600)).await;
+            // takes a lease, so it never joins the owner set with a stale queue.
+            let index = baton_cluster::catch_up::catch_up(&queue, &peers).await;
+            tracing::info!(index, "caught up with the leader's commit index");
+            caught_up_tx.send_replace(true);
             if !draining.load(std::sync::atomic::Ordering::Acquire) {
                 deliver_tx.send_replace(true);
             }

@@ -131,6 +131,10 @@ impl StateMachine {
             voters: BTreeSet::new(),
         };
         sm.rebuild_index()?;
+        // Readers wait on `changed` for an index to be applied: start from what is.
+        if let (Some(applied), _) = sm.applied_and_membership()? {
+            sm.shared.changed.send_replace(applied.index);
+        }
         Ok(sm)
     }
 
