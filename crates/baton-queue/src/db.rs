@@ -44,7 +44,7 @@ impl Db {
             // bounds how much unflushed state-machine data a crash can cost (replayed
             // from the log anyway).
             .flush_every_ms(Some(1000))
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(64 * 1024 * 1024)
             .open()?;
         Ok(Db { inner })
     }
