@@ -59,7 +59,16 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     // election) and is aborted at the very end.
     let raft_task = {
         let service = RaftService::new(queue.clone()).into_server();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(raft_listener);
+        // Replies (append-entries acks, forwarded writes) are small: without TCP_NODELAY,
+        // Nagle's algorithm holds them for the peer's delayed ACK (up to 40 ms on Linux).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
+            |conn| {
+                conn.inspect(|stream| {
+                    let _ = stream.set_nodelay(true);
+                })
+            },
+        );
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
