@@ -83,7 +83,9 @@ impl QueueNode {
             heartbeat_interval: 150,
             election_timeout_min: 600,
             election_timeout_max: 1200,
-            max_payload_entries: 64,
+            // An Enqueue entry can carry 16 MiB of bodies; 8 of them bound one
+            // AppendEntries (and the memory a catching-up follower decodes at once).
+            max_payload_entries: 8,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs),
             max_in_snapshot_log_to_keep: opts.snapshot_logs / 10,
             purge_batch_size: (opts.snapshot_logs / 10).max(1),
