@@ -57,32 +57,5 @@ pub fn build_message(spec: &MessageSpec<'_>, seq: u64, rcpt: &str, buf: &mut Vec
     buf.extend_from_slice(b".\r\n");
 }
 
-/// RFC 5322 date (UTC) for a Unix time.
-pub fn rfc5322_date(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Civil-from-days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        d,
-        MON[(m - 1) as usize],
-        y,
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
+/// RFC 5322 date (UTC) for a Unix time: the relay's own formatter.
+pub use baton_delivery::date::rfc5322 as rfc5322_date;

@@ -36,11 +36,6 @@ impl Lease {
         })
     }
 
-    /// The configured lease length (the leader's view of it).
-    pub fn length(&self) -> Duration {
-        self.length
-    }
-
     /// How much of the lease is left by this node's clock.
     pub fn left(&self) -> Duration {
         let until = Duration::from_millis(self.until_ms.load(Ordering::Acquire));

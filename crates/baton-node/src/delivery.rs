@@ -48,16 +48,14 @@ pub struct DeliveryContext {
     pub outcomes: ActorRef<BatcherMsg<Outcome>>,
     /// False while this node must not start transactions (catching up, draining).
     pub may_deliver: watch::Receiver<bool>,
-    /// Messages taken by a DomainDelivery whose outcome is not yet committed.
-    pub in_flight: Arc<AtomicUsize>,
     /// This node, its lease and the replicated ownership table.
     pub me: u64,
     pub lease: Arc<Lease>,
     /// No transaction starts, and no final dot is sent, with less lease left than this.
     pub lease_margin: Duration,
     pub ownership: watch::Receiver<Arc<Ownership>>,
-    /// In-flight counts per domain; also the lock that orders taking work against
-    /// acknowledging epochs.
+    /// Messages taken by a DomainDelivery whose outcome is not yet committed, counted
+    /// per domain; also the lock that orders taking work against acknowledging epochs.
     pub in_flight_domains: Mutex<HashMap<String, usize>>,
 }
 
@@ -85,7 +83,6 @@ impl DeliveryContext {
             return false;
         }
         *map.entry(domain.to_string()).or_default() += n;
-        self.in_flight.fetch_add(n, Ordering::AcqRel);
         true
     }
 
@@ -101,7 +98,6 @@ impl DeliveryContext {
                 map.remove(domain);
             }
         }
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Whether nothing in flight is forbidden by `view` (then this node may acknowledge
@@ -116,7 +112,12 @@ impl DeliveryContext {
 
     /// Waits until no message is in flight (polling; drain only).
     pub async fn idle(&self) {
-        while self.in_flight.load(Ordering::Acquire) > 0 {
+        while !self
+            .in_flight_domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

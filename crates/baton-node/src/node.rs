@@ -114,12 +114,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 let leader = metrics.borrow_and_update().current_leader;
                 let stopping = draining.load(std::sync::atomic::Ordering::Acquire);
                 ready_tx.send_replace(leader.is_some() && !stopping);
-                if stopping {
+                if stopping || metrics.changed().await.is_err() {
                     return;
-                }
-                tokio::select! {
-                    changed = metrics.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
         });
@@ -235,7 +231,6 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         max_messages_per_connection: d.max_messages_per_connection,
         outcomes: outcomes.clone(),
         may_deliver: deliver_rx,
-        in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         me: config.node.id,
         lease: lease.clone(),
         lease_margin: config.cluster.lease / 4,
