@@ -355,6 +355,8 @@ pub struct Node {
     pub smtp: SocketAddr,
     pub http: SocketAddr,
     pub raft: SocketAddr,
+    /// The admin gRPC API.
+    pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
@@ -532,6 +534,8 @@ pub struct NodeOptions {
     /// Run inside a network namespace of a [`Net`]: (namespace, mail address for SMTP
     /// and HTTP, cluster address for Raft).
     pub netns: Option<(String, std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    /// `[admin] token`.
+    pub admin_token: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -551,12 +555,21 @@ impl Default for NodeOptions {
             join: Vec::new(),
             cluster: String::new(),
             netns: None,
+            admin_token: None,
         }
     }
 }
 
 impl Node {
+    /// Starts a node and waits until it is ready.
     pub fn start(opts: NodeOptions) -> Node {
+        let mut node = Node::start_unready(opts);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts a node without waiting for readiness (one that waits to be added).
+    pub fn start_unready(opts: NodeOptions) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (smtp, http, admin, raft): (SocketAddr, SocketAddr, u16, SocketAddr) = match &opts.netns
         {
@@ -573,6 +586,10 @@ impl Node {
                 free_port(),
                 format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             ),
+        };
+        let admin_addr: SocketAddr = match &opts.netns {
+            Some((_, mail, _)) => (*mail, admin).into(),
+            None => ([127, 0, 0, 1], admin).into(),
         };
         let data_dir = tmp.path().join("data");
         let dns = opts
@@ -614,7 +631,8 @@ max_age = "{max_age}"
 connect_timeout = "2s"
 
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "{admin_addr}"
+token = "{admin_token}"
 
 [http]
 listen = "{http}"
@@ -637,6 +655,7 @@ listen = "{http}"
             max_age = opts.max_age,
             tls = opts.tls,
             tail = opts.tail,
+            admin_token = opts.admin_token.as_deref().unwrap_or(""),
         );
         let config_path = tmp.path().join("baton.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -647,18 +666,24 @@ listen = "{http}"
             smtp,
             http,
             raft,
+            admin: admin_addr,
             config_path,
             data_dir,
             proc: None,
             stderr_path,
             _tmp: tmp,
         };
-        node.restart();
+        node.spawn();
         node
     }
 
     /// (Re)starts the process on the same config and data, and waits for readiness.
     pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -681,6 +706,10 @@ listen = "{http}"
                 .stderr(log),
         );
         self.proc = Some(proc);
+    }
+
+    /// Waits until `/readyz` answers 200; panics if the process exits first.
+    pub fn wait_ready(&mut self) {
         let http = self.http;
         let log = self.stderr_path.clone();
         let mut tries = 0;

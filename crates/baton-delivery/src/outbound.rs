@@ -107,19 +107,22 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to the first target that accepts us.
+    /// Connects to the first target that accepts us. On failure: the last error, and the
+    /// target that gave it (none when there was no target).
     pub async fn open(
         targets: &[Target],
         helo_name: &str,
         policy: TlsPolicy,
         tls: &TlsClients,
         timeouts: &Timeouts,
-    ) -> Result<Connection, ConnError> {
+    ) -> Result<Connection, (ConnError, Option<Target>)> {
         let mut last = ConnError::Unavailable {
             reason: "no mail exchanger to try".into(),
             reply: None,
         };
+        let mut last_target = None;
         for target in targets {
+            last_target = Some(target.clone());
             match Self::open_one(target, helo_name, policy, tls, timeouts).await {
                 Ok(c) => return Ok(c),
                 Err(ConnError::TlsFailed(reason)) if policy == TlsPolicy::Opportunistic => {
@@ -140,7 +143,7 @@ impl Connection {
                 }
             }
         }
-        Err(last)
+        Err((last, last_target))
     }
 
     async fn open_one(
@@ -354,6 +357,19 @@ impl Connection {
     }
 
     /// Whether the connection can take another message.
+    /// The TLS version in use, as rustls names it ("TLSv1_3"), or "" without TLS.
+    pub fn tls_version(&self) -> String {
+        match &self.stream {
+            Stream::Tls(s) => s
+                .get_ref()
+                .1
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         !matches!(self.stream, Stream::Gone) && self.session.is_ready()
     }

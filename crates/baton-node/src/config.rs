@@ -57,6 +57,28 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// The replicated event log (received, delivered, deferred, ... per recipient).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Keep at most this many events...
+    pub retention_count: u64,
+    /// ...and none older than this.
+    #[serde(with = "humantime_serde")]
+    pub retention_age: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention_count: 1_000_000,
+            retention_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -387,6 +409,12 @@ impl Config {
         }
         if self.cluster.snapshot_logs < 10 {
             err("cluster.snapshot_logs".into(), "must be at least 10".into());
+        }
+        if self.events.retention_count == 0 {
+            err("events.retention_count".into(), "must be at least 1".into());
+        }
+        if self.events.retention_age < Duration::from_secs(60) {
+            err("events.retention_age".into(), "must be at least 1m".into());
         }
         if self.cluster.lease < Duration::from_secs(2)
             || self.cluster.lease > Duration::from_secs(600)

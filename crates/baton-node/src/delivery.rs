@@ -23,6 +23,7 @@ use baton_delivery::route::{RouteError, Router, Target};
 use baton_delivery::tls::{TlsClients, TlsPolicy};
 use baton_queue::ownership::Ownership;
 use baton_queue::state_machine::QueueReader;
+use baton_queue::types::Remote;
 use baton_queue::{DeliveryRecord, MessageMeta, NewMessage, Outcome};
 use baton_smtp::address::{Mailbox, ReversePath};
 use baton_smtp::client::OutboundMessage;
@@ -84,6 +85,15 @@ impl DeliveryContext {
         }
         *map.entry(domain.to_string()).or_default() += n;
         true
+    }
+
+    /// Messages of `domain` this node is sending now.
+    pub fn in_flight(&self, domain: &str) -> usize {
+        let map = self
+            .in_flight_domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(domain).copied().unwrap_or(0)
     }
 
     /// Takes one message of `domain` out of flight.
@@ -480,7 +490,13 @@ impl Worker {
                     .iter()
                     .map(|r| (r.clone(), "4.4.7".to_string(), reason.clone()))
                     .collect();
-                self.finish(&job, Vec::new(), failed, Vec::new(), None, None);
+                let attempt = Attempt {
+                    failed,
+                    last_reply: Some(reason),
+                    expired: true,
+                    ..Attempt::default()
+                };
+                self.finish(&job, attempt);
                 continue;
             }
             if targets.is_none() {
@@ -526,9 +542,14 @@ impl Worker {
                         self.live.fetch_add(1, Ordering::AcqRel);
                         conn = Some(c);
                     }
-                    Err(e) => {
+                    Err((e, target)) => {
                         let reason = e.to_string();
-                        self.defer_all(&job, &reason);
+                        let remote = target.map(|t| Remote {
+                            host: t.host,
+                            ip: t.addr.ip().to_string(),
+                            tls: String::new(),
+                        });
+                        self.defer_all_from(&job, &reason, remote.unwrap_or_default());
                         // If no other connection to this domain works, the site is down:
                         // defer everything waiting. Otherwise (a host refusing one more
                         // connection, say) leave the rest to the working connections.
@@ -603,7 +624,12 @@ impl Worker {
         };
         let mut rcpts = Vec::new();
         let mut bad = Vec::new();
+        let mut suppressed = Vec::new();
         for r in &job.record.recipients {
+            if self.ctx.reader.is_suppressed(r).unwrap_or(false) {
+                suppressed.push(r.clone());
+                continue;
+            }
             match Mailbox::parse(r) {
                 Ok(m) => rcpts.push((r.clone(), m)),
                 Err(e) => bad.push((
@@ -612,6 +638,16 @@ impl Worker {
                     format!("bad recipient address: {e}"),
                 )),
             }
+        }
+        if rcpts.is_empty() {
+            // Nothing left to send (suppressed, or unparsable): no transaction.
+            let attempt = Attempt {
+                failed: bad,
+                suppressed,
+                last_reply: Some("recipient on the suppression list".into()),
+                ..Attempt::default()
+            };
+            return Some(self.finish(&job, attempt));
         }
         let message = OutboundMessage {
             from,
@@ -623,6 +659,11 @@ impl Worker {
         let lease = self.ctx.lease.clone();
         let lease_left = move || lease.left();
         let host = conn.target.host.clone();
+        let remote = Remote {
+            host: host.clone(),
+            ip: conn.target.addr.ip().to_string(),
+            tls: conn.tls_version(),
+        };
         match conn
             .send(message, &body, &lease_left, self.ctx.lease_margin)
             .await
@@ -667,7 +708,16 @@ impl Worker {
                     delivered = delivered.len(), failed = failed.len(), deferred = deferred.len(),
                     reply = last.as_deref().unwrap_or(""), "attempt"
                 );
-                Some(self.finish(&job, delivered, failed, deferred, last, Some(host)))
+                let attempt = Attempt {
+                    delivered,
+                    failed,
+                    deferred,
+                    suppressed,
+                    last_reply: last,
+                    remote,
+                    expired: false,
+                };
+                Some(self.finish(&job, attempt))
             }
             Err(ConnError::Abandoned) => {
                 tracing::info!(id = %job.id, "delivery abandoned before the final dot");
@@ -677,7 +727,19 @@ impl Worker {
             Err(e) => {
                 let reason = e.to_string();
                 tracing::info!(id = %job.id, domain = %self.domain, error = %reason, "attempt failed");
-                self.defer_all(&job, &reason);
+                let deferred = rcpts
+                    .iter()
+                    .map(|(r, _)| (r.clone(), reason.clone()))
+                    .collect();
+                let attempt = Attempt {
+                    failed: bad,
+                    deferred,
+                    suppressed,
+                    last_reply: Some(reason),
+                    remote,
+                    ..Attempt::default()
+                };
+                self.finish(&job, attempt);
                 None
             }
         }
@@ -691,54 +753,62 @@ impl Worker {
                 .iter()
                 .map(|r| (r.clone(), e.status().to_string(), e.to_string()))
                 .collect();
-            self.finish(
-                &job,
-                Vec::new(),
+            let attempt = Attempt {
                 failed,
-                Vec::new(),
-                Some(e.to_string()),
-                None,
-            );
+                last_reply: Some(e.to_string()),
+                ..Attempt::default()
+            };
+            self.finish(&job, attempt);
         } else {
             self.defer_all(&job, &e.to_string());
         }
     }
 
     fn defer_all(&self, job: &Job, reason: &str) {
+        self.defer_all_from(job, reason, Remote::default());
+    }
+
+    /// Defers every recipient of `job`; `remote` is who refused, if anyone did.
+    fn defer_all_from(&self, job: &Job, reason: &str, remote: Remote) {
         let deferred = job
             .record
             .recipients
             .iter()
             .map(|r| (r.clone(), reason.to_string()))
             .collect();
-        self.finish(
-            job,
-            Vec::new(),
-            Vec::new(),
+        let attempt = Attempt {
             deferred,
-            Some(reason.to_string()),
-            None,
-        );
+            last_reply: Some(reason.to_string()),
+            remote,
+            ..Attempt::default()
+        };
+        self.finish(job, attempt);
     }
 
     /// Commits the outcome of one attempt; the message leaves "in flight" afterwards.
-    fn finish(
-        &self,
-        job: &Job,
-        delivered: Vec<String>,
-        failed: Vec<(String, String, String)>,
-        deferred: Vec<(String, String)>,
-        last_reply: Option<String>,
-        remote: Option<String>,
-    ) -> tokio::task::JoinHandle<()> {
+    fn finish(&self, job: &Job, a: Attempt) -> tokio::task::JoinHandle<()> {
         let now = now_ms();
-        metrics::counter!(m::DELIVERED).increment(delivered.len() as u64);
-        metrics::counter!(m::BOUNCED).increment(failed.len() as u64);
-        metrics::counter!(m::DEFERRED).increment(deferred.len() as u64);
-        let mut finished = delivered;
-        finished.extend(failed.iter().map(|(r, _, _)| r.clone()));
-        let dsn = if !failed.is_empty() && !job.meta.sender.is_empty() {
-            self.dsn(job, &failed, remote.as_deref(), now)
+        metrics::counter!(m::DELIVERED).increment(a.delivered.len() as u64);
+        metrics::counter!(m::BOUNCED).increment(a.failed.len() as u64);
+        metrics::counter!(m::DEFERRED).increment(a.deferred.len() as u64);
+        metrics::counter!(m::SUPPRESSED).increment(a.suppressed.len() as u64);
+        let d = self.domain.as_str();
+        metrics::counter!(m::DOMAIN_OUTCOMES, "domain" => d.to_string(), "result" => "delivered")
+            .increment(a.delivered.len() as u64);
+        metrics::counter!(m::DOMAIN_OUTCOMES, "domain" => d.to_string(), "result" => "deferred")
+            .increment(a.deferred.len() as u64);
+        metrics::counter!(m::DOMAIN_OUTCOMES, "domain" => d.to_string(), "result" => "bounced")
+            .increment(a.failed.len() as u64);
+        if !a.delivered.is_empty() {
+            let age = now.saturating_sub(job.meta.received_at_ms) as f64 / 1000.0;
+            metrics::histogram!(m::DELIVERY_LATENCY, "domain" => d.to_string()).record(age);
+        }
+        let mut finished = a.delivered;
+        finished.extend(a.failed.iter().map(|(r, _, _)| r.clone()));
+        finished.extend(a.suppressed.iter().cloned());
+        let remote_host = (!a.remote.host.is_empty()).then_some(a.remote.host.as_str());
+        let dsn = if !a.failed.is_empty() && !job.meta.sender.is_empty() {
+            self.dsn(job, &a.failed, remote_host, now)
         } else {
             None
         };
@@ -749,8 +819,13 @@ impl Worker {
             domain: self.domain.clone(),
             finished,
             next_attempt_ms,
-            last_reply,
+            last_reply: a.last_reply,
             dsn,
+            failed: a.failed.into_iter().map(|(r, _, _)| r).collect(),
+            suppressed: a.suppressed,
+            expired: a.expired,
+            remote: a.remote,
+            node: self.ctx.me,
         };
         let outcomes = self.ctx.outcomes.clone();
         let actor = self.actor.clone();
@@ -830,6 +905,21 @@ impl Worker {
             smtputf8: job.meta.smtputf8,
         })
     }
+}
+
+/// What one attempt (or a decision without one) did to a job's recipients.
+#[derive(Default)]
+struct Attempt {
+    delivered: Vec<String>,
+    /// (recipient, enhanced status, reason)
+    failed: Vec<(String, String, String)>,
+    /// (recipient, reason)
+    deferred: Vec<(String, String)>,
+    suppressed: Vec<String>,
+    last_reply: Option<String>,
+    remote: Remote,
+    /// The failure is the message's age.
+    expired: bool,
 }
 
 /// The enhanced status of a reply, or `default`.

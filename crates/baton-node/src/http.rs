@@ -51,7 +51,21 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     });
     metrics::gauge!(m::RAFT_TERM).set(raft.current_term as f64);
     metrics::gauge!(m::RAFT_APPLIED_INDEX).set(raft.last_applied.map_or(0, |l| l.index) as f64);
-    metrics::gauge!(m::RAFT_COMMIT_INDEX).set(q.committed.load(Ordering::Relaxed) as f64);
+    let committed = q.committed.load(Ordering::Relaxed);
+    let applied = raft.last_applied.map_or(0, |l| l.index);
+    metrics::gauge!(m::RAFT_COMMIT_INDEX).set(committed as f64);
+    metrics::gauge!(m::RAFT_APPLY_LAG).set(committed.saturating_sub(applied) as f64);
+    metrics::gauge!(m::RAFT_SNAPSHOT_INDEX).set(raft.snapshot.map_or(0, |l| l.index) as f64);
+    if let Some(replication) = &raft.replication {
+        let last = raft.last_log_index.unwrap_or(0);
+        for (peer, matched) in replication {
+            let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+            metrics::gauge!(m::RAFT_REPLICATION_LAG, "peer" => peer.to_string()).set(lag as f64);
+        }
+    }
+    if let Ok((_, next)) = q.reader.event_bounds() {
+        metrics::gauge!(m::EVENTS_POSITION).set(next.saturating_sub(1) as f64);
+    }
     metrics::gauge!(m::QUEUE_MESSAGES).set(q.reader.shared.with(|i| i.messages()) as f64);
     let ownership = q.reader.shared.ownership.borrow().clone();
     metrics::gauge!(m::OWNERSHIP_EPOCH).set(ownership.epoch as f64);

@@ -12,6 +12,7 @@ use crate::config::{ListenerConfig, ListenerMode, SmtpConfig};
 use crate::metrics as m;
 use baton_delivery::date::{now_ms, rfc5322};
 use baton_queue::NewMessage;
+use baton_queue::state_machine::QueueReader;
 use baton_smtp::command::BodyType;
 use baton_smtp::proxy;
 use baton_smtp::reply::Reply;
@@ -46,6 +47,8 @@ pub struct IngressShared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Set while the node accepts mail (leader known, not draining).
     pub accepting: watch::Receiver<bool>,
+    /// The replicated state, for the suppression list.
+    pub reader: QueueReader,
 }
 
 impl IngressShared {
@@ -54,6 +57,7 @@ impl IngressShared {
         users: Users,
         committer: ActorRef<BatcherMsg<NewMessage>>,
         accepting: watch::Receiver<bool>,
+        reader: QueueReader,
     ) -> Arc<IngressShared> {
         Arc::new(IngressShared {
             connections: Arc::new(Semaphore::new(smtp.max_connections)),
@@ -63,6 +67,7 @@ impl IngressShared {
             committer,
             per_ip: Mutex::new(HashMap::new()),
             accepting,
+            reader,
         })
     }
 
@@ -102,6 +107,7 @@ struct SessionGauge;
 impl SessionGauge {
     fn new() -> SessionGauge {
         metrics::gauge!(m::SMTP_SESSIONS).increment(1.0);
+        metrics::counter!(m::SMTP_SESSIONS_TOTAL).increment(1);
         SessionGauge
     }
 }
@@ -161,7 +167,7 @@ impl Listener {
                     let listener = listener.clone();
                     let tls = tls.clone();
                     let id = ulid::Ulid::new().to_string();
-                    let span = tracing::info_span!("smtp", session = %id, peer = %peer, listener = %listener.address);
+                    let span = tracing::info_span!("smtp", session = %id, peer = %peer, listener = %listener.address, client = tracing::field::Empty);
                     let stop = stop.clone();
                     sessions.spawn(async move {
                         if let Err(e) = serve(tcp, peer, shared, listener, tls, stop).await {
@@ -231,7 +237,7 @@ async fn serve(
     } else {
         peer
     };
-    tracing::Span::current().record("peer", tracing::field::display(client));
+    tracing::Span::current().record("client", tracing::field::display(client));
     let Some(_ip_guard) = shared.per_ip_enter(client.ip()) else {
         let reply = Reply::new(
             421,
@@ -270,7 +276,7 @@ async fn serve(
         auth_enabled: !shared.users.is_empty(),
         require_auth: listener.mode == ListenerMode::Submission,
         relay_allowed,
-        check_recipients: false,
+        check_recipients: true,
         greeting_banner: "ESMTP Baton".into(),
     });
 
@@ -310,8 +316,25 @@ async fn serve(
                     }
                     actions.extend(session.handle(Event::AuthChecked { ok }));
                 }
-                Action::CheckRcpt { .. } => {
-                    actions.extend(session.handle(Event::RcptChecked(Ok(()))));
+                Action::CheckRcpt { to, .. } => {
+                    let address = to.to_string();
+                    let verdict = match shared.reader.is_suppressed(&address) {
+                        Ok(false) => Ok(()),
+                        Ok(true) => Err(Reply::new(
+                            550,
+                            "5.1.1",
+                            format!("<{address}>: recipient address suppressed"),
+                        )),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the suppression list");
+                            Err(Reply::new(
+                                451,
+                                "4.3.0",
+                                "local error reading the suppression list; try again later",
+                            ))
+                        }
+                    };
+                    actions.extend(session.handle(Event::RcptChecked(verdict)));
                 }
                 Action::Enqueue(envelope) => {
                     flush(&mut conn, &mut out).await?;

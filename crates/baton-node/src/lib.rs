@@ -8,7 +8,8 @@
 //! - [`delivery`] — DeliveryManager and one DomainDelivery per destination domain;
 //! - [`auth`] — SMTP AUTH against argon2 hashes;
 //! - [`tls`] — inbound TLS configuration;
-//! - [`http`] and [`metrics`] — health, readiness and Prometheus metrics.
+//! - [`http`] and [`metrics`] — health, readiness and Prometheus metrics;
+//! - [`events`] — event-log retention (the admin API itself is `baton_admin::server`).
 //!
 //! This is the only crate that knows ractor.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod delivery;
+pub mod events;
 pub mod http;
 pub mod ingress;
 pub mod metrics;

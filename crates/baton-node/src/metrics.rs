@@ -20,6 +20,15 @@
 //! | `baton_ownership_nodes` | gauge | nodes that own domains in the current epoch |
 //! | `baton_ownership_owner` | gauge | 1 when this node is one of them |
 //! | `baton_lease_remaining_seconds` | gauge | this node's delivery lease left, by its clock |
+//! | `baton_messages_suppressed_total` | counter | recipients skipped: on the suppression list |
+//! | `baton_domain_outcomes_total{domain,result}` | counter | per destination domain: delivered, deferred, bounced |
+//! | `baton_delivery_latency_seconds{domain}` | histogram | accepted to delivered (first delivered recipient of an attempt) |
+//! | `baton_raft_apply_lag` | gauge | committed but not yet applied entries here |
+//! | `baton_raft_replication_lag{peer}` | gauge | on the leader: entries a member is behind the leader's last log |
+//! | `baton_raft_snapshot_index` | gauge | last log index in this node's current snapshot |
+//! | `baton_raft_append_seconds` | histogram | proposing a write until it is committed (this node's writes) |
+//! | `baton_smtp_sessions_total` | counter | inbound SMTP sessions accepted |
+//! | `baton_events_position` | gauge | position of the newest event in the replicated event log |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -41,6 +50,15 @@ pub const OWNERSHIP_SETTLED: &str = "baton_ownership_settled";
 pub const OWNERS: &str = "baton_ownership_nodes";
 pub const OWNER: &str = "baton_ownership_owner";
 pub const LEASE_LEFT: &str = "baton_lease_remaining_seconds";
+pub const SUPPRESSED: &str = "baton_messages_suppressed_total";
+pub const DOMAIN_OUTCOMES: &str = "baton_domain_outcomes_total";
+pub const DELIVERY_LATENCY: &str = "baton_delivery_latency_seconds";
+pub const RAFT_APPLY_LAG: &str = "baton_raft_apply_lag";
+pub const RAFT_REPLICATION_LAG: &str = "baton_raft_replication_lag";
+pub const RAFT_SNAPSHOT_INDEX: &str = "baton_raft_snapshot_index";
+pub const RAFT_APPEND: &str = "baton_raft_append_seconds";
+pub const SMTP_SESSIONS_TOTAL: &str = "baton_smtp_sessions_total";
+pub const EVENTS_POSITION: &str = "baton_events_position";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -48,7 +66,14 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let buckets = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                900.0, 3600.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
             // Fails only when another recorder is installed (tests embedding a node):
             // then this handle renders nothing of ours, which is harmless.
@@ -87,8 +112,42 @@ fn describe() {
         LEASE_LEFT,
         "This node's delivery lease left, in seconds, by its own clock."
     );
+    describe_counter!(SUPPRESSED, "Recipients skipped: on the suppression list.");
+    describe_counter!(
+        DOMAIN_OUTCOMES,
+        "Recipients by destination domain and result (delivered, deferred, bounced)."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        "Seconds from acceptance to delivery, by destination domain."
+    );
+    describe_gauge!(RAFT_APPLY_LAG, "Committed entries not yet applied here.");
+    describe_gauge!(
+        RAFT_REPLICATION_LAG,
+        "On the leader: entries each member is behind the leader's last log entry."
+    );
+    describe_gauge!(
+        RAFT_SNAPSHOT_INDEX,
+        "Last log index in this node's snapshot."
+    );
+    describe_histogram!(
+        RAFT_APPEND,
+        "Seconds from proposing an entry to its commit."
+    );
+    describe_counter!(SMTP_SESSIONS_TOTAL, "Inbound SMTP sessions accepted.");
+    describe_gauge!(
+        EVENTS_POSITION,
+        "Position of the newest event in the event log."
+    );
     // Register every contract name so /metrics carries them from the start.
-    for c in [RECEIVED, DELIVERED, DEFERRED, BOUNCED] {
+    for c in [
+        RECEIVED,
+        DELIVERED,
+        DEFERRED,
+        BOUNCED,
+        SUPPRESSED,
+        SMTP_SESSIONS_TOTAL,
+    ] {
         metrics::counter!(c).increment(0);
     }
     for g in [
@@ -98,6 +157,9 @@ fn describe() {
         RAFT_APPLIED_INDEX,
         RAFT_TERM,
         SMTP_SESSIONS,
+        RAFT_APPLY_LAG,
+        RAFT_SNAPSHOT_INDEX,
+        EVENTS_POSITION,
     ] {
         metrics::gauge!(g).set(0.0);
     }

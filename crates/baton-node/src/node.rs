@@ -78,21 +78,26 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     };
     if !queue.raft.is_initialized().await.unwrap_or(false) {
         if config.cluster.join.is_empty() {
-            anyhow::bail!(
-                "{} holds no cluster state, cluster.bootstrap is false and cluster.join is empty: set cluster.bootstrap = true to form a new cluster, or cluster.join to join one",
-                data_dir.display()
+            // An operator adds it (`batonctl node add`): the leader's first append
+            // makes it a learner. Until then it is not ready.
+            println!(
+                "{} holds no cluster state and cluster.join is empty: waiting to be added (on a member: batonctl node add {} {}); set cluster.bootstrap = true to form a new cluster instead",
+                data_dir.display(),
+                config.node.id,
+                config.cluster.advertise
             );
+        } else {
+            println!("joining the cluster through {:?}", config.cluster.join);
+            baton_cluster::join::join(
+                &peers,
+                &config.cluster.join,
+                config.node.id,
+                &config.cluster.advertise,
+                Duration::from_secs(300),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
         }
-        println!("joining the cluster through {:?}", config.cluster.join);
-        baton_cluster::join::join(
-            &peers,
-            &config.cluster.join,
-            config.node.id,
-            &config.cluster.advertise,
-            Duration::from_secs(300),
-        )
-        .await
-        .map_err(anyhow::Error::msg)?;
     }
 
     // Readiness: caught up with the leader's commit index (asked at start), and a leader
@@ -152,10 +157,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         let w = w.clone();
         Box::pin(async move {
             let request = Request::Enqueue { messages };
-            w.write(request)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            let started = std::time::Instant::now();
+            let result = w.write(request).await;
+            metrics::histogram!(crate::metrics::RAFT_APPEND)
+                .record(started.elapsed().as_secs_f64());
+            result.map(|_| ()).map_err(|e| e.to_string())
         })
     });
     let (committer, committer_handle) = Actor::spawn(
@@ -275,6 +281,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Users::new(&config.smtp.users),
         committer.clone(),
         ready_rx.clone(),
+        queue.reader.clone(),
     );
     let mut listeners = tokio::task::JoinSet::new();
     for l in &config.smtp.listeners {
@@ -299,7 +306,38 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             lease: lease.clone(),
         }),
         // HTTP stays up through the drain (readyz answers 503) and stops last.
-        http_stop_rx,
+        http_stop_rx.clone(),
+    ));
+
+    // The admin API: up until the very end, like HTTP.
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("admin.listen {}", config.admin.listen))?;
+    println!("admin gRPC on {}", config.admin.listen);
+    let admin_task = {
+        let ctx = ctx.clone();
+        let admin = baton_admin::server::AdminContext {
+            queue: queue.clone(),
+            writer: writer.clone(),
+            peers: peers.clone(),
+            lease: lease.clone(),
+            hostname: config.smtp.hostname.clone(),
+            advertise: config.cluster.advertise.clone(),
+            in_flight: Arc::new(move |domain: &str| ctx.in_flight(domain)),
+        };
+        let token = config.admin.token.clone();
+        let stop = http_stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = baton_admin::server::serve(admin_listener, admin, &token, stop).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        })
+    };
+    let retain_task = tokio::spawn(crate::events::retain(
+        queue.clone(),
+        writer.clone(),
+        config.events.clone(),
+        stop_rx.clone(),
     ));
 
     let _ = shutdown.wait_for(|s| *s).await;
@@ -345,8 +383,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let _ = manager_handle.await;
     let _ = committer_handle.await;
     let _ = outcomes_handle.await;
+    retain_task.abort();
     http_stop_tx.send_replace(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     raft_task.abort();
     queue.shutdown().await;
     tracing::info!("stopped");

@@ -106,7 +106,11 @@ impl Tree {
         })
     }
     /// Pairs with `from <= key < to`, in key order.
-    pub fn range(&self, from: &[u8], to: &[u8]) -> impl DoubleEndedIterator<Item = Result<Pair>> {
+    pub fn range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<Pair>> + use<> {
         self.0.range(from..to).map(|r| {
             r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(DbError::from)

@@ -21,6 +21,8 @@ pub struct Index {
     domains: HashMap<String, DomainQueue>,
     messages: usize,
     dirty: HashSet<String>,
+    /// Domains an operator suspended: nothing of theirs is due.
+    suspended: HashSet<String>,
 }
 
 impl Index {
@@ -57,8 +59,43 @@ impl Index {
         self.messages = 0;
     }
 
-    /// When the next message for `domain` is due, if any is queued.
+    pub(crate) fn set_suspended(&mut self, domains: HashSet<String>) {
+        for d in self.suspended.symmetric_difference(&domains) {
+            self.dirty.insert(d.clone());
+        }
+        self.suspended = domains;
+    }
+
+    pub(crate) fn suspend(&mut self, domain: &str, on: bool) {
+        let changed = if on {
+            self.suspended.insert(domain.to_string())
+        } else {
+            self.suspended.remove(domain)
+        };
+        if changed {
+            self.dirty.insert(domain.to_string());
+        }
+    }
+
+    /// Whether an operator suspended delivery to `domain`.
+    pub fn is_suspended(&self, domain: &str) -> bool {
+        self.suspended.contains(domain)
+    }
+
+    /// The ids queued for `domain` with when each is due.
+    pub fn due_times(&self, domain: &str) -> impl Iterator<Item = (&str, u64)> {
+        self.domains
+            .get(domain)
+            .into_iter()
+            .flat_map(|q| q.due.iter().map(|(due, id)| (id.as_str(), *due)))
+    }
+
+    /// When the next message for `domain` is due, if any is queued (never, while the
+    /// domain is suspended).
     pub fn next_due(&self, domain: &str) -> Option<u64> {
+        if self.suspended.contains(domain) {
+            return None;
+        }
         self.domains
             .get(domain)
             .and_then(|q| q.due.first().map(|(due, _)| *due))
@@ -75,6 +112,9 @@ impl Index {
         exclude: &std::collections::HashSet<String>,
     ) -> (Vec<String>, Option<u64>) {
         let mut ids = Vec::new();
+        if self.suspended.contains(domain) {
+            return (ids, None);
+        }
         let Some(q) = self.domains.get(domain) else {
             return (ids, None);
         };

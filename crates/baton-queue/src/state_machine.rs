@@ -12,14 +12,20 @@
 //! | `T/<time BE><id>` | the same tombstone, ordered by time for expiry |
 //! | `s/applied`, `s/membership` | openraft's applied log id and membership |
 //! | `s/ownership` | the delivery [`Ownership`] table |
+//! | `s/events_next` | the position the next event gets (u64 BE) |
+//! | `s/webhook` | the last event position the webhook delivered (u64 BE) |
+//! | `e/<position BE>` | an [`Event`] |
+//! | `x/<domain>` | a suspended domain: [`Listing`] |
+//! | `u/<address>` | a suppressed recipient (lower-cased): [`Listing`] |
 
 use crate::db::{Batch, Db, DbError, Tree};
 use crate::index::Shared;
 use crate::ownership::Ownership;
 use crate::snapshot::{self, SnapshotReader, SnapshotWriter, make_current};
 use crate::types::{
-    DeliveryRecord, Entry, LogId, MessageMeta, NewMessage, NodeId, Outcome, Request, Response,
-    Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, domain_of,
+    DeliveryRecord, Entry, Event, EventKind, Listing, LogId, MessageMeta, NewMessage, NodeId,
+    Outcome, Remote, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, domain_of,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, StorageIOError};
@@ -31,6 +37,10 @@ use std::sync::Arc;
 const APPLIED: &[u8] = b"s/applied";
 const MEMBERSHIP: &[u8] = b"s/membership";
 const OWNERSHIP: &[u8] = b"s/ownership";
+const EVENTS_NEXT: &[u8] = b"s/events_next";
+const WEBHOOK: &[u8] = b"s/webhook";
+/// At most this many events are trimmed by one entry (the leader writes more).
+const TRIM_MAX: usize = 10_000;
 /// How long a finished message id is remembered for idempotent enqueue.
 pub const TOMBSTONE_MS: u64 = 24 * 3600 * 1000;
 
@@ -48,6 +58,18 @@ fn tomb_key(id: &str) -> Vec<u8> {
 }
 fn tomb_time_key(time: u64, id: &str) -> Vec<u8> {
     [&b"T/"[..], &time.to_be_bytes(), id.as_bytes()].concat()
+}
+fn event_key(position: u64) -> Vec<u8> {
+    [&b"e/"[..], &position.to_be_bytes()].concat()
+}
+fn suspend_key(domain: &str) -> Vec<u8> {
+    [b"x/", domain.as_bytes()].concat()
+}
+fn suppress_key(address: &str) -> Vec<u8> {
+    [b"u/", address.to_ascii_lowercase().as_bytes()].concat()
+}
+fn u64_of(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or_default()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, DbError> {
@@ -92,6 +114,84 @@ impl QueueReader {
     pub fn knows(&self, id: &str) -> Result<bool, DbError> {
         Ok(self.state.contains(msg_key(id))? || self.state.contains(tomb_key(id))?)
     }
+
+    /// Whether `id` finished (delivered, failed or deleted) within the tombstone window.
+    pub fn finished(&self, id: &str) -> Result<bool, DbError> {
+        self.state.contains(tomb_key(id))
+    }
+
+    /// The open delivery records of a domain, in id order, from after `after_id`.
+    pub fn deliveries(
+        &self,
+        domain: &str,
+        after_id: &str,
+    ) -> impl Iterator<Item = Result<(String, DeliveryRecord), DbError>> + use<> {
+        let prefix = [b"d/", domain.as_bytes(), b"\0"].concat();
+        let from = [&prefix[..], after_id.as_bytes(), b"\0"].concat();
+        let mut to = prefix.clone();
+        // The byte after the separator ends the domain's range.
+        if let Some(last) = to.last_mut() {
+            *last = 1;
+        }
+        let start = prefix.len();
+        self.state.range(&from, &to).map(move |pair| {
+            let (key, value) = pair?;
+            let id = String::from_utf8_lossy(&key[start..]).into_owned();
+            Ok((id, decode(&value, "delivery")?))
+        })
+    }
+
+    /// Events at positions greater than `after`, oldest first.
+    pub fn events_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<(u64, Event), DbError>> + use<> {
+        let from = event_key(after.saturating_add(1));
+        self.state.range(&from, b"e0").map(|pair| {
+            let (key, value) = pair?;
+            Ok((u64_of(&key[2..]), decode(&value, "event")?))
+        })
+    }
+
+    /// The position of the oldest retained event, and the next position to be used.
+    pub fn event_bounds(&self) -> Result<(u64, u64), DbError> {
+        let next = self.state.get(EVENTS_NEXT)?.map_or(1, |v| u64_of(&v));
+        let first = match self.state.range(b"e/", b"e0").next() {
+            Some(pair) => u64_of(&pair?.0[2..]),
+            None => next,
+        };
+        Ok((first, next))
+    }
+
+    /// The last event position the webhook delivered.
+    pub fn webhook_position(&self) -> Result<u64, DbError> {
+        Ok(self.state.get(WEBHOOK)?.map_or(0, |v| u64_of(&v)))
+    }
+
+    /// Suspended domains.
+    pub fn suspended(&self) -> Result<Vec<(String, Listing)>, DbError> {
+        self.listings(b"x/")
+    }
+
+    /// The suppression list.
+    pub fn suppressions(&self) -> Result<Vec<(String, Listing)>, DbError> {
+        self.listings(b"u/")
+    }
+
+    pub fn is_suppressed(&self, address: &str) -> Result<bool, DbError> {
+        self.state.contains(suppress_key(address))
+    }
+
+    fn listings(&self, prefix: &[u8]) -> Result<Vec<(String, Listing)>, DbError> {
+        self.state
+            .scan_prefix(prefix)
+            .map(|pair| {
+                let (key, value) = pair?;
+                let name = String::from_utf8_lossy(&key[2..]).into_owned();
+                Ok((name, decode(&value, "listing")?))
+            })
+            .collect()
+    }
 }
 
 /// The state machine given to openraft.
@@ -106,6 +206,8 @@ pub struct StateMachine {
     /// on every entry).
     ownership: Ownership,
     voters: BTreeSet<NodeId>,
+    /// The position the next event gets (kept here, stored at `s/events_next`).
+    events_next: u64,
 }
 
 impl StateMachine {
@@ -129,6 +231,7 @@ impl StateMachine {
             receiving: None,
             ownership: Ownership::default(),
             voters: BTreeSet::new(),
+            events_next: 1,
         };
         sm.rebuild_index()?;
         // Readers wait on `changed` for an index to be applied: start from what is.
@@ -168,12 +271,19 @@ impl StateMachine {
             records.push((domain, id, record.next_attempt_ms));
         }
         let messages = self.state.scan_prefix(b"m/").count();
+        self.events_next = self.state.get(EVENTS_NEXT)?.map_or(1, |v| u64_of(&v));
+        let mut suspended = HashSet::new();
+        for pair in self.state.scan_prefix(b"x/") {
+            let (key, _) = pair?;
+            suspended.insert(String::from_utf8_lossy(&key[2..]).into_owned());
+        }
         self.shared.with(|index| {
             index.clear();
             for (domain, id, due) in &records {
                 index.upsert(domain, id, *due);
             }
             index.add_messages(messages as isize);
+            index.set_suspended(suspended);
         });
         Ok(())
     }
@@ -234,7 +344,7 @@ impl StateMachine {
             }
             EntryPayload::Normal(Request::Enqueue { messages }) => {
                 for message in messages {
-                    if tx.enqueue(message)? {
+                    if tx.enqueue(message, true)? {
                         response.added += 1;
                     } else {
                         response.duplicates += 1;
@@ -246,6 +356,58 @@ impl StateMachine {
                     tx.outcome(outcome, *now_ms)?;
                 }
                 tx.expire_tombstones(*now_ms)?;
+            }
+            EntryPayload::Normal(Request::Retry { id }) => {
+                response.changed = tx.retry(id)?;
+            }
+            EntryPayload::Normal(Request::Delete { id, now_ms, dsn }) => {
+                response.changed = tx.delete(id, *now_ms, dsn.as_ref())?;
+            }
+            EntryPayload::Normal(Request::Suspend {
+                domain,
+                reason,
+                now_ms,
+            }) => {
+                let domain = domain.to_ascii_lowercase();
+                response.changed = !self.state.contains(suspend_key(&domain))?;
+                let listing = Listing {
+                    reason: reason.clone(),
+                    since_ms: *now_ms,
+                };
+                tx.batch.insert(suspend_key(&domain), encode(&listing));
+                tx.suspend = Some((domain, true));
+            }
+            EntryPayload::Normal(Request::Resume { domain }) => {
+                let domain = domain.to_ascii_lowercase();
+                response.changed = self.state.contains(suspend_key(&domain))?;
+                tx.batch.remove(suspend_key(&domain));
+                tx.suspend = Some((domain, false));
+            }
+            EntryPayload::Normal(Request::Suppress {
+                address,
+                reason,
+                now_ms,
+            }) => {
+                response.changed = !self.state.contains(suppress_key(address))?;
+                let listing = Listing {
+                    reason: reason.clone(),
+                    since_ms: *now_ms,
+                };
+                tx.batch.insert(suppress_key(address), encode(&listing));
+            }
+            EntryPayload::Normal(Request::Unsuppress { address }) => {
+                response.changed = self.state.contains(suppress_key(address))?;
+                tx.batch.remove(suppress_key(address));
+            }
+            EntryPayload::Normal(Request::TrimEvents { below }) => {
+                for pair in self.state.range(b"e/", &event_key(*below)).take(TRIM_MAX) {
+                    tx.batch.remove(pair?.0);
+                    response.changed = true;
+                }
+            }
+            EntryPayload::Normal(Request::WebhookSent { position }) => {
+                tx.batch.insert(WEBHOOK, position.to_be_bytes());
+                response.changed = true;
             }
             EntryPayload::Normal(request) => {
                 let mut o = self.ownership.clone();
@@ -262,7 +424,8 @@ impl StateMachine {
                     Request::Release { node } => o.release(node),
                     Request::Retire { node } => o.retire(node),
                     Request::AssignAck { node, epoch } => o.ack(node, epoch),
-                    Request::Enqueue { .. } | Request::Outcomes { .. } => {}
+                    // Handled above.
+                    _ => {}
                 }
                 owner_change = Some(o);
             }
@@ -277,12 +440,23 @@ impl StateMachine {
         response.index = entry.log_id.index;
         tx.batch.insert(APPLIED, encode(&Some(entry.log_id)));
         let Tx {
-            batch,
+            mut batch,
             index_ops,
             message_delta,
+            events,
+            suspend,
             ..
         } = tx;
+        let mut next = self.events_next;
+        if !events.is_empty() {
+            for event in &events {
+                batch.insert(event_key(next), encode(event));
+                next += 1;
+            }
+            batch.insert(EVENTS_NEXT, next.to_be_bytes());
+        }
         self.state.apply(batch)?;
+        self.events_next = next;
         self.shared.with(|index| {
             for op in index_ops {
                 match op {
@@ -291,6 +465,9 @@ impl StateMachine {
                 }
             }
             index.add_messages(message_delta);
+            if let Some((domain, on)) = suspend {
+                index.suspend(&domain, on);
+            }
         });
         if let Some(o) = owner_change {
             self.ownership = o.clone();
@@ -315,6 +492,10 @@ struct Tx<'a> {
     seen: HashSet<String>,
     index_ops: Vec<IndexOp>,
     message_delta: isize,
+    /// Events this entry adds, in order (positions are given at the end).
+    events: Vec<Event>,
+    /// A domain suspended (true) or resumed (false).
+    suspend: Option<(String, bool)>,
 }
 
 impl<'a> Tx<'a> {
@@ -327,11 +508,39 @@ impl<'a> Tx<'a> {
             seen: HashSet::new(),
             index_ops: Vec::new(),
             message_delta: 0,
+            events: Vec::new(),
+            suspend: None,
         }
     }
 
-    /// Adds a message; false when the id is already known.
-    fn enqueue(&mut self, m: &NewMessage) -> Result<bool, DbError> {
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &mut self,
+        time_ms: u64,
+        kind: EventKind,
+        id: &str,
+        recipient: &str,
+        sender: &str,
+        remote: &Remote,
+        reply: &str,
+        node: NodeId,
+    ) {
+        self.events.push(Event {
+            time_ms,
+            kind,
+            id: id.to_string(),
+            recipient: recipient.to_string(),
+            domain: domain_of(recipient),
+            sender: sender.to_string(),
+            remote: remote.clone(),
+            reply: reply.to_string(),
+            node,
+        });
+    }
+
+    /// Adds a message (with a `Received` event per recipient when `events`); false when
+    /// the id is already known.
+    fn enqueue(&mut self, m: &NewMessage, events: bool) -> Result<bool, DbError> {
         if !self.seen.insert(m.id.clone())
             || self.state.contains(msg_key(&m.id))?
             || self.state.contains(tomb_key(&m.id))?
@@ -358,6 +567,22 @@ impl<'a> Tx<'a> {
         };
         self.batch.insert(body_key(&m.id), &m.body);
         self.put_message(&m.id, Some(meta));
+        if events {
+            let reply = format!("queued as {}", m.id);
+            for rcpt in &m.recipients {
+                let remote = Remote::default();
+                self.event(
+                    m.received_at_ms,
+                    EventKind::Received,
+                    &m.id,
+                    rcpt,
+                    &m.sender,
+                    &remote,
+                    &reply,
+                    0,
+                );
+            }
+        }
         for (domain, recipients) in by_domain {
             let record = DeliveryRecord {
                 recipients,
@@ -378,10 +603,33 @@ impl<'a> Tx<'a> {
             return Ok(()); // already finished: a repeated outcome changes nothing
         };
         // A DSN only for recipients this outcome really finishes (not for a repeat).
+        let dsn_due = o.finished.iter().any(|r| record.recipients.contains(r));
+        let sender = self
+            .get_message(&o.id)?
+            .map(|m| m.sender)
+            .unwrap_or_default();
+        let reply = o.last_reply.clone().unwrap_or_default();
+        for rcpt in record.recipients.clone() {
+            let kind = if !o.finished.contains(&rcpt) {
+                EventKind::Deferred
+            } else if o.suppressed.contains(&rcpt) {
+                EventKind::Suppressed
+            } else if !o.failed.contains(&rcpt) {
+                EventKind::Delivered
+            } else if o.expired {
+                EventKind::Expired
+            } else {
+                EventKind::Bounced
+            };
+            self.event(
+                now_ms, kind, &o.id, &rcpt, &sender, &o.remote, &reply, o.node,
+            );
+        }
+        // The DSN's own `Received` event comes after the events of what caused it.
         if let Some(dsn) = &o.dsn
-            && o.finished.iter().any(|r| record.recipients.contains(r))
+            && dsn_due
         {
-            self.enqueue(dsn)?;
+            self.enqueue(dsn, true)?;
         }
         record.recipients.retain(|r| !o.finished.contains(r));
         if !record.recipients.is_empty() {
@@ -396,23 +644,84 @@ impl<'a> Tx<'a> {
             self.put_delivery(&o.domain, &o.id, Some(record));
             return Ok(());
         }
-        self.put_delivery(&o.domain, &o.id, None);
+        self.close_delivery(&o.domain, &o.id, now_ms)
+    }
+
+    /// Removes a finished (message, domain) record; the message goes with its last one.
+    fn close_delivery(&mut self, domain: &str, id: &str, now_ms: u64) -> Result<(), DbError> {
+        self.put_delivery(domain, id, None);
         self.index_ops
-            .push(IndexOp::Remove(o.domain.clone(), o.id.clone()));
-        let Some(mut meta) = self.get_message(&o.id)? else {
+            .push(IndexOp::Remove(domain.to_string(), id.to_string()));
+        let Some(mut meta) = self.get_message(id)? else {
             return Ok(());
         };
         meta.pending_domains = meta.pending_domains.saturating_sub(1);
         if meta.pending_domains > 0 {
-            self.put_message(&o.id, Some(meta));
+            self.put_message(id, Some(meta));
         } else {
-            self.put_message(&o.id, None);
-            self.batch.remove(body_key(&o.id));
-            self.batch.insert(tomb_key(&o.id), now_ms.to_be_bytes());
-            self.batch.insert(tomb_time_key(now_ms, &o.id), []);
+            self.put_message(id, None);
+            self.batch.remove(body_key(id));
+            self.batch.insert(tomb_key(id), now_ms.to_be_bytes());
+            self.batch.insert(tomb_time_key(now_ms, id), []);
             self.message_delta -= 1;
         }
         Ok(())
+    }
+
+    /// The domains with an open delivery record for message `id`.
+    fn open_domains(&mut self, id: &str) -> Result<Vec<(String, DeliveryRecord)>, DbError> {
+        let Some(meta) = self.get_message(id)? else {
+            return Ok(Vec::new());
+        };
+        let mut domains: Vec<String> = meta.recipients.iter().map(|r| domain_of(r)).collect();
+        domains.sort();
+        domains.dedup();
+        let mut open = Vec::new();
+        for domain in domains {
+            if let Some(record) = self.get_delivery(&domain, id)? {
+                open.push((domain, record));
+            }
+        }
+        Ok(open)
+    }
+
+    fn retry(&mut self, id: &str) -> Result<bool, DbError> {
+        let open = self.open_domains(id)?;
+        for (domain, mut record) in open.iter().cloned() {
+            record.next_attempt_ms = 0;
+            self.put_delivery(&domain, id, Some(record));
+            self.index_ops
+                .push(IndexOp::Upsert(domain, id.to_string(), 0));
+        }
+        Ok(!open.is_empty())
+    }
+
+    fn delete(&mut self, id: &str, now_ms: u64, dsn: Option<&NewMessage>) -> Result<bool, DbError> {
+        let open = self.open_domains(id)?;
+        if open.is_empty() {
+            return Ok(false);
+        }
+        let sender = self.get_message(id)?.map(|m| m.sender).unwrap_or_default();
+        for (domain, record) in open {
+            for rcpt in &record.recipients {
+                let remote = Remote::default();
+                self.event(
+                    now_ms,
+                    EventKind::Deleted,
+                    id,
+                    rcpt,
+                    &sender,
+                    &remote,
+                    "deleted by an operator",
+                    0,
+                );
+            }
+            self.close_delivery(&domain, id, now_ms)?;
+        }
+        if let Some(dsn) = dsn {
+            self.enqueue(dsn, true)?;
+        }
+        Ok(true)
     }
 
     fn expire_tombstones(&mut self, now_ms: u64) -> Result<(), DbError> {

@@ -43,7 +43,7 @@ pub struct NewMessage {
 }
 
 /// The result of one delivery attempt of one message to one domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub id: String,
     pub domain: String,
@@ -55,26 +55,160 @@ pub struct Outcome {
     pub last_reply: Option<String>,
     /// A delivery status notification to enqueue with this outcome.
     pub dsn: Option<NewMessage>,
+    /// Of `finished`: the recipients that failed for good (the rest were delivered,
+    /// or skipped as suppressed).
+    pub failed: Vec<String>,
+    /// Of `finished`: the recipients skipped because they are on the suppression list.
+    pub suppressed: Vec<String>,
+    /// The failure is the message's age passing `delivery.max_age`.
+    pub expired: bool,
+    /// What the attempt talked to, for events: host name, IP, TLS version ("" none).
+    pub remote: Remote,
+    /// The node that made the attempt.
+    pub node: NodeId,
+}
+
+/// The remote end of one delivery attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remote {
+    pub host: String,
+    pub ip: String,
+    pub tls: String,
+}
+
+/// What happened to a message (for one recipient), as kept in the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Received,
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+    Suppressed,
+    Deleted,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Received,
+        EventKind::Delivered,
+        EventKind::Deferred,
+        EventKind::Bounced,
+        EventKind::Expired,
+        EventKind::Suppressed,
+        EventKind::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Received => "received",
+            EventKind::Delivered => "delivered",
+            EventKind::Deferred => "deferred",
+            EventKind::Bounced => "bounced",
+            EventKind::Expired => "expired",
+            EventKind::Suppressed => "suppressed",
+            EventKind::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One entry of the replicated event log. Its position is its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub time_ms: u64,
+    pub kind: EventKind,
+    pub id: String,
+    pub recipient: String,
+    pub domain: String,
+    pub sender: String,
+    pub remote: Remote,
+    pub reply: String,
+    pub node: NodeId,
+}
+
+/// An operator's note on a suspended domain or a suppressed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub reason: String,
+    pub since_ms: u64,
 }
 
 /// A command in the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Accept messages into the queue.
-    Enqueue { messages: Vec<NewMessage> },
+    Enqueue {
+        messages: Vec<NewMessage>,
+    },
     /// Record delivery outcomes. `now_ms` is the proposer's clock, used to expire
     /// idempotency tombstones.
-    Outcomes { now_ms: u64, results: Vec<Outcome> },
+    Outcomes {
+        now_ms: u64,
+        results: Vec<Outcome>,
+    },
     /// A node renews its delivery lease (and joins the owner set if it is a voter).
-    LeaseRenew { node: NodeId },
+    LeaseRenew {
+        node: NodeId,
+    },
     /// The leader found `node`'s lease, renewed at log index `renewal`, expired.
-    Expire { node: NodeId, renewal: u64 },
+    Expire {
+        node: NodeId,
+        renewal: u64,
+    },
     /// `node` drained and gives its domains back.
-    Release { node: NodeId },
+    Release {
+        node: NodeId,
+    },
     /// An operator removes `node`: its domains move to the others.
-    Retire { node: NodeId },
+    Retire {
+        node: NodeId,
+    },
     /// `node` has nothing in flight that `epoch` forbids it.
-    AssignAck { node: NodeId, epoch: u64 },
+    AssignAck {
+        node: NodeId,
+        epoch: u64,
+    },
+    /// An operator: make every open delivery of message `id` due now.
+    Retry {
+        id: String,
+    },
+    /// An operator: drop message `id` from the queue (a `Deleted` event per open
+    /// recipient), enqueueing `dsn` to its sender if given.
+    Delete {
+        id: String,
+        now_ms: u64,
+        dsn: Option<NewMessage>,
+    },
+    /// An operator holds delivery to `domain` (mail is still accepted).
+    Suspend {
+        domain: String,
+        reason: String,
+        now_ms: u64,
+    },
+    Resume {
+        domain: String,
+    },
+    /// An operator adds `address` to the suppression list (lower-cased).
+    Suppress {
+        address: String,
+        reason: String,
+        now_ms: u64,
+    },
+    Unsuppress {
+        address: String,
+    },
+    /// The leader trims the event log: events at positions below `below` go.
+    TrimEvents {
+        below: u64,
+    },
+    /// The webhook delivered every event up to `position`.
+    WebhookSent {
+        position: u64,
+    },
 }
 
 /// What applying a command produced.
@@ -85,6 +219,8 @@ pub struct Response {
     pub duplicates: u32,
     /// The log index of the entry.
     pub index: u64,
+    /// For operator commands: whether the command changed anything.
+    pub changed: bool,
 }
 
 /// A queued message's envelope and bookkeeping (the body is stored apart).

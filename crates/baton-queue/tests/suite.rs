@@ -91,6 +91,7 @@ async fn enqueue_is_idempotent_and_outcomes_finish_messages() {
                 next_attempt_ms: 0,
                 last_reply: Some("250 ok".into()),
                 dsn: None,
+                ..Default::default()
             },
             Outcome {
                 id: "m1".into(),
@@ -99,6 +100,7 @@ async fn enqueue_is_idempotent_and_outcomes_finish_messages() {
                 next_attempt_ms: 5000,
                 last_reply: Some("451 later".into()),
                 dsn: None,
+                ..Default::default()
             },
         ],
     )
@@ -122,6 +124,7 @@ async fn enqueue_is_idempotent_and_outcomes_finish_messages() {
             next_attempt_ms: 0,
             last_reply: None,
             dsn: Some(message("dsn1", &["a@src.test"])),
+            ..Default::default()
         }],
     )
     .await
@@ -155,5 +158,147 @@ async fn state_survives_restart() {
     let node = open(&dir).await;
     assert_eq!(node.reader.shared.with(|i| i.queued("keep.test")), 50);
     assert_eq!(node.reader.shared.with(|i| i.messages()), 50);
+    node.shutdown().await;
+}
+
+/// Operator commands (retry, delete, suspend, suppress, trim) and the events that
+/// enqueue, outcomes and deletes leave.
+#[tokio::test]
+async fn operator_commands_and_events() {
+    use baton_queue::types::{EventKind, Request};
+    let dir = TempDir::new().unwrap();
+    let node = open(&dir).await;
+    let none = std::collections::HashSet::new();
+    let due = |d: &str| node.reader.shared.with(|i| i.take_due(d, 10, 10, &none).0);
+    node.enqueue(vec![
+        message("m1", &["x@one.test", "y@two.test"]),
+        message("m2", &["z@one.test"]),
+    ])
+    .await
+    .unwrap();
+    // Suspension: nothing of the domain is due; resume brings it back.
+    let r = node
+        .write(Request::Suspend {
+            domain: "ONE.test".into(),
+            reason: "blocked us".into(),
+            now_ms: 5,
+        })
+        .await
+        .unwrap();
+    assert!(r.changed);
+    assert!(due("one.test").is_empty());
+    assert_eq!(node.reader.suspended().unwrap()[0].0, "one.test");
+    assert!(
+        !node
+            .write(Request::Suspend {
+                domain: "one.test".into(),
+                reason: String::new(),
+                now_ms: 6
+            })
+            .await
+            .unwrap()
+            .changed
+    );
+    node.write(Request::Resume {
+        domain: "one.test".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(due("one.test").len(), 2);
+    // A deferral, then retry makes it due now.
+    node.record_outcomes(
+        20,
+        vec![Outcome {
+            id: "m1".into(),
+            domain: "two.test".into(),
+            finished: vec![],
+            next_attempt_ms: 9_000,
+            last_reply: Some("451 4.7.1 later".into()),
+            remote: baton_queue::types::Remote {
+                host: "mx.two.test".into(),
+                ip: "127.0.0.9".into(),
+                tls: "TLSv1.3".into(),
+            },
+            node: 1,
+            ..Default::default()
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(due("two.test").is_empty());
+    assert!(
+        node.write(Request::Retry { id: "m1".into() })
+            .await
+            .unwrap()
+            .changed
+    );
+    assert_eq!(due("two.test"), vec!["m1".to_string()]);
+    assert!(
+        !node
+            .write(Request::Retry { id: "nope".into() })
+            .await
+            .unwrap()
+            .changed
+    );
+    // Delete with a DSN: the message goes, the DSN comes.
+    let r = node
+        .write(Request::Delete {
+            id: "m1".into(),
+            now_ms: 30,
+            dsn: Some(message("dsn-m1", &["a@src.test"])),
+        })
+        .await
+        .unwrap();
+    assert!(r.changed);
+    assert!(node.reader.message("m1").unwrap().is_none());
+    assert!(node.reader.finished("m1").unwrap());
+    assert_eq!(due("src.test"), vec!["dsn-m1".to_string()]);
+    // Suppression list.
+    node.write(Request::Suppress {
+        address: "Z@One.test".into(),
+        reason: "complaint".into(),
+        now_ms: 40,
+    })
+    .await
+    .unwrap();
+    assert!(node.reader.is_suppressed("z@one.TEST").unwrap());
+    assert!(
+        node.write(Request::Unsuppress {
+            address: "z@one.test".into()
+        })
+        .await
+        .unwrap()
+        .changed
+    );
+    assert!(!node.reader.is_suppressed("z@one.test").unwrap());
+
+    let events: Vec<_> = node.reader.events_after(0).map(|e| e.unwrap()).collect();
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|(_, e)| (e.kind, e.recipient.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Received, "x@one.test"),
+            (EventKind::Received, "y@two.test"),
+            (EventKind::Received, "z@one.test"),
+            (EventKind::Deferred, "y@two.test"),
+            (EventKind::Deleted, "x@one.test"),
+            (EventKind::Deleted, "y@two.test"),
+            (EventKind::Received, "a@src.test"),
+        ]
+    );
+    let positions: Vec<u64> = events.iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, (1..=7).collect::<Vec<_>>());
+    let deferred = &events[3].1;
+    assert_eq!(
+        (deferred.remote.ip.as_str(), deferred.reply.as_str()),
+        ("127.0.0.9", "451 4.7.1 later")
+    );
+    assert_eq!(node.reader.events_after(5).count(), 2);
+    // Trim: positions below 4 go; the rest keep theirs.
+    node.write(Request::TrimEvents { below: 4 }).await.unwrap();
+    assert_eq!(node.reader.event_bounds().unwrap(), (4, 8));
     node.shutdown().await;
 }

@@ -1,0 +1,484 @@
+//! The admin API and `batonctl` against a real 3-node cluster: every command, the
+//! state-changing ones sent to a follower, events followed across a leader kill, and the
+//! API from another language (Python grpcio) and the metrics through a Prometheus parser.
+
+use baton_tests::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `batonctl --server <servers> <args>`.
+fn ctl(servers: &[SocketAddr], args: &[&str]) -> Out {
+    ctl_env(servers, args, &[])
+}
+
+fn ctl_env(servers: &[SocketAddr], args: &[&str], env: &[(&str, &str)]) -> Out {
+    let list: Vec<String> = servers.iter().map(|s| format!("http://{s}")).collect();
+    let mut cmd = Command::new(bin("batonctl"));
+    cmd.arg("--server").arg(list.join(",")).args(args);
+    cmd.env_remove("BATON_TOKEN").env_remove("BATON_SERVER");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run batonctl");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a command that must succeed and print JSON.
+fn json(servers: &[SocketAddr], args: &[&str]) -> Value {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = ctl(servers, &full);
+    assert_eq!(out.code, 0, "batonctl {args:?} failed: {}", out.stderr);
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("batonctl {args:?}: not JSON ({e}): {}", out.stdout))
+}
+
+/// A running `batonctl events --follow --json`, its lines delivered on a channel.
+struct Follow {
+    /// Killed when the test ends.
+    _proc: Proc,
+    lines: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Follow {
+    fn start(servers: &[SocketAddr], extra: &[&str]) -> Follow {
+        let list: Vec<String> = servers.iter().map(|s| format!("http://{s}")).collect();
+        let mut proc = Proc::spawn(
+            "batonctl events --follow",
+            Command::new(bin("batonctl"))
+                .arg("--server")
+                .arg(list.join(","))
+                .args(["--json", "events", "--follow"])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Follow {
+            _proc: proc,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until an event matching `f` arrives; returns it.
+    fn wait(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| f(v)) {
+            return v.clone();
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if f(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for event {what}; saw {:?}", self.seen),
+            }
+        }
+    }
+}
+
+fn is(kind: &str, id: &str) -> impl Fn(&Value) -> bool {
+    let (kind, id) = (kind.to_string(), id.to_string());
+    move |v| v["kind"] == kind.as_str() && v["message_id"] == id.as_str()
+}
+
+/// Sends one message, retrying a 421 greeting or a 451 (no leader or quorum yet, e.g.
+/// just after a leader kill) as a client would; returns its queue id.
+fn send(node: &Node, from: &str, to: &str, subject: &str) -> String {
+    wait_until("a 250 for the message", WAIT, || {
+        let mut c = node.smtp();
+        let (greeting, text) = c.reply();
+        if greeting == 421 {
+            return None; // no leader known at this moment
+        }
+        assert_eq!(greeting, 220, "{text}");
+        c.cmd("EHLO client.test", "250");
+        c.cmd(&format!("MAIL FROM:<{from}>"), "250");
+        c.cmd(&format!("RCPT TO:<{to}>"), "250");
+        c.cmd("DATA", "354");
+        c.send_raw(
+            format!("Subject: {subject}\r\nFrom: <{from}>\r\n\r\nhello\r\n.\r\n").as_bytes(),
+        );
+        let (code, text) = c.reply();
+        match code {
+            250 => Some(queue_id(&text)),
+            451 => None,
+            _ => panic!("unexpected reply to the message: {code} {text}"),
+        }
+    })
+}
+
+/// The index in `nodes` of the leader.
+fn leader(nodes: &[Node]) -> usize {
+    wait_until("a leader", WAIT, || {
+        nodes
+            .iter()
+            .position(|n| n.metric("baton_raft_leader") == 1.0)
+    })
+}
+
+#[test]
+fn batonctl_drives_a_three_node_cluster() {
+    // good.test delivers; slow.test's MX answers 421 until it is replaced.
+    let port = free_port();
+    let good: SocketAddr = format!("127.0.0.61:{port}").parse().unwrap();
+    let slow: SocketAddr = format!("127.0.0.62:{port}").parse().unwrap();
+    let zone = Zone::new()
+        .mx("good.test", 10, "mx.good.test")
+        .a("mx.good.test", "127.0.0.61")
+        .mx("slow.test", 10, "mx.slow.test")
+        .a("mx.slow.test", "127.0.0.62");
+    let dns = Dns::start(&zone);
+    let good_sink = Sink::start(good);
+    let mut slow_sink = Sink::start_with(slow, 421);
+    let opts = |id: u64, join: Vec<SocketAddr>| NodeOptions {
+        id,
+        bootstrap: join.is_empty(),
+        join,
+        dns: Some(dns.addr),
+        mx_port: port,
+        // A deferral waits an hour: only `message retry` brings it back sooner.
+        retry_intervals: "[\"1h\"]".into(),
+        ..NodeOptions::default()
+    };
+    let n1 = Node::start(opts(1, vec![]));
+    let seed = n1.raft;
+    let mut nodes = vec![n1];
+    nodes.push(Node::start(opts(2, vec![seed])));
+    nodes.push(Node::start(opts(3, vec![seed])));
+    // Every change goes to a follower.
+    let lead = leader(&nodes);
+    let follower = (lead + 1) % 3;
+    let f = nodes[follower].admin;
+
+    // status, from a follower.
+    let st = json(&[f], &["status"]);
+    assert_eq!(st["members"].as_array().map(Vec::len), Some(3), "{st}");
+    assert!(st["leader_id"].as_u64().unwrap_or(0) > 0, "{st}");
+    assert!(
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["role"] == "voter"),
+        "{st}"
+    );
+    let human = ctl(&[f], &["status"]);
+    assert!(human.stdout.contains("ROLE"), "{}", human.stdout);
+
+    // A message's life, followed on a follower while it happens.
+    let mut follow = Follow::start(&[f], &["--domain", "slow.test"]);
+    let id = send(&nodes[0], "a@good.test", "x@slow.test", "life");
+    follow.wait("received", is("received", &id));
+    let deferred = follow.wait("deferred", is("deferred", &id));
+    assert!(
+        deferred["reply"].as_str().unwrap_or("").contains("421"),
+        "{deferred}"
+    );
+    assert_eq!(deferred["remote_ip"], "127.0.0.62", "{deferred}");
+
+    // queue, messages, message show.
+    let q = json(&[f], &["queue"]);
+    let row = q["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "slow.test")
+        .cloned()
+        .unwrap_or_else(|| panic!("slow.test not in {q}"));
+    assert_eq!(row["deferred"], 1, "{row}");
+    assert!(row["owner"].as_u64().unwrap_or(0) > 0, "{row}");
+    let list = json(&[f], &["messages", "--domain", "slow.test"]);
+    assert_eq!(list[0]["id"], id.as_str(), "{list}");
+    assert_eq!(list[0]["state"], "deferred", "{list}");
+    let shown = json(&[f], &["message", "show", &id]);
+    assert_eq!(shown["recipients"][0]["state"], "deferred", "{shown}");
+    assert_eq!(shown["recipients"][0]["attempts"], 1, "{shown}");
+    assert!(
+        shown["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "Subject" && h["value"] == "life"),
+        "{shown}"
+    );
+    let with_body = json(&[f], &["message", "show", &id, "--body"]);
+    assert!(
+        with_body["body"].as_str().unwrap_or("").contains("hello"),
+        "{with_body}"
+    );
+
+    // domain suspend + message retry: due now, but held.
+    let r = json(
+        &[f],
+        &["domain", "suspend", "slow.test", "--reason", "testing"],
+    );
+    assert_eq!(r["changed"], true);
+    let r = json(&[f], &["message", "retry", &id]);
+    assert_eq!(r["changed"], true);
+    let q = json(&[f], &["queue"]);
+    let row = q["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "slow.test")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (row["queued"].clone(), row["suspended"].clone()),
+        (1.into(), true.into()),
+        "{row}"
+    );
+    assert_eq!(q["suspended"][0]["reason"], "testing", "{q}");
+    // The remote now accepts; resuming lets the retried message through.
+    slow_sink.stop();
+    let slow_sink = Sink::start(slow);
+    let r = json(&[f], &["domain", "resume", "slow.test"]);
+    assert_eq!(r["changed"], true);
+    follow.wait("delivered", is("delivered", &id));
+    slow_sink.wait_for(1, WAIT);
+    let kinds: Vec<String> = follow
+        .seen
+        .iter()
+        .filter(|v| v["message_id"] == id.as_str())
+        .map(|v| v["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["received", "deferred", "delivered"],
+        "the message's life"
+    );
+    // A finished message is not found, with a pointer to its events.
+    let gone = ctl(&[f], &["message", "show", &id]);
+    assert_eq!(gone.code, 1);
+    assert!(gone.stderr.contains("no longer queued"), "{}", gone.stderr);
+    let unknown = ctl(&[f], &["message", "retry", "01NOSUCHMESSAGE"]);
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("no message 01NOSUCHMESSAGE"),
+        "{}",
+        unknown.stderr
+    );
+
+    // message delete --dsn: the sender hears about it.
+    json(&[f], &["domain", "suspend", "slow.test"]);
+    let doomed = send(&nodes[0], "a@good.test", "y@slow.test", "doomed");
+    wait_until("the doomed message queued on the follower", WAIT, || {
+        let out = ctl(&[f], &["--json", "message", "show", &doomed]);
+        (out.code == 0).then_some(())
+    });
+    let r = json(&[f], &["message", "delete", &doomed, "--dsn"]);
+    assert_eq!(r["changed"], true);
+    let dsn = wait_until("the DSN at good.test", WAIT, || {
+        good_sink
+            .messages()
+            .into_iter()
+            .find(|m| m.data.contains(&doomed) && m.rcpts.iter().any(|r| r == "a@good.test"))
+    });
+    assert!(dsn.data.contains("multipart/report"), "{}", dsn.data);
+    follow.wait("deleted", is("deleted", &doomed));
+    json(&[f], &["domain", "resume", "slow.test"]);
+
+    // suppression list: refused at RCPT while listed.
+    let r = json(
+        &[f],
+        &[
+            "suppression",
+            "add",
+            "Bob@Good.test",
+            "--reason",
+            "complaint",
+        ],
+    );
+    assert_eq!(r["changed"], true);
+    let l = json(&[f], &["suppression", "list"]);
+    assert_eq!(l["entries"][0]["address"], "bob@good.test", "{l}");
+    let mut c = nodes[follower].smtp();
+    c.hello();
+    c.cmd("MAIL FROM:<a@good.test>", "250");
+    let refused = c.cmd("RCPT TO:<bob@good.test>", "550");
+    assert!(
+        refused.contains("5.1.1") && refused.contains("suppressed"),
+        "{refused}"
+    );
+    let r = json(&[f], &["suppression", "remove", "bob@good.test"]);
+    assert_eq!(r["changed"], true);
+    c.cmd("RCPT TO:<bob@good.test>", "250");
+    let not_there = json(&[f], &["suppression", "remove", "bob@good.test"]);
+    assert_eq!(not_there["changed"], false);
+    let bad = ctl(&[f], &["suppression", "add", "not-an-address"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("bad request"), "{}", bad.stderr);
+
+    // node add / node remove, from a follower: a 4th node that waits to be added.
+    let mut n4 = Node::start_unready(NodeOptions {
+        bootstrap: false,
+        ..opts(4, vec![])
+    });
+    let raft4 = n4.raft.to_string();
+    let added = ctl(&[f], &["node", "add", "4", &raft4]);
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    n4.wait_ready();
+    let st = json(&[f], &["status"]);
+    assert!(
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == 4 && m["role"] == "voter"),
+        "{st}"
+    );
+    let removed = ctl(&[f], &["node", "remove", "4"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    let st = json(&[f], &["status"]);
+    assert_eq!(st["members"].as_array().map(Vec::len), Some(3), "{st}");
+    let again = ctl(&[f], &["node", "remove", "4"]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("not a member"), "{}", again.stderr);
+    drop(n4);
+
+    // Kill the leader while following on a follower: events keep coming, and a new
+    // `events --after` resumes exactly after a position.
+    let before = follow
+        .seen
+        .last()
+        .and_then(|v| v["position"].as_u64())
+        .unwrap_or(0);
+    let lead = leader(&nodes);
+    assert_ne!(lead, follower, "the follower became leader; pick again");
+    nodes[lead].kill();
+    let survivor = &nodes[follower];
+    let after_kill = send(survivor, "a@good.test", "z@slow.test", "after the kill");
+    follow.wait(
+        "delivered after the leader kill",
+        is("delivered", &after_kill),
+    );
+    let resumed = ctl(
+        &[survivor.admin],
+        &[
+            "--json",
+            "events",
+            "--after",
+            &before.to_string(),
+            "--domain",
+            "slow.test",
+        ],
+    );
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let positions: Vec<u64> = resumed
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["position"].as_u64())
+        .collect();
+    assert!(
+        !positions.is_empty() && positions.iter().all(|p| *p > before),
+        "{positions:?}"
+    );
+    slow_sink.wait_for(2, WAIT);
+    drop(follow);
+}
+
+#[test]
+fn batonctl_reports_unreachable_servers_and_bad_tokens() {
+    // Nothing listens here.
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let out = ctl(&[nowhere], &["status"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cannot reach the admin API"),
+        "{}",
+        out.stderr
+    );
+
+    let node = Node::start(NodeOptions {
+        tail: String::new(),
+        admin_token: Some("s3cret".into()),
+        ..NodeOptions::default()
+    });
+    let out = ctl(&[node.admin], &["status"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("needs a token"), "{}", out.stderr);
+    let out = ctl_env(&[node.admin], &["status"], &[("BATON_TOKEN", "wrong")]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("bad admin token"), "{}", out.stderr);
+    let out = ctl(&[node.admin], &["--token", "s3cret", "status"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// The API from Python: stubs generated from proto/admin.proto by grpcio-tools, reflection
+/// listing the services, Status and an event stream; and /metrics through
+/// prometheus_client's parser (tests/python/admin_client.py).
+#[test]
+fn python_grpc_client_and_prometheus_parser() {
+    let port = free_port();
+    let sink = Sink::start(format!("127.0.0.63:{port}").parse().unwrap());
+    let node = Node::start(NodeOptions {
+        smarthost: Some(sink.addr),
+        admin_token: Some("py-token".into()),
+        ..NodeOptions::default()
+    });
+    let id = send(&node, "a@src.test", "b@dst.test", "from python's view");
+    sink.wait_for(1, WAIT);
+    wait_until("the delivered event", WAIT, || {
+        let out = ctl_env(
+            &[node.admin],
+            &["--json", "events", "--message", &id, "--kind", "delivered"],
+            &[("BATON_TOKEN", "py-token")],
+        );
+        (out.code == 0 && out.stdout.contains("delivered")).then_some(())
+    });
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("python3")
+        .arg(repo.join("tests/python/admin_client.py"))
+        .arg("--proto-dir")
+        .arg(repo.join("proto"))
+        .args(["--admin", &node.admin.to_string()])
+        .args(["--http", &node.http.to_string()])
+        .args(["--message-id", &id, "--token", "py-token"])
+        .output()
+        .expect(
+            "python3 (run .ci/run to install grpcio-tools, grpcio-reflection, prometheus_client)",
+        );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("events: received -> delivered"), "{stdout}");
+    assert!(stdout.contains("baton.admin.v1.Admin"), "{stdout}");
+}
