@@ -113,7 +113,8 @@ fn event_kind_str(kind: EventKind) -> String {
     kind.as_str().to_string()
 }
 
-fn event_pb(position: u64, e: QEvent) -> Event {
+/// An event of the state as the API (and the webhook) shows it.
+pub fn event_pb(position: u64, e: QEvent) -> Event {
     Event {
         position,
         time_unix_ms: e.time_ms,

@@ -70,6 +70,13 @@ pub struct EventsConfig {
     /// ...and none older than this.
     #[serde(with = "humantime_serde")]
     pub retention_age: Duration,
+    /// `http://` or `https://` URL the leader POSTs event batches to (JSON); empty: none.
+    pub webhook_url: String,
+    /// Events per POST.
+    pub webhook_batch: usize,
+    /// How long one POST may take.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
 }
 
 impl Default for EventsConfig {
@@ -77,6 +84,9 @@ impl Default for EventsConfig {
         EventsConfig {
             retention_count: 1_000_000,
             retention_age: Duration::from_secs(7 * 24 * 3600),
+            webhook_url: String::new(),
+            webhook_batch: 100,
+            webhook_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -412,6 +422,23 @@ impl Config {
         }
         if self.events.retention_count == 0 {
             err("events.retention_count".into(), "must be at least 1".into());
+        }
+        if !self.events.webhook_url.is_empty()
+            && let Err(e) = crate::webhook::Target::parse(&self.events.webhook_url)
+        {
+            err("events.webhook_url".into(), e);
+        }
+        if !(1..=10_000).contains(&self.events.webhook_batch) {
+            err(
+                "events.webhook_batch".into(),
+                "must be between 1 and 10000".into(),
+            );
+        }
+        if self.events.webhook_timeout < Duration::from_secs(1) {
+            err(
+                "events.webhook_timeout".into(),
+                "must be at least 1s".into(),
+            );
         }
         if self.events.retention_age < Duration::from_secs(60) {
             err("events.retention_age".into(), "must be at least 1m".into());

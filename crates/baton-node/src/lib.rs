@@ -9,7 +9,8 @@
 //! - [`auth`] — SMTP AUTH against argon2 hashes;
 //! - [`tls`] — inbound TLS configuration;
 //! - [`http`] and [`metrics`] — health, readiness and Prometheus metrics;
-//! - [`events`] — event-log retention (the admin API itself is `baton_admin::server`).
+//! - [`events`] — event-log retention; [`webhook`] — events POSTed to a URL (the admin
+//!   API itself is `baton_admin::server`).
 //!
 //! This is the only crate that knows ractor.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod node;
 pub mod tls;
+pub mod webhook;
 
 pub use config::Config;
 pub use node::run;

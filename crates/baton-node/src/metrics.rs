@@ -29,6 +29,8 @@
 //! | `baton_raft_append_seconds` | histogram | proposing a write until it is committed (this node's writes) |
 //! | `baton_smtp_sessions_total` | counter | inbound SMTP sessions accepted |
 //! | `baton_events_position` | gauge | position of the newest event in the replicated event log |
+//! | `baton_webhook_position` | gauge | on the leader: last event position the webhook delivered |
+//! | `baton_webhook_failures_total` | counter | webhook POSTs that failed (retried) |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -59,6 +61,8 @@ pub const RAFT_SNAPSHOT_INDEX: &str = "baton_raft_snapshot_index";
 pub const RAFT_APPEND: &str = "baton_raft_append_seconds";
 pub const SMTP_SESSIONS_TOTAL: &str = "baton_smtp_sessions_total";
 pub const EVENTS_POSITION: &str = "baton_events_position";
+pub const WEBHOOK_POSITION: &str = "baton_webhook_position";
+pub const WEBHOOK_FAILURES: &str = "baton_webhook_failures_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

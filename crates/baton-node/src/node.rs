@@ -333,6 +333,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             }
         })
     };
+    let webhook_task = (!config.events.webhook_url.is_empty()).then(|| {
+        tokio::spawn(crate::webhook::run(
+            queue.clone(),
+            writer.clone(),
+            config.events.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let retain_task = tokio::spawn(crate::events::retain(
         queue.clone(),
         writer.clone(),
@@ -384,6 +392,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let _ = committer_handle.await;
     let _ = outcomes_handle.await;
     retain_task.abort();
+    if let Some(t) = webhook_task {
+        t.abort();
+    }
     http_stop_tx.send_replace(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
