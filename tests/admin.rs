@@ -437,6 +437,34 @@ fn batonctl_reports_unreachable_servers_and_bad_tokens() {
     assert!(out.stderr.contains("bad admin token"), "{}", out.stderr);
     let out = ctl(&[node.admin], &["--token", "s3cret", "status"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // The admin API over TLS: trusted through --ca-cert, refused without it.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let node = Node::start(NodeOptions {
+        admin_tls: Some((cert.clone(), key)),
+        ..NodeOptions::default()
+    });
+    let url = format!("https://localhost:{}", node.admin.port());
+    let run = |extra: &[&str]| {
+        let out = Command::new(bin("batonctl"))
+            .args(["--server", &url])
+            .args(extra)
+            .arg("status")
+            .env_remove("BATON_TOKEN")
+            .env_remove("BATON_CA_CERT")
+            .output()
+            .expect("batonctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--ca-cert", cert.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(1), "an untrusted certificate is refused: {err}");
+    assert!(err.contains("cannot reach the admin API"), "{err}");
 }
 
 /// The API from Python: stubs generated from proto/admin.proto by grpcio-tools, reflection

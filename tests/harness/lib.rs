@@ -536,6 +536,8 @@ pub struct NodeOptions {
     pub netns: Option<(String, std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     /// `[admin] token`.
     pub admin_token: Option<String>,
+    /// `[admin] tls_cert`, `tls_key`.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for NodeOptions {
@@ -556,6 +558,7 @@ impl Default for NodeOptions {
             cluster: String::new(),
             netns: None,
             admin_token: None,
+            admin_tls: None,
         }
     }
 }
@@ -633,6 +636,7 @@ connect_timeout = "2s"
 [admin]
 listen = "{admin_addr}"
 token = "{admin_token}"
+{admin_tls}
 
 [http]
 listen = "{http}"
@@ -656,6 +660,15 @@ listen = "{http}"
             tls = opts.tls,
             tail = opts.tail,
             admin_token = opts.admin_token.as_deref().unwrap_or(""),
+            admin_tls = opts
+                .admin_tls
+                .as_ref()
+                .map(|(c, k)| format!(
+                    "tls_cert = \"{}\"\ntls_key = \"{}\"",
+                    c.display(),
+                    k.display()
+                ))
+                .unwrap_or_default(),
         );
         let config_path = tmp.path().join("baton.toml");
         std::fs::write(&config_path, config).expect("write config");

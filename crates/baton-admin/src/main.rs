@@ -28,6 +28,9 @@ struct Args {
     /// Bearer token (`admin.token` of the server).
     #[arg(long, env = "BATON_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// PEM CA certificate to trust for an https:// server (else the webpki roots).
+    #[arg(long, env = "BATON_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -234,9 +237,23 @@ async fn connect(args: &Args, start: usize) -> Result<(Client, usize)> {
     for k in 0..list.len() {
         let i = (start + k) % list.len();
         let url = &list[i];
-        let endpoint = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Failure(format!("bad --server {url}: {e}"), 2))?
             .connect_timeout(Duration::from_secs(3));
+        if url.starts_with("https://") {
+            let tls = match &args.ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path)
+                        .map_err(|e| Failure(format!("--ca-cert {}: {e}", path.display()), 2))?;
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }
+                None => tonic::transport::ClientTlsConfig::new().with_webpki_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Failure(format!("TLS for {url}: {e}"), 2))?;
+        }
         match endpoint.connect().await {
             Ok(channel) => {
                 let client = AdminClient::with_interceptor(channel, Auth(auth.clone()))

@@ -767,12 +767,19 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
-/// Serves the admin API (with reflection and health) on `listener` until `stop` turns
-/// true.
+/// PEM certificate chain and private key for serving the API over TLS.
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Serves the admin API (with reflection and health) on `listener`, over TLS when `tls`
+/// is given, until `stop` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ctx: AdminContext,
     token: &str,
+    tls: Option<TlsFiles>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let check = TokenCheck::new(token);
@@ -797,9 +804,13 @@ pub async fn serve(
         .set_serving::<AdminServer<AdminService>>()
         .await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut router = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(admin);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = tls {
+        let identity = tonic::transport::Identity::from_pem(files.cert, files.key);
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let mut router = builder.add_service(health).add_service(admin);
     if let (Some(v1), Some(v1alpha)) = (reflection_v1, reflection_v1alpha) {
         router = router
             .add_service(tonic::service::interceptor::InterceptedService::new(

@@ -308,6 +308,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token; required when `listen` is not loopback.
     pub token: String,
+    /// PEM certificate chain and key: serve the admin API over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -315,6 +318,8 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: ([127, 0, 0, 1], 7401).into(),
             token: String::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -422,6 +427,27 @@ impl Config {
         }
         if self.events.retention_count == 0 {
             err("events.retention_count".into(), "must be at least 1".into());
+        }
+        match (&self.admin.tls_cert, &self.admin.tls_key) {
+            (Some(_), None) => err(
+                "admin.tls_key".into(),
+                "admin.tls_cert is set, admin.tls_key is missing".into(),
+            ),
+            (None, Some(_)) => err(
+                "admin.tls_cert".into(),
+                "admin.tls_key is set, admin.tls_cert is missing".into(),
+            ),
+            _ => {}
+        }
+        for (k, path) in [
+            ("admin.tls_cert", &self.admin.tls_cert),
+            ("admin.tls_key", &self.admin.tls_key),
+        ] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                err(k.into(), format!("file {} not found", p.display()));
+            }
         }
         if !self.events.webhook_url.is_empty()
             && let Err(e) = crate::webhook::Target::parse(&self.events.webhook_url)

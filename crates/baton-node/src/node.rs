@@ -313,7 +313,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("admin.listen {}", config.admin.listen))?;
-    println!("admin gRPC on {}", config.admin.listen);
+    println!(
+        "admin gRPC{} on {}",
+        if config.admin.tls_cert.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        },
+        config.admin.listen
+    );
     let admin_task = {
         let ctx = ctx.clone();
         let admin = baton_admin::server::AdminContext {
@@ -327,8 +335,24 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         };
         let token = config.admin.token.clone();
         let stop = http_stop_rx.clone();
+        let tls = match (&config.admin.tls_cert, &config.admin.tls_key) {
+            (Some(cert), Some(key)) => Some({
+                // Refuse to start on unusable files, naming the keys.
+                crate::tls::server_config(cert, key)
+                    .map_err(|e| anyhow::anyhow!("admin.tls_cert / admin.tls_key: {e}"))?;
+                baton_admin::server::TlsFiles {
+                    cert: std::fs::read(cert)
+                        .with_context(|| format!("admin.tls_cert {}", cert.display()))?,
+                    key: std::fs::read(key)
+                        .with_context(|| format!("admin.tls_key {}", key.display()))?,
+                }
+            }),
+            _ => None,
+        };
         tokio::spawn(async move {
-            if let Err(e) = baton_admin::server::serve(admin_listener, admin, &token, stop).await {
+            if let Err(e) =
+                baton_admin::server::serve(admin_listener, admin, &token, tls, stop).await
+            {
                 tracing::error!(error = %e, "admin API stopped");
             }
         })
