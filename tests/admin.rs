@@ -379,12 +379,34 @@ fn batonctl_drives_a_three_node_cluster() {
         .unwrap_or(0);
     let lead = leader(&nodes);
     assert_ne!(lead, follower, "the follower became leader; pick again");
+    // A second follower of the events, connected to the leader itself (the follower
+    // named as the fallback): it must move over and resume after its last position.
+    let mut on_leader = Follow::start(
+        &[nodes[lead].admin, nodes[follower].admin],
+        &["--domain", "slow.test"],
+    );
+    on_leader.wait("the history on the leader", |v| {
+        v["position"].as_u64() == Some(before)
+    });
     nodes[lead].kill();
     let survivor = &nodes[follower];
     let after_kill = send(survivor, "a@good.test", "z@slow.test", "after the kill");
     follow.wait(
         "delivered after the leader kill",
         is("delivered", &after_kill),
+    );
+    on_leader.wait(
+        "delivered after the leader kill, on the moved stream",
+        is("delivered", &after_kill),
+    );
+    let positions: Vec<u64> = on_leader
+        .seen
+        .iter()
+        .filter_map(|v| v["position"].as_u64())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "resumed without repeats or reordering: {positions:?}"
     );
     let resumed = ctl(
         &[survivor.admin],

@@ -654,6 +654,11 @@ tls_key = "/nonexistent.key"
 retry_intervals = []
 [admin]
 listen = "0.0.0.0:7401"
+tls_cert = "/nonexistent.crt"
+[events]
+retention_count = 0
+webhook_url = "ftp://example.test/"
+webhook_batch = 0
 "#,
         )
         .unwrap();
@@ -665,6 +670,11 @@ listen = "0.0.0.0:7401"
             "smtp.listener[0].tls_key",
             "delivery.retry_intervals",
             "admin.token",
+            "admin.tls_cert",
+            "admin.tls_key",
+            "events.retention_count",
+            "events.webhook_url",
+            "events.webhook_batch",
         ] {
             assert!(keys.contains(&k), "{k} missing in {keys:?}");
         }
