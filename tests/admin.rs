@@ -196,6 +196,15 @@ fn batonctl_drives_a_three_node_cluster() {
             .all(|m| m["role"] == "voter"),
         "{st}"
     );
+    // Replication lag, asked of the leader by the follower.
+    assert!(
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["lag_known"] == true && m["matched_index"].as_u64().unwrap_or(0) > 0),
+        "{st}"
+    );
     let human = ctl(&[f], &["status"]);
     assert!(human.stdout.contains("ROLE"), "{}", human.stdout);
 

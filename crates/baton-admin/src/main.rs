@@ -408,9 +408,9 @@ async fn run(args: &Args) -> Result<()> {
                 ],
                 rows,
             );
-            if s.role != "leader" {
+            if s.members.iter().any(|m| !m.lag_known) {
                 println!(
-                    "(replication lag is known on the leader only: ask it for MATCHED and LAG)"
+                    "(MATCHED and LAG are the leader's view; \"-\" when it could not be asked)"
                 );
             }
         }

@@ -209,7 +209,25 @@ impl Admin for AdminService {
                 owned.entry(owner).or_default().push(d);
             }
         }
-        let last_log = m.last_log_index.unwrap_or(0);
+        // Replication progress is the leader's knowledge: here if this node leads, else
+        // asked of the leader (briefly; without it the lag is shown as unknown).
+        let mut last_log = m.last_log_index.unwrap_or(0);
+        let mut leader_view: Option<BTreeMap<u64, u64>> = None;
+        if m.replication.is_none()
+            && let Some(leader) = m.current_leader
+            && let Some(node) = membership.get_node(&leader)
+            && let Ok(mut client) = self.ctx.peers.client(&node.addr)
+        {
+            let ask = client.commit_index(baton_cluster::pb::CommitIndexRequest {});
+            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+                let reply = reply.into_inner();
+                if reply.ok {
+                    last_log = reply.last_log_index;
+                    leader_view =
+                        Some(reply.matched.iter().map(|x| (x.node_id, x.index)).collect());
+                }
+            }
+        }
         let members = membership
             .nodes()
             .map(|(id, node)| {
@@ -220,6 +238,8 @@ impl Admin for AdminService {
                     .map(|l| l.map_or(0, |l| l.index));
                 let matched = if *id == q.id && m.replication.is_some() {
                     Some(last_log)
+                } else if let Some(view) = &leader_view {
+                    view.get(id).copied()
                 } else {
                     matched
                 };

@@ -3,7 +3,7 @@
 use crate::pb::raft_server::Raft as RaftRpc;
 use crate::pb::{
     CommitIndexReply, CommitIndexRequest, ElectReply, ElectRequest, JoinReply, JoinRequest,
-    Payload, RemoveRequest,
+    Matched, Payload, RemoveRequest,
 };
 use crate::{decode, encode};
 use baton_queue::types::{Raft, Request, Response};
@@ -206,7 +206,28 @@ impl RaftRpc for RaftService {
         } else {
             0
         };
-        Ok(tonic::Response::new(CommitIndexReply { ok, index }))
+        let m = self.raft().metrics().borrow().clone();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let matched = match (ok, &m.replication) {
+            (true, Some(r)) => r
+                .iter()
+                .map(|(id, l)| Matched {
+                    node_id: *id,
+                    index: if *id == self.queue.id {
+                        last_log_index
+                    } else {
+                        l.map_or(0, |l| l.index)
+                    },
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(tonic::Response::new(CommitIndexReply {
+            ok,
+            index,
+            last_log_index,
+            matched,
+        }))
     }
 
     async fn elect(
