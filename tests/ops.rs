@@ -21,13 +21,19 @@ fn dev_mode_runs_a_relay_on_the_contract_ports() {
             .stderr(Stdio::null()),
     );
     let stdout = proc.child.stdout.take().unwrap();
-    // It prints each address it listens on.
+    // It prints each address it listens on. The pipe is closed after: the relay must
+    // not care.
     let printed: Vec<String> = BufReader::new(stdout)
         .lines()
-        .take(4)
+        .take(5)
         .map(|l| l.unwrap())
         .collect();
-    for addr in ["127.0.0.1:2525", "127.0.0.1:9401", "127.0.0.1:7301"] {
+    for addr in [
+        "127.0.0.1:2525",
+        "127.0.0.1:9401",
+        "127.0.0.1:7301",
+        "127.0.0.1:7401",
+    ] {
         assert!(
             printed.iter().any(|l| l.contains(addr)),
             "{addr} not in {printed:?}"

@@ -20,6 +20,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Prints a start-up line on standard output. A closed or full stdout (an init system
+/// that stopped reading, a test that read what it needed) must not stop the relay, so
+/// write errors are ignored rather than panicking as `println!` does.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
 /// How long a drain waits for open SMTP sessions and deliveries.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -54,7 +66,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let raft_listener = tokio::net::TcpListener::bind(config.cluster.listen)
         .await
         .with_context(|| format!("cluster.listen {}", config.cluster.listen))?;
-    println!("raft (peers only) on {}", config.cluster.listen);
+    say!("raft (peers only) on {}", config.cluster.listen);
     // The Raft service serves through the drain (forwarded writes, the hand-over's
     // election) and is aborted at the very end.
     let raft_task = {
@@ -80,14 +92,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         if config.cluster.join.is_empty() {
             // An operator adds it (`batonctl node add`): the leader's first append
             // makes it a learner. Until then it is not ready.
-            println!(
+            say!(
                 "{} holds no cluster state and cluster.join is empty: waiting to be added (on a member: batonctl node add {} {}); set cluster.bootstrap = true to form a new cluster instead",
                 data_dir.display(),
                 config.node.id,
                 config.cluster.advertise
             );
         } else {
-            println!("joining the cluster through {:?}", config.cluster.join);
+            say!("joining the cluster through {:?}", config.cluster.join);
             baton_cluster::join::join(
                 &peers,
                 &config.cluster.join,
@@ -288,14 +300,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         let listener = Listener::bind(l.clone())
             .await
             .map_err(anyhow::Error::msg)?;
-        println!("smtp {:?} listener on {}", l.mode, listener.local_addr());
+        say!("smtp {:?} listener on {}", l.mode, listener.local_addr());
         listeners.spawn(listener.run(shared.clone(), stop_rx.clone(), DRAIN));
     }
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
-    println!("http (metrics, health) on {}", config.http.listen);
-    println!("node {} data in {}", config.node.id, data_dir.display());
+    say!("http (metrics, health) on {}", config.http.listen);
+    say!("node {} data in {}", config.node.id, data_dir.display());
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
     let http_task = tokio::spawn(http::serve(
         http_listener,
@@ -313,7 +325,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("admin.listen {}", config.admin.listen))?;
-    println!(
+    say!(
         "admin gRPC{} on {}",
         if config.admin.tls_cert.is_some() {
             " (TLS)"
