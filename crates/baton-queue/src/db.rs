@@ -4,6 +4,7 @@
 //! call [`Db::flush`] and wait for it.
 
 use std::path::Path;
+use std::sync::Arc;
 
 /// A storage failure. Always fatal for the operation that met it.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub type Result<T> = std::result::Result<T, DbError>;
 #[derive(Clone)]
 pub struct Db {
     inner: sled::Db,
+    /// sled's data file, for the `fdatasync` its own flush leaves out.
+    file: Arc<std::fs::File>,
 }
 
 impl Db {
@@ -46,7 +49,14 @@ impl Db {
             .flush_every_ms(Some(1000))
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
-        Ok(Db { inner })
+        // sled 0.34 keeps everything in `<dir>/db`.
+        let path = dir.join("db");
+        let file =
+            std::fs::File::open(&path).map_err(|e| DbError(format!("{}: {e}", path.display())))?;
+        Ok(Db {
+            inner,
+            file: Arc::new(file),
+        })
     }
 
     pub fn tree(&self, name: &str) -> Result<Tree> {
@@ -54,8 +64,18 @@ impl Db {
     }
 
     /// Makes every write done so far durable.
+    ///
+    /// sled's flush writes its buffers with `sync_file_range`, which waits for the data
+    /// pages but neither commits the file's metadata (its grown size) nor flushes the
+    /// device's write cache: a power cut could still lose what it wrote. The
+    /// `fdatasync` after it does both.
     pub async fn flush(&self) -> Result<()> {
         self.inner.flush_async().await?;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| DbError(format!("fdatasync task: {e}")))?
+            .map_err(|e| DbError(format!("fdatasync: {e}")))?;
         Ok(())
     }
 }
