@@ -7,8 +7,9 @@
 //!   records they create (messages, per-(message, domain) delivery records);
 //! - [`db`] — the narrow storage layer over sled. Nothing else in Baton touches sled, so it
 //!   can be replaced (fjall, redb) by rewriting one file;
-//! - [`log_store`] — the Raft log on [`db`], with group commit: an append is reported to
-//!   openraft only after the fsync that covers it, and concurrent appends share one fsync;
+//! - [`log_store`] — the Raft log in [`segments`] files, with group commit: an append is
+//!   reported to openraft only after the fdatasync that covers it, and concurrent
+//!   appends share one;
 //! - [`state_machine`] — applies commands, builds and installs snapshots;
 //! - [`snapshot`] — snapshot files, streamed record by record (never whole in memory);
 //! - [`index`] — the in-memory scheduling index (per domain: what is due when), rebuilt
@@ -30,6 +31,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod ownership;
+pub mod segments;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -1,18 +1,24 @@
-//! The Raft log on [`crate::db`], with group commit.
+//! The Raft log, with group commit: entries in segment files ([`crate::segments`]), the
+//! vote, the committed and the purged log ids in the `raft-meta` tree of [`crate::db`].
 //!
 //! `append` writes the entries and hands openraft's completion callback to one flusher
-//! task. The flusher takes every callback waiting, runs one fsync and completes them in
-//! order: concurrent appends share a flush, and no append is reported before the flush
-//! that covers it.
+//! task. The flusher takes every callback waiting, runs one `fdatasync` and completes
+//! them in order: concurrent appends share a flush, and no append is reported before the
+//! flush that covers it.
+//!
+//! Purging flushes the database first: the state machine lives there, and the entries
+//! purged are the only other copy of what it has applied since its last flush.
 
-use crate::db::{Batch, Db, DbError, Tree};
+use crate::db::{Db, DbError, Tree};
+use crate::segments::{self, Pending, Segments};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{StorageIOError, Vote};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 const VOTE: &[u8] = b"vote";
@@ -22,9 +28,9 @@ const PURGED: &[u8] = b"purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
-    log: Tree,
+    log: Arc<Mutex<Segments>>,
     meta: Tree,
-    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flusher: mpsc::UnboundedSender<(Pending, LogFlushed<TypeConfig>)>,
     /// The last committed index openraft told us about, for metrics.
     pub committed: Arc<AtomicU64>,
 }
@@ -50,17 +56,53 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, DbError> {
 }
 
 impl LogStore {
-    /// Opens the log in `db` and starts its flusher task (needs a tokio runtime).
-    pub fn open(db: &Db) -> Result<LogStore, DbError> {
+    /// Opens the log (segments in `dir`, metadata in `db`) and starts its flusher task
+    /// (needs a tokio runtime). A log kept in `db` by an older version moves to `dir`.
+    pub fn open(db: &Db, dir: &Path) -> Result<LogStore, DbError> {
+        let mut segments = Segments::open(dir).map_err(|e| DbError::corrupt(e.to_string()))?;
+        let meta = db.tree("raft-meta")?;
+        let old = db.tree("raft-log")?;
+        if segments.is_empty() && old.last()?.is_some() {
+            for pair in old.iter() {
+                let (key, value) = pair?;
+                let index = u64::from_be_bytes(
+                    key.as_slice()
+                        .try_into()
+                        .map_err(|_| DbError::corrupt("old log key"))?,
+                );
+                segments
+                    .append(index, &value)
+                    .map_err(|e| DbError::corrupt(e.to_string()))?;
+            }
+            segments
+                .take_dirty()
+                .sync()
+                .map_err(|e| DbError::corrupt(e.to_string()))?;
+            old.clear()?;
+            tracing::info!(dir = %dir.display(), "moved the Raft log out of the database into segment files");
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(db.clone(), rx));
-        Ok(LogStore {
+        tokio::spawn(flusher(rx));
+        let store = LogStore {
             db: db.clone(),
-            log: db.tree("raft-log")?,
-            meta: db.tree("raft-meta")?,
+            log: Arc::new(Mutex::new(segments)),
+            meta,
             flusher: tx,
             committed: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        if let Some(purged) = store.last_purged()? {
+            store
+                .segments()
+                .purge(purged.index)
+                .map_err(|e| DbError::corrupt(e.to_string()))?;
+        }
+        Ok(store)
+    }
+
+    fn segments(&self) -> std::sync::MutexGuard<'_, Segments> {
+        // A panic while holding the lock left the index as it was between calls: every
+        // method updates it only after its file operation succeeded.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, DbError> {
@@ -73,24 +115,35 @@ impl LogStore {
     fn last_purged(&self) -> Result<Option<LogId>, DbError> {
         Ok(self.get_meta::<Option<LogId>>(PURGED)?.flatten())
     }
+
+    /// Reads and decodes entry `index`, if the log holds it.
+    fn entry(&self, index: u64) -> Result<Option<Entry>, DbError> {
+        let Some((file, offset, len)) = self.segments().locate(index) else {
+            return Ok(None);
+        };
+        let bytes = segments::read_at(&file, offset, len)
+            .map_err(|e| DbError::corrupt(format!("log entry {index}: {e}")))?;
+        Ok(Some(decode(&bytes, "log entry")?))
+    }
 }
 
-async fn flusher(db: Db, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+async fn flusher(mut rx: mpsc::UnboundedReceiver<(Pending, LogFlushed<TypeConfig>)>) {
     let mut waiting = Vec::new();
-    while let Some(first) = rx.recv().await {
+    while let Some((pending, first)) = rx.recv().await {
+        let mut all = pending;
         waiting.push(first);
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
+        while let Ok((more, callback)) = rx.try_recv() {
+            all.merge(more);
+            waiting.push(callback);
         }
-        let result = db.flush().await;
+        let result = match tokio::task::spawn_blocking(move || all.sync()).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(format!("log sync task: {e}"))),
+        };
         for callback in waiting.drain(..) {
             callback.log_io_completed(result.as_ref().map(|_| ()).map_err(io_err));
         }
     }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -111,10 +164,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start >= end {
             return Ok(Vec::new());
         }
+        let (first, last) = {
+            let s = self.segments();
+            (s.first_index(), s.last_index())
+        };
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(Vec::new());
+        };
         let mut entries = Vec::new();
-        for pair in self.log.range(&index_key(start), &index_key(end)) {
-            let (_, value) = pair.map_err(read_err)?;
-            entries.push(decode::<Entry>(&value, "log entry").map_err(read_err)?);
+        for index in start.max(first)..end.min(last.saturating_add(1)) {
+            match self.entry(index).map_err(read_err)? {
+                Some(e) => entries.push(e),
+                None => break,
+            }
         }
         Ok(entries)
     }
@@ -125,12 +187,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged().map_err(read_err)?;
-        let last_log_id = match self.log.last().map_err(read_err)? {
-            Some((_, value)) => Some(
-                decode::<Entry>(&value, "log entry")
-                    .map_err(read_err)?
-                    .log_id,
-            ),
+        let last = self.segments().last_index();
+        let last_log_id = match last {
+            Some(index) => match self.entry(index).map_err(read_err)? {
+                Some(e) => Some(e.log_id),
+                None => last_purged_log_id,
+            },
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -185,42 +247,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = Batch::default();
-        for entry in entries {
-            let bytes = encode(&entry).map_err(write_err)?;
-            batch.insert(index_key(entry.log_id.index), bytes);
-        }
-        self.log.apply(batch).map_err(write_err)?;
-        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
-            // The flusher is gone (runtime shutting down): flush here.
-            let result = self.db.flush().await;
-            callback.log_io_completed(result.map(|_| ()).map_err(io_err));
+        let encoded = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, encode(&e)?)))
+            .collect::<Result<Vec<_>, DbError>>()
+            .map_err(write_err)?;
+        let pending = {
+            let mut s = self.segments();
+            for (index, bytes) in &encoded {
+                s.append(*index, bytes)
+                    .map_err(|e| write_err(DbError::corrupt(e.to_string())))?;
+            }
+            s.take_dirty()
+        };
+        if let Err(mpsc::error::SendError((pending, callback))) =
+            self.flusher.send((pending, callback))
+        {
+            // The flusher is gone (runtime shutting down): sync here.
+            callback.log_io_completed(pending.sync());
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = Batch::default();
-        for pair in self
-            .log
-            .range(&index_key(log_id.index), &index_key(u64::MAX))
-        {
-            let (key, _) = pair.map_err(write_err)?;
-            batch.remove(key);
-        }
-        self.log.apply(batch).map_err(write_err)?;
+        self.segments()
+            .truncate(log_id.index)
+            .map_err(|e| write_err(DbError::corrupt(e.to_string())))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The state machine (and this mark) must be durable before the entries that
+        // could rebuild it go.
         let bytes = encode(&Some(log_id)).map_err(write_err)?;
         self.meta.insert(PURGED, bytes).map_err(write_err)?;
-        let mut batch = Batch::default();
-        for pair in self.log.range(&index_key(0), &index_key(log_id.index + 1)) {
-            let (key, _) = pair.map_err(write_err)?;
-            batch.remove(key);
-        }
-        self.log.apply(batch).map_err(write_err)?;
+        self.db.flush().await.map_err(write_err)?;
+        self.segments()
+            .purge(log_id.index)
+            .map_err(|e| write_err(DbError::corrupt(e.to_string())))?;
         Ok(())
     }
 }

@@ -74,7 +74,7 @@ impl QueueNode {
             QueueError::Fatal(format!("cannot create {}: {e}", opts.data_dir.display()))
         })?;
         let db = Db::open(&opts.data_dir.join("db"))?;
-        let log = LogStore::open(&db)?;
+        let log = LogStore::open(&db, &opts.data_dir.join("log"))?;
         let committed = log.committed.clone();
         let sm = StateMachine::open(&db, opts.data_dir.join("snapshots"))?;
         let reader = sm.reader();

@@ -19,7 +19,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
             openraft::StorageIOError::<NodeId>::write(&e).into()
         };
         let db = Db::open(&dir.path().join("db")).map_err(io)?;
-        let log = LogStore::open(&db).map_err(io)?;
+        let log = LogStore::open(&db, &dir.path().join("log")).map_err(io)?;
         let sm = StateMachine::open(&db, dir.path().join("snapshots")).map_err(io)?;
         Ok((dir, log, sm))
     }
