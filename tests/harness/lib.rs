@@ -29,13 +29,28 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1 (TCP and UDP: dnsmasq needs both).
+///
+/// Taken below Linux's ephemeral range (32768 and up), from a counter this process
+/// owns: a port the kernel picked for `bind(0)` can be handed out again as the source
+/// port of an outgoing connection before the test's server binds it, and two tests
+/// asking at once could get the same one.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    // Check the UDP side too: dnsmasq needs both.
-    drop(l);
-    port
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 600) * 20;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.

@@ -11,6 +11,7 @@
 //!   reported to openraft only after the fdatasync that covers it, and concurrent
 //!   appends share one;
 //! - [`state_machine`] — applies commands, builds and installs snapshots;
+//! - [`bodies`] — message bodies in append-only files, referenced from the state;
 //! - [`snapshot`] — snapshot files, streamed record by record (never whole in memory);
 //! - [`index`] — the in-memory scheduling index (per domain: what is due when), rebuilt
 //!   from the state on open and kept current by `apply`;
@@ -25,6 +26,7 @@
 // openraft's StorageError is large; every storage function returns it.
 #![allow(clippy::result_large_err)]
 
+pub mod bodies;
 pub mod db;
 pub mod index;
 pub mod log_store;

@@ -185,16 +185,20 @@ impl Segments {
         self.index.is_empty()
     }
 
-    /// Appends the payload of entry `index` (which must follow the last one).
+    /// Appends the payload of entry `index`, which must come after the last one. It
+    /// usually follows it; after a snapshot was installed it may jump ahead (the entries
+    /// before are purged later): then it starts a new segment, named by its index.
     pub fn append(&mut self, index: u64, payload: &[u8]) -> Result<(), SegError> {
-        if let Some(last) = self.last_index()
-            && index != last + 1
-        {
-            return Err(SegError::Io {
-                path: self.dir.display().to_string(),
-                what: format!("append of entry {index} after {last}"),
-            });
-        }
+        let gap = match self.last_index() {
+            Some(last) if index <= last => {
+                return Err(SegError::Io {
+                    path: self.dir.display().to_string(),
+                    what: format!("append of entry {index} after {last}: truncate first"),
+                });
+            }
+            Some(last) => index != last + 1,
+            None => false,
+        };
         // A segment's name is its first entry's index: an empty last segment named
         // otherwise (left by a crash, a truncation or a purge) is replaced.
         if let Some((&first, seg)) = self.segments.iter().next_back()
@@ -208,7 +212,7 @@ impl Segments {
         }
         let need_new = match self.segments.values().next_back() {
             None => true,
-            Some(s) => s.len >= SEGMENT_MAX,
+            Some(s) => gap || s.len >= SEGMENT_MAX,
         };
         if need_new {
             let path = self.path_of(index);
@@ -387,6 +391,10 @@ mod tests {
         assert_eq!(read_at(&f, o, l).unwrap(), b"entry 7");
         s.truncate(8).unwrap();
         assert_eq!(s.last_index(), Some(7));
+        assert!(
+            s.append(5, b"overlap").is_err(),
+            "an overlap needs a truncate first"
+        );
         s.append(8, b"new 8").unwrap();
         s.purge(3).unwrap();
         assert_eq!(s.first_index(), Some(4));
@@ -396,9 +404,21 @@ mod tests {
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2]);
         std::fs::write(&seg, bytes).unwrap();
-        let s = Segments::open(dir.path()).unwrap();
+        let mut s = Segments::open(dir.path()).unwrap();
         assert_eq!(s.last_index(), Some(8));
         let (f, o, l) = s.locate(8).unwrap();
         assert_eq!(read_at(&f, o, l).unwrap(), b"new 8");
+        // After a snapshot the log may jump ahead: a new segment starts there.
+        s.append(20, b"after a snapshot").unwrap();
+        s.append(21, b"next").unwrap();
+        s.take_dirty().sync().unwrap();
+        drop(s);
+        let mut s = Segments::open(dir.path()).unwrap();
+        assert_eq!(s.last_index(), Some(21));
+        let (f, o, l) = s.locate(20).unwrap();
+        assert_eq!(read_at(&f, o, l).unwrap(), b"after a snapshot");
+        assert!(s.locate(15).is_none());
+        s.purge(19).unwrap();
+        assert_eq!(s.first_index(), Some(20));
     }
 }

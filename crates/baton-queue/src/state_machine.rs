@@ -6,7 +6,8 @@
 //! | key | value |
 //! |---|---|
 //! | `m/<id>` | [`MessageMeta`] |
-//! | `b/<id>` | body bytes |
+//! | `p/<id>` | where the body is: a [`BodyRef`] into the body files ([`crate::bodies`]) |
+//! | `b/<id>` | body bytes (state written before the body files, and snapshot records) |
 //! | `d/<domain>\0<id>` | [`DeliveryRecord`] |
 //! | `t/<id>` | tombstone time (unix ms, BE): a finished id, so a retried enqueue is a no-op |
 //! | `T/<time BE><id>` | the same tombstone, ordered by time for expiry |
@@ -18,6 +19,7 @@
 //! | `x/<domain>` | a suspended domain: [`Listing`] |
 //! | `u/<address>` | a suppressed recipient (lower-cased): [`Listing`] |
 
+use crate::bodies::{self, Bodies, BodyRef};
 use crate::db::{Batch, Db, DbError, Tree};
 use crate::index::Shared;
 use crate::ownership::Ownership;
@@ -49,6 +51,9 @@ fn msg_key(id: &str) -> Vec<u8> {
 }
 fn body_key(id: &str) -> Vec<u8> {
     [b"b/", id.as_bytes()].concat()
+}
+fn body_ref_key(id: &str) -> Vec<u8> {
+    [b"p/", id.as_bytes()].concat()
 }
 fn delivery_key(domain: &str, id: &str) -> Vec<u8> {
     [b"d/", domain.as_bytes(), b"\0", id.as_bytes()].concat()
@@ -91,7 +96,17 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
 #[derive(Clone)]
 pub struct QueueReader {
     state: Tree,
+    bodies: Arc<std::sync::Mutex<Bodies>>,
     pub shared: Arc<Shared>,
+}
+
+fn lock(bodies: &std::sync::Mutex<Bodies>) -> std::sync::MutexGuard<'_, Bodies> {
+    // Every method leaves `Bodies` consistent between calls.
+    bodies.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn body_err(e: impl std::fmt::Display) -> DbError {
+    DbError::corrupt(e)
 }
 
 impl QueueReader {
@@ -102,7 +117,20 @@ impl QueueReader {
         }
     }
     pub fn body(&self, id: &str) -> Result<Option<Vec<u8>>, DbError> {
-        self.state.get(body_key(id))
+        match self.state.get(body_ref_key(id))? {
+            Some(v) => {
+                let r: BodyRef = decode(&v, "body reference")?;
+                // The file goes when its last body is released: the message finished
+                // meanwhile.
+                let Some(file) = lock(&self.bodies).file(&r) else {
+                    return Ok(None);
+                };
+                bodies::read(&file, &r)
+                    .map(Some)
+                    .map_err(|e| body_err(format!("message {id}: {e}")))
+            }
+            None => self.state.get(body_key(id)),
+        }
     }
     pub fn delivery(&self, domain: &str, id: &str) -> Result<Option<DeliveryRecord>, DbError> {
         match self.state.get(delivery_key(domain, id))? {
@@ -196,7 +224,9 @@ impl QueueReader {
 
 /// The state machine given to openraft.
 pub struct StateMachine {
+    db: Db,
     state: Tree,
+    bodies: Arc<std::sync::Mutex<Bodies>>,
     shared: Arc<Shared>,
     /// Where snapshot files live.
     snapshot_dir: PathBuf,
@@ -211,9 +241,12 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens the state in `db`, rebuilding the scheduling index from it.
-    /// Opens the state in `db`, with snapshot files in `snapshot_dir`.
+    /// Opens the state in `db`, with snapshot files in `snapshot_dir` and message bodies
+    /// in `bodies/` beside it, rebuilding the scheduling index from it.
     pub fn open(db: &Db, snapshot_dir: PathBuf) -> Result<StateMachine, DbError> {
+        let bodies_dir = snapshot_dir
+            .parent()
+            .map_or_else(|| PathBuf::from("bodies"), |p| p.join("bodies"));
         std::fs::create_dir_all(&snapshot_dir)
             .map_err(|e| DbError::corrupt(format!("{}: {e}", snapshot_dir.display())))?;
         // Leftovers of a snapshot being built or received when the process stopped.
@@ -225,7 +258,11 @@ impl StateMachine {
             }
         }
         let mut sm = StateMachine {
+            db: db.clone(),
             state: db.tree("state")?,
+            bodies: Arc::new(std::sync::Mutex::new(
+                Bodies::open(&bodies_dir).map_err(body_err)?,
+            )),
             shared: Arc::new(Shared::new()),
             snapshot_dir,
             receiving: None,
@@ -244,6 +281,7 @@ impl StateMachine {
     pub fn reader(&self) -> QueueReader {
         QueueReader {
             state: self.state.clone(),
+            bodies: self.bodies.clone(),
             shared: self.shared.clone(),
         }
     }
@@ -271,6 +309,13 @@ impl StateMachine {
             records.push((domain, id, record.next_attempt_ms));
         }
         let messages = self.state.scan_prefix(b"m/").count();
+        let mut live: HashMap<u64, u64> = HashMap::new();
+        for pair in self.state.scan_prefix(b"p/") {
+            let (_, value) = pair?;
+            let r: BodyRef = decode(&value, "body reference")?;
+            *live.entry(r.file).or_default() += 1;
+        }
+        lock(&self.bodies).set_live(live).map_err(body_err)?;
         self.events_next = self.state.get(EVENTS_NEXT)?.map_or(1, |v| u64_of(&v));
         let mut suspended = HashSet::new();
         for pair in self.state.scan_prefix(b"x/") {
@@ -309,6 +354,16 @@ impl StateMachine {
             if k.as_slice() == APPLIED || k.as_slice() == MEMBERSHIP {
                 continue;
             }
+            if let Some(id) = k.strip_prefix(b"p/") {
+                // Bodies travel in the snapshot by value, as `b/<id>`.
+                let r: BodyRef = decode(&v, "body reference")?;
+                let file = lock(&self.bodies)
+                    .file(&r)
+                    .ok_or_else(|| DbError::corrupt(format!("body file {} missing", r.file)))?;
+                let body = bodies::read(&file, &r).map_err(body_err)?;
+                writer.record(&[b"b/", id].concat(), &body)?;
+                continue;
+            }
             writer.record(&k, &v)?;
         }
         Ok((meta, writer.finish()?))
@@ -327,7 +382,9 @@ impl StateMachine {
     }
 
     fn apply_entry(&mut self, entry: &Entry) -> Result<Response, DbError> {
-        let mut tx = Tx::new(&self.state);
+        let bodies = self.bodies.clone();
+        let mut bodies = lock(&bodies);
+        let mut tx = Tx::new(&self.state, &mut bodies);
         let mut response = Response::default();
         let mut owner_change: Option<Ownership> = None;
         match &entry.payload {
@@ -439,12 +496,18 @@ impl StateMachine {
         }
         response.index = entry.log_id.index;
         tx.batch.insert(APPLIED, encode(&Some(entry.log_id)));
+        // Bodies are durable before the references to them are written.
+        if tx.put_bodies {
+            tx.bodies.sync().map_err(body_err)?;
+        }
         let Tx {
             mut batch,
             index_ops,
             message_delta,
             events,
             suspend,
+            released,
+            bodies,
             ..
         } = tx;
         let mut next = self.events_next;
@@ -456,6 +519,9 @@ impl StateMachine {
             batch.insert(EVENTS_NEXT, next.to_be_bytes());
         }
         self.state.apply(batch)?;
+        for r in &released {
+            bodies.release(r).map_err(body_err)?;
+        }
         self.events_next = next;
         self.shared.with(|index| {
             for op in index_ops {
@@ -486,6 +552,12 @@ enum IndexOp {
 /// earlier ones.
 struct Tx<'a> {
     state: &'a Tree,
+    bodies: &'a mut Bodies,
+    /// Bodies put by this entry (synced before the batch is applied)...
+    put_bodies: bool,
+    new_bodies: HashMap<String, BodyRef>,
+    /// ...and released by it (their files may go after the batch is applied).
+    released: Vec<BodyRef>,
     batch: Batch,
     messages: HashMap<String, Option<MessageMeta>>,
     deliveries: HashMap<Vec<u8>, Option<DeliveryRecord>>,
@@ -499,9 +571,13 @@ struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    fn new(state: &'a Tree) -> Tx<'a> {
+    fn new(state: &'a Tree, bodies: &'a mut Bodies) -> Tx<'a> {
         Tx {
             state,
+            bodies,
+            put_bodies: false,
+            new_bodies: HashMap::new(),
+            released: Vec::new(),
             batch: Batch::default(),
             messages: HashMap::new(),
             deliveries: HashMap::new(),
@@ -565,7 +641,10 @@ impl<'a> Tx<'a> {
             smtputf8: m.smtputf8,
             pending_domains: by_domain.len() as u32,
         };
-        self.batch.insert(body_key(&m.id), &m.body);
+        let r = self.bodies.put(&m.body).map_err(body_err)?;
+        self.put_bodies = true;
+        self.new_bodies.insert(m.id.clone(), r);
+        self.batch.insert(body_ref_key(&m.id), encode(&r));
         self.put_message(&m.id, Some(meta));
         if events {
             let reply = format!("queued as {}", m.id);
@@ -661,6 +740,15 @@ impl<'a> Tx<'a> {
         } else {
             self.put_message(id, None);
             self.batch.remove(body_key(id));
+            self.batch.remove(body_ref_key(id));
+            let r = match self.new_bodies.remove(id) {
+                Some(r) => Some(r),
+                None => match self.state.get(body_ref_key(id))? {
+                    Some(v) => Some(decode::<BodyRef>(&v, "body reference")?),
+                    None => None,
+                },
+            };
+            self.released.extend(r);
             self.batch.insert(tomb_key(id), now_ms.to_be_bytes());
             self.batch.insert(tomb_time_key(now_ms, id), []);
             self.message_delta -= 1;
@@ -853,13 +941,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let current = make_current(&tmp, &self.snapshot_dir).map_err(sm_write_err)?;
         let mut reader = SnapshotReader::open(&current).map_err(sm_write_err)?;
+        let old_files = lock(&self.bodies).begin_replace().map_err(sm_write_err)?;
         self.state.clear().map_err(sm_write_err)?;
         let mut batch = Batch::default();
         let mut batch_bytes = 0;
         while let Some((k, v)) = reader.next_record().map_err(sm_write_err)? {
             batch_bytes += k.len() + v.len();
-            batch.insert(&k, &v);
+            if let Some(id) = k.strip_prefix(b"b/") {
+                let mut bodies = lock(&self.bodies);
+                let r = bodies.put(&v).map_err(sm_write_err)?;
+                batch.insert([b"p/", id].concat(), encode(&r));
+            } else {
+                batch.insert(&k, &v);
+            }
             if batch_bytes > 8 * 1024 * 1024 {
+                lock(&self.bodies).sync().map_err(sm_write_err)?;
                 self.state
                     .apply(std::mem::take(&mut batch))
                     .map_err(sm_write_err)?;
@@ -868,7 +964,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         batch.insert(APPLIED, encode(&meta.last_log_id));
         batch.insert(MEMBERSHIP, encode(&meta.last_membership));
+        lock(&self.bodies).sync().map_err(sm_write_err)?;
         self.state.apply(batch).map_err(sm_write_err)?;
+        // The old state's body files go only once the new state is durable.
+        self.db.flush().await.map_err(sm_write_err)?;
+        lock(&self.bodies)
+            .drop_files(&old_files)
+            .map_err(sm_write_err)?;
         tracing::info!(
             snapshot = %meta.snapshot_id,
             last_log = ?meta.last_log_id.map(|l| l.index),

@@ -1,0 +1,263 @@
+//! Message bodies in append-only files beside the database, so the database holds only a
+//! 20-byte reference per body (sled rewrote each 4 KiB body several times over as its
+//! pages consolidated).
+//!
+//! Files are `<dir>/<seq, 20 digits>.body`, records `[length u32 LE][crc32 u32 LE][body]`.
+//! Bodies are appended while an entry is applied and made durable with `fdatasync`
+//! before the entry's references reach the database: a reference never points at bytes a
+//! power cut could take. Each file counts its live bodies; a file whose count reaches
+//! zero (and that is not being appended to) is deleted. On open the counts are rebuilt
+//! from the references, files without any are deleted, and appends go to a new file.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A new file is started past this size.
+const FILE_MAX: u64 = 64 * 1024 * 1024;
+const HEADER: u64 = 8;
+
+/// Where a body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyRef {
+    pub file: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("message bodies in {path}: {what}")]
+pub struct BodyError {
+    path: String,
+    what: String,
+}
+
+fn err(path: &Path, what: impl std::fmt::Display) -> BodyError {
+    BodyError {
+        path: path.display().to_string(),
+        what: what.to_string(),
+    }
+}
+
+pub struct Bodies {
+    dir: PathBuf,
+    files: BTreeMap<u64, Arc<File>>,
+    live: HashMap<u64, u64>,
+    /// The file appended to, and its length.
+    current: u64,
+    current_len: u64,
+    /// Appends (or new files) not yet synced.
+    unsynced: Vec<u64>,
+    new_files: bool,
+}
+
+impl Bodies {
+    pub fn open(dir: &Path) -> Result<Bodies, BodyError> {
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+        let mut files = BTreeMap::new();
+        for e in std::fs::read_dir(dir).map_err(|e| err(dir, e))? {
+            let e = e.map_err(|e| err(dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(seq) = name
+                .strip_suffix(".body")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(e.path())
+                    .map_err(|e| err(dir, e))?;
+                files.insert(seq, Arc::new(file));
+            }
+        }
+        let current = files.keys().next_back().map_or(1, |s| s + 1);
+        let mut bodies = Bodies {
+            dir: dir.to_path_buf(),
+            files,
+            live: HashMap::new(),
+            current,
+            current_len: 0,
+            unsynced: Vec::new(),
+            new_files: false,
+        };
+        bodies.create_current()?;
+        Ok(bodies)
+    }
+
+    fn path_of(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.body"))
+    }
+
+    fn create_current(&mut self) -> Result<(), BodyError> {
+        let path = self.path_of(self.current);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| err(&path, e))?;
+        self.files.insert(self.current, Arc::new(file));
+        self.current_len = 0;
+        self.new_files = true;
+        Ok(())
+    }
+
+    /// Sets the live counts from the references in the database; deletes the files no
+    /// reference points into.
+    pub fn set_live(&mut self, live: HashMap<u64, u64>) -> Result<(), BodyError> {
+        self.live = live;
+        let dead: Vec<u64> = self
+            .files
+            .keys()
+            .copied()
+            .filter(|s| *s != self.current && self.live.get(s).copied().unwrap_or(0) == 0)
+            .collect();
+        for seq in dead {
+            self.delete(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a body (not yet durable: see [`Bodies::sync`]).
+    pub fn put(&mut self, body: &[u8]) -> Result<BodyRef, BodyError> {
+        if self.current_len >= FILE_MAX {
+            self.current += 1;
+            self.create_current()?;
+        }
+        let file = self
+            .files
+            .get(&self.current)
+            .ok_or_else(|| err(&self.dir, "no current file"))?;
+        let mut record = Vec::with_capacity(HEADER as usize + body.len());
+        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        record.extend_from_slice(body);
+        file.write_all_at(&record, self.current_len)
+            .map_err(|e| err(&self.path_of(self.current), e))?;
+        let r = BodyRef {
+            file: self.current,
+            offset: self.current_len + HEADER,
+            len: body.len() as u32,
+        };
+        self.current_len += record.len() as u64;
+        *self.live.entry(self.current).or_default() += 1;
+        if !self.unsynced.contains(&self.current) {
+            self.unsynced.push(self.current);
+        }
+        Ok(r)
+    }
+
+    /// Makes every body put so far durable.
+    pub fn sync(&mut self) -> Result<(), BodyError> {
+        for seq in std::mem::take(&mut self.unsynced) {
+            if let Some(f) = self.files.get(&seq) {
+                f.sync_data().map_err(|e| err(&self.path_of(seq), e))?;
+            }
+        }
+        if std::mem::take(&mut self.new_files) {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err(&self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// The file holding `r` (read it with [`read`], outside any lock).
+    pub fn file(&self, r: &BodyRef) -> Option<Arc<File>> {
+        self.files.get(&r.file).cloned()
+    }
+
+    /// One body fewer in `r`'s file; the file goes when none is left.
+    pub fn release(&mut self, r: &BodyRef) -> Result<(), BodyError> {
+        let left = match self.live.get_mut(&r.file) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 && r.file != self.current {
+            self.delete(r.file)?;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, seq: u64) -> Result<(), BodyError> {
+        self.live.remove(&seq);
+        if self.files.remove(&seq).is_some() {
+            let path = self.path_of(seq);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(&path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts over for a snapshot being installed: appends go to a new file, and the
+    /// files holding the old state are returned, to be dropped with
+    /// [`Bodies::drop_files`] once the new state is in place.
+    pub fn begin_replace(&mut self) -> Result<Vec<u64>, BodyError> {
+        let old: Vec<u64> = self.files.keys().copied().collect();
+        self.current += 1;
+        self.create_current()?;
+        self.live.clear();
+        Ok(old)
+    }
+
+    pub fn drop_files(&mut self, seqs: &[u64]) -> Result<(), BodyError> {
+        for seq in seqs {
+            if *seq != self.current {
+                self.delete(*seq)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a body from its file, checking its checksum.
+pub fn read(file: &File, r: &BodyRef) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; (HEADER as usize) + r.len as usize];
+    file.read_exact_at(&mut buf, r.offset - HEADER)?;
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let body = buf.split_off(HEADER as usize);
+    if len != r.len || crc32fast::hash(&body) != crc {
+        return Err(std::io::Error::other(format!(
+            "body at byte {} of file {} is damaged",
+            r.offset, r.file
+        )));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_read_release_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Bodies::open(dir.path()).unwrap();
+        let r1 = b.put(b"first body").unwrap();
+        let r2 = b.put(b"second").unwrap();
+        b.sync().unwrap();
+        let f = b.file(&r2).unwrap();
+        assert_eq!(read(&f, &r2).unwrap(), b"second");
+        b.release(&r1).unwrap();
+        drop(b);
+        // Reopened: a new current file; the old one lives while r2 does.
+        let mut b = Bodies::open(dir.path()).unwrap();
+        b.set_live([(r2.file, 1)].into()).unwrap();
+        assert_eq!(read(&b.file(&r2).unwrap(), &r2).unwrap(), b"second");
+        b.release(&r2).unwrap();
+        assert!(b.file(&r2).is_none(), "a file with nothing live is deleted");
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 1, "only the current file is left");
+    }
+}
