@@ -247,15 +247,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let encoded = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, encode(&e)?)))
-            .collect::<Result<Vec<_>, DbError>>()
-            .map_err(write_err)?;
         let pending = {
             let mut s = self.segments();
-            for (index, bytes) in &encoded {
-                s.append(*index, bytes)
+            // One entry's encoding at a time: entries can be 16 MiB each.
+            for entry in entries {
+                let index = entry.log_id.index;
+                let bytes = encode(&entry).map_err(write_err)?;
+                drop(entry);
+                s.append(index, &bytes)
                     .map_err(|e| write_err(DbError::corrupt(e.to_string())))?;
             }
             s.take_dirty()

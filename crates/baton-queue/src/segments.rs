@@ -238,12 +238,12 @@ impl Segments {
             .iter_mut()
             .next_back()
             .ok_or_else(|| io(&self.dir, "no segment"))?;
-        let mut record = Vec::with_capacity(HEADER as usize + payload.len());
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        record.extend_from_slice(payload);
+        let mut header = [0u8; HEADER as usize];
+        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
         seg.file
-            .write_all_at(&record, seg.len)
+            .write_all_at(&header, seg.len)
+            .and_then(|_| seg.file.write_all_at(payload, seg.len + HEADER))
             .map_err(|e| io(&seg.path, e))?;
         self.index.insert(
             index,
@@ -253,7 +253,7 @@ impl Segments {
                 len: payload.len() as u32,
             },
         );
-        seg.len += record.len() as u64;
+        seg.len += HEADER + payload.len() as u64;
         if !self.dirty.iter().any(|f| Arc::ptr_eq(f, &seg.file)) {
             self.dirty.push(seg.file.clone());
         }

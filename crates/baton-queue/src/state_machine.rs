@@ -15,7 +15,7 @@
 //! | `s/ownership` | the delivery [`Ownership`] table |
 //! | `s/events_next` | the position the next event gets (u64 BE) |
 //! | `s/webhook` | the last event position the webhook delivered (u64 BE) |
-//! | `e/<position BE>` | an [`Event`] |
+//! | `e/<position BE>` | the [`Event`]s one entry added, from that position on (one record per entry, not per event: sled's memory grows with its record count) |
 //! | `x/<domain>` | a suspended domain: [`Listing`] |
 //! | `u/<address>` | a suppressed recipient (lower-cased): [`Listing`] |
 
@@ -41,7 +41,7 @@ const MEMBERSHIP: &[u8] = b"s/membership";
 const OWNERSHIP: &[u8] = b"s/ownership";
 const EVENTS_NEXT: &[u8] = b"s/events_next";
 const WEBHOOK: &[u8] = b"s/webhook";
-/// At most this many events are trimmed by one entry (the leader writes more).
+/// At most this many event records are trimmed by one entry (the leader writes more).
 const TRIM_MAX: usize = 10_000;
 /// How long a finished message id is remembered for idempotent enqueue.
 pub const TOMBSTONE_MS: u64 = 24 * 3600 * 1000;
@@ -174,10 +174,27 @@ impl QueueReader {
         &self,
         after: u64,
     ) -> impl Iterator<Item = Result<(u64, Event), DbError>> + use<> {
-        let from = event_key(after.saturating_add(1));
-        self.state.range(&from, b"e0").map(|pair| {
-            let (key, value) = pair?;
-            Ok((u64_of(&key[2..]), decode(&value, "event")?))
+        // Start at the record holding position after + 1: the last one starting at or
+        // before it.
+        let want = after.saturating_add(1);
+        let start = match self
+            .state
+            .range(b"e/", &event_key(want.saturating_add(1)))
+            .next_back()
+        {
+            Some(Ok((key, _))) => key,
+            _ => event_key(want),
+        };
+        self.state.range(&start, b"e0").flat_map(move |pair| {
+            let chunk: Result<Vec<(u64, Event)>, DbError> = pair.and_then(|(key, value)| {
+                let first = u64_of(&key[2..]);
+                let events: Vec<Event> = decode(&value, "events")?;
+                Ok((first..).zip(events).filter(|(p, _)| *p > after).collect())
+            });
+            match chunk {
+                Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            }
         })
     }
 
@@ -381,10 +398,48 @@ impl StateMachine {
         Ok((applied, membership))
     }
 
-    fn apply_entry(&mut self, entry: &Entry) -> Result<Response, DbError> {
+    /// Puts the body of every message `entries` may enqueue into the body files and
+    /// syncs them once; returns where each is, by message id.
+    fn prepare_bodies(&mut self, entries: &[Entry]) -> Result<HashMap<String, BodyRef>, DbError> {
+        let mut prepared = HashMap::new();
+        let mut bodies = lock(&self.bodies);
+        let mut put = |m: &NewMessage| -> Result<(), DbError> {
+            if !prepared.contains_key(&m.id) {
+                let r = bodies.put(&m.body).map_err(body_err)?;
+                prepared.insert(m.id.clone(), r);
+            }
+            Ok(())
+        };
+        for entry in entries {
+            match &entry.payload {
+                EntryPayload::Normal(Request::Enqueue { messages }) => {
+                    for m in messages {
+                        put(m)?;
+                    }
+                }
+                EntryPayload::Normal(Request::Outcomes { results, .. }) => {
+                    for dsn in results.iter().filter_map(|o| o.dsn.as_ref()) {
+                        put(dsn)?;
+                    }
+                }
+                EntryPayload::Normal(Request::Delete { dsn: Some(dsn), .. }) => put(dsn)?,
+                _ => {}
+            }
+        }
+        if !prepared.is_empty() {
+            bodies.sync().map_err(body_err)?;
+        }
+        Ok(prepared)
+    }
+
+    fn apply_entry(
+        &mut self,
+        entry: &Entry,
+        prepared: &mut HashMap<String, BodyRef>,
+    ) -> Result<Response, DbError> {
         let bodies = self.bodies.clone();
         let mut bodies = lock(&bodies);
-        let mut tx = Tx::new(&self.state, &mut bodies);
+        let mut tx = Tx::new(&self.state, &mut bodies, prepared);
         let mut response = Response::default();
         let mut owner_change: Option<Ownership> = None;
         match &entry.payload {
@@ -457,8 +512,14 @@ impl StateMachine {
                 tx.batch.remove(suppress_key(address));
             }
             EntryPayload::Normal(Request::TrimEvents { below }) => {
+                // Whole records only: one whose last event is below `below`.
                 for pair in self.state.range(b"e/", &event_key(*below)).take(TRIM_MAX) {
-                    tx.batch.remove(pair?.0);
+                    let (key, value) = pair?;
+                    let events: Vec<Event> = decode(&value, "events")?;
+                    if u64_of(&key[2..]) + events.len() as u64 > *below {
+                        break;
+                    }
+                    tx.batch.remove(key);
                     response.changed = true;
                 }
             }
@@ -512,10 +573,8 @@ impl StateMachine {
         } = tx;
         let mut next = self.events_next;
         if !events.is_empty() {
-            for event in &events {
-                batch.insert(event_key(next), encode(event));
-                next += 1;
-            }
+            batch.insert(event_key(next), encode(&events));
+            next += events.len() as u64;
             batch.insert(EVENTS_NEXT, next.to_be_bytes());
         }
         self.state.apply(batch)?;
@@ -553,6 +612,8 @@ enum IndexOp {
 struct Tx<'a> {
     state: &'a Tree,
     bodies: &'a mut Bodies,
+    /// Bodies put (and synced) before the entries were applied, by message id.
+    prepared: &'a mut HashMap<String, BodyRef>,
     /// Bodies put by this entry (synced before the batch is applied)...
     put_bodies: bool,
     new_bodies: HashMap<String, BodyRef>,
@@ -571,10 +632,15 @@ struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    fn new(state: &'a Tree, bodies: &'a mut Bodies) -> Tx<'a> {
+    fn new(
+        state: &'a Tree,
+        bodies: &'a mut Bodies,
+        prepared: &'a mut HashMap<String, BodyRef>,
+    ) -> Tx<'a> {
         Tx {
             state,
             bodies,
+            prepared,
             put_bodies: false,
             new_bodies: HashMap::new(),
             released: Vec::new(),
@@ -641,8 +707,13 @@ impl<'a> Tx<'a> {
             smtputf8: m.smtputf8,
             pending_domains: by_domain.len() as u32,
         };
-        let r = self.bodies.put(&m.body).map_err(body_err)?;
-        self.put_bodies = true;
+        let r = match self.prepared.remove(&m.id) {
+            Some(r) => r,
+            None => {
+                self.put_bodies = true;
+                self.bodies.put(&m.body).map_err(body_err)?
+            }
+        };
         self.new_bodies.insert(m.id.clone(), r);
         self.batch.insert(body_ref_key(&m.id), encode(&r));
         self.put_message(&m.id, Some(meta));
@@ -875,15 +946,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Every body these entries carry goes to the body files first, made durable
+        // by one fdatasync for the whole call rather than one per entry.
+        let mut prepared = self.prepare_bodies(&entries).map_err(|e| {
+            let at = entries.first().map(|e| e.log_id).unwrap_or_default();
+            StorageError::from(StorageIOError::<NodeId>::apply(at, &e))
+        })?;
         let mut responses = Vec::new();
         let mut last = None;
-        for entry in entries {
-            let response = self.apply_entry(&entry).map_err(|e| {
+        for entry in &entries {
+            let response = self.apply_entry(entry, &mut prepared).map_err(|e| {
                 StorageError::from(StorageIOError::<NodeId>::apply(entry.log_id, &e))
             })?;
             last = Some(entry.log_id.index);
             responses.push(response);
         }
+        // Bodies of duplicates (ids already known) were never referenced.
+        let mut bodies = lock(&self.bodies);
+        for r in prepared.values() {
+            bodies.release(r).map_err(|e| {
+                StorageError::from(StorageIOError::<NodeId>::write_state_machine(&body_err(e)))
+            })?;
+        }
+        drop(bodies);
         if let Some(index) = last {
             self.shared.changed.send_replace(index);
         }

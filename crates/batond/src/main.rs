@@ -45,14 +45,24 @@ enum LogFormat {
 /// 1.6 GiB with the default, 0.85 GiB with 2 arenas).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
     // SAFETY: `mallopt` only sets an allocator tunable and has no memory-safety
     // preconditions; it is called first thing in `main`, before this process starts
     // any thread, so no allocation races with the change.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+    // Log entries and snapshot records are buffers of up to 16 MiB, allocated and freed
+    // by the thousand while a node catches up. glibc raises its mmap threshold to the
+    // size of the last large block freed (up to 32 MiB), after which such buffers come
+    // from the heap and fragment it: a joining node grew past 2 GiB. A fixed threshold
+    // keeps them in their own mappings, returned to the system when freed.
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: as above.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        }
     }
 }
 
