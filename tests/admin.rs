@@ -110,6 +110,15 @@ impl Follow {
     }
 }
 
+/// A domain's row in `batonctl queue --json`.
+fn domain_row(queue: &Value, domain: &str) -> Value {
+    queue["domains"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|d| d["domain"] == domain))
+        .cloned()
+        .unwrap_or_else(|| panic!("{domain} not in {queue}"))
+}
+
 fn is(kind: &str, id: &str) -> impl Fn(&Value) -> bool {
     let (kind, id) = (kind.to_string(), id.to_string());
     move |v| v["kind"] == kind.as_str() && v["message_id"] == id.as_str()
@@ -221,13 +230,7 @@ fn batonctl_drives_a_three_node_cluster() {
 
     // queue, messages, message show.
     let q = json(&[f], &["queue"]);
-    let row = q["domains"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["domain"] == "slow.test")
-        .cloned()
-        .unwrap_or_else(|| panic!("slow.test not in {q}"));
+    let row = domain_row(&q, "slow.test");
     assert_eq!(row["deferred"], 1, "{row}");
     assert!(row["owner"].as_u64().unwrap_or(0) > 0, "{row}");
     let list = json(&[f], &["messages", "--domain", "slow.test"]);
@@ -259,13 +262,7 @@ fn batonctl_drives_a_three_node_cluster() {
     let r = json(&[f], &["message", "retry", &id]);
     assert_eq!(r["changed"], true);
     let q = json(&[f], &["queue"]);
-    let row = q["domains"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["domain"] == "slow.test")
-        .cloned()
-        .unwrap();
+    let row = domain_row(&q, "slow.test");
     assert_eq!(
         (row["queued"].clone(), row["suspended"].clone()),
         (1.into(), true.into()),
@@ -544,7 +541,7 @@ fn python_grpc_client_and_prometheus_parser() {
 
 /// A tiny HTTP server collecting webhook POSTs: answers 503 to the first `fail_first`
 /// requests, 200 after; hands each accepted body's event positions to the test.
-fn webhook_receiver(fail_first: usize) -> (SocketAddr, mpsc::Receiver<(bool, Vec<u64>)>) {
+fn webhook_receiver(fail_first: usize) -> (SocketAddr, mpsc::Receiver<(String, bool, Vec<u64>)>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -592,8 +589,7 @@ fn webhook_receiver(fail_first: usize) -> (SocketAddr, mpsc::Receiver<(bool, Vec
                 conn,
                 "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             );
-            assert!(request_line.starts_with("POST /hook "), "{request_line}");
-            if tx.send((ok, positions)).is_err() {
+            if tx.send((request_line, ok, positions)).is_err() {
                 return;
             }
         }
@@ -622,9 +618,10 @@ fn webhook_posts_every_event_in_order_across_failures_and_restarts() {
     let mut refused = Vec::new();
     let collect = |accepted: &mut Vec<u64>, refused: &mut Vec<Vec<u64>>, upto: u64| {
         while accepted.last().copied().unwrap_or(0) < upto {
-            let (ok, positions) = posts
+            let (request_line, ok, positions) = posts
                 .recv_timeout(WAIT)
                 .unwrap_or_else(|_| panic!("no webhook POST; accepted so far {accepted:?}"));
+            assert!(request_line.starts_with("POST /hook "), "{request_line}");
             if ok {
                 accepted.extend(positions);
             } else {

@@ -330,8 +330,12 @@ fn or_dash(s: &str) -> String {
     }
 }
 
-fn change_line(what: &str, r: &pb::ChangeReply, unchanged: &str) {
-    if r.changed {
+/// Reports a change: the reply as JSON, or `what` (or `unchanged` when the change found
+/// nothing to do) with the log index.
+fn report_change(json: bool, r: &pb::ChangeReply, what: &str, unchanged: &str) {
+    if json {
+        print_json(r);
+    } else if r.changed {
         println!("{what} (log index {})", r.index);
     } else {
         println!("{unchanged} (log index {})", r.index);
@@ -581,15 +585,12 @@ async fn run(args: &Args) -> Result<()> {
                 .retry_message(pb::MessageRequest { id: id.clone() })
                 .await?
                 .into_inner();
-            if args.json {
-                print_json(&r);
-            } else {
-                change_line(
-                    &format!("message {id}: due now"),
-                    &r,
-                    &format!("message {id}: nothing open to retry"),
-                );
-            }
+            report_change(
+                args.json,
+                &r,
+                &format!("message {id}: due now"),
+                &format!("message {id}: nothing open to retry"),
+            );
         }
         Command::Message(MessageCmd::Delete { id, dsn }) => {
             let r = client
@@ -599,16 +600,12 @@ async fn run(args: &Args) -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                print_json(&r);
+            let what = if *dsn {
+                format!("message {id}: deleted, sender notified")
             } else {
-                let what = if *dsn {
-                    format!("message {id}: deleted, sender notified")
-                } else {
-                    format!("message {id}: deleted")
-                };
-                change_line(&what, &r, &format!("message {id}: already gone"));
-            }
+                format!("message {id}: deleted")
+            };
+            report_change(args.json, &r, &what, &format!("message {id}: already gone"));
         }
         Command::Domain(DomainCmd::Suspend { domain, reason }) => {
             let r = client
@@ -618,15 +615,12 @@ async fn run(args: &Args) -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                print_json(&r);
-            } else {
-                change_line(
-                    &format!("{domain}: suspended"),
-                    &r,
-                    &format!("{domain}: was already suspended"),
-                );
-            }
+            report_change(
+                args.json,
+                &r,
+                &format!("{domain}: suspended"),
+                &format!("{domain}: was already suspended"),
+            );
         }
         Command::Domain(DomainCmd::Resume { domain }) => {
             let r = client
@@ -635,15 +629,12 @@ async fn run(args: &Args) -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                print_json(&r);
-            } else {
-                change_line(
-                    &format!("{domain}: resumed"),
-                    &r,
-                    &format!("{domain}: was not suspended"),
-                );
-            }
+            report_change(
+                args.json,
+                &r,
+                &format!("{domain}: resumed"),
+                &format!("{domain}: was not suspended"),
+            );
         }
         Command::Suppression(SuppressionCmd::List) => {
             let l = client
@@ -669,15 +660,12 @@ async fn run(args: &Args) -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                print_json(&r);
-            } else {
-                change_line(
-                    &format!("{address}: suppressed"),
-                    &r,
-                    &format!("{address}: was already suppressed (reason updated)"),
-                );
-            }
+            report_change(
+                args.json,
+                &r,
+                &format!("{address}: suppressed"),
+                &format!("{address}: was already suppressed (reason updated)"),
+            );
         }
         Command::Suppression(SuppressionCmd::Remove { address }) => {
             let r = client
@@ -686,15 +674,12 @@ async fn run(args: &Args) -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                print_json(&r);
-            } else {
-                change_line(
-                    &format!("{address}: removed from the suppression list"),
-                    &r,
-                    &format!("{address}: was not on the list"),
-                );
-            }
+            report_change(
+                args.json,
+                &r,
+                &format!("{address}: removed from the suppression list"),
+                &format!("{address}: was not on the list"),
+            );
         }
         Command::Node(NodeCmd::Add { id, addr }) => {
             let r = client

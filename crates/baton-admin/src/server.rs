@@ -109,16 +109,12 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("reading the state: {e}"))
 }
 
-fn event_kind_str(kind: EventKind) -> String {
-    kind.as_str().to_string()
-}
-
 /// An event of the state as the API (and the webhook) shows it.
 pub fn event_pb(position: u64, e: QEvent) -> Event {
     Event {
         position,
         time_unix_ms: e.time_ms,
-        kind: event_kind_str(e.kind),
+        kind: e.kind.as_str().to_string(),
         message_id: e.id,
         recipient: e.recipient,
         domain: e.domain,

@@ -9,6 +9,7 @@
 //! zero (and that is not being appended to) is deleted. On open the counts are rebuilt
 //! from the references, files without any are deleted, and appends go to a new file.
 
+use crate::segments::{HEADER, fsync_dir, numbered_files, record_header};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -18,7 +19,6 @@ use std::sync::Arc;
 
 /// A new file is started past this size.
 const FILE_MAX: u64 = 64 * 1024 * 1024;
-const HEADER: u64 = 8;
 
 /// Where a body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,22 +56,15 @@ pub struct Bodies {
 
 impl Bodies {
     pub fn open(dir: &Path) -> Result<Bodies, BodyError> {
-        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
         let mut files = BTreeMap::new();
-        for e in std::fs::read_dir(dir).map_err(|e| err(dir, e))? {
-            let e = e.map_err(|e| err(dir, e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(seq) = name
-                .strip_suffix(".body")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(e.path())
-                    .map_err(|e| err(dir, e))?;
-                files.insert(seq, Arc::new(file));
-            }
+        for seq in numbered_files(dir, ".body").map_err(|e| err(dir, e))? {
+            let path = dir.join(format!("{seq:020}.body"));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| err(&path, e))?;
+            files.insert(seq, Arc::new(file));
         }
         let current = files.keys().next_back().map_or(1, |s| s + 1);
         let mut bodies = Bodies {
@@ -132,18 +125,15 @@ impl Bodies {
             .files
             .get(&self.current)
             .ok_or_else(|| err(&self.dir, "no current file"))?;
-        let mut record = Vec::with_capacity(HEADER as usize + body.len());
-        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        record.extend_from_slice(body);
-        file.write_all_at(&record, self.current_len)
+        file.write_all_at(&record_header(body), self.current_len)
+            .and_then(|_| file.write_all_at(body, self.current_len + HEADER))
             .map_err(|e| err(&self.path_of(self.current), e))?;
         let r = BodyRef {
             file: self.current,
             offset: self.current_len + HEADER,
             len: body.len() as u32,
         };
-        self.current_len += record.len() as u64;
+        self.current_len += HEADER + body.len() as u64;
         *self.live.entry(self.current).or_default() += 1;
         if !self.unsynced.contains(&self.current) {
             self.unsynced.push(self.current);
@@ -159,9 +149,7 @@ impl Bodies {
             }
         }
         if std::mem::take(&mut self.new_files) {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| err(&self.dir, e))?;
+            fsync_dir(&self.dir).map_err(|e| err(&self.dir, e))?;
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 /// A new segment is started past this size.
 const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
-const HEADER: u64 = 8;
+pub(crate) const HEADER: u64 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegError {
@@ -70,19 +70,7 @@ pub struct Segments {
 impl Segments {
     /// Opens (creating) `dir` and loads every segment's record positions.
     pub fn open(dir: &Path) -> Result<Segments, SegError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let mut firsts = Vec::new();
-        for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-            let e = e.map_err(|e| io(dir, e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(first) = name
-                .strip_suffix(".seg")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                firsts.push(first);
-            }
-        }
-        firsts.sort_unstable();
+        let firsts = numbered_files(dir, ".seg").map_err(|e| io(dir, e))?;
         let mut s = Segments {
             dir: dir.to_path_buf(),
             segments: BTreeMap::new(),
@@ -238,11 +226,8 @@ impl Segments {
             .iter_mut()
             .next_back()
             .ok_or_else(|| io(&self.dir, "no segment"))?;
-        let mut header = [0u8; HEADER as usize];
-        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
         seg.file
-            .write_all_at(&header, seg.len)
+            .write_all_at(&record_header(payload), seg.len)
             .and_then(|_| seg.file.write_all_at(payload, seg.len + HEADER))
             .map_err(|e| io(&seg.path, e))?;
         self.index.insert(
@@ -348,16 +333,45 @@ impl Pending {
             f.sync_data()?;
         }
         if let Some(dir) = &self.dir {
-            File::open(dir)?.sync_all()?;
+            fsync_dir(dir)?;
         }
         Ok(())
     }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SegError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))
+    fsync_dir(dir).map_err(|e| io(dir, e))
+}
+
+/// Makes file creations and deletions in `dir` durable.
+pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The numbers `n` of the files `<n, 20 digits><suffix>` in `dir` (created if missing),
+/// in order. Segments and body files are named so.
+pub(crate) fn numbered_files(dir: &Path, suffix: &str) -> std::io::Result<Vec<u64>> {
+    std::fs::create_dir_all(dir)?;
+    let mut numbers = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_suffix(suffix)
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// The header of a record in a segment or body file: payload length and CRC-32, LE.
+pub(crate) fn record_header(payload: &[u8]) -> [u8; HEADER as usize] {
+    let mut header = [0u8; HEADER as usize];
+    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    header
 }
 
 /// Reads a payload located by [`Segments::locate`] (blocking, from the page cache mostly).
