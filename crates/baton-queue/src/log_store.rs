@@ -8,6 +8,11 @@
 //!
 //! Purging flushes the database first: the state machine lives there, and the entries
 //! purged are the only other copy of what it has applied since its last flush.
+//!
+//! The entries appended last are also kept in memory ([`Recent`], up to
+//! [`RECENT_MAX_BYTES`]): a leader replicates each entry to every follower right after
+//! appending it, and reading it back from the file would cost a read and a decode per
+//! follower.
 
 use crate::db::{Db, DbError, Tree};
 use crate::segments::{self, Pending, Segments};
@@ -25,10 +30,74 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
 
+/// How many bytes of recently appended entries stay in memory.
+const RECENT_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// The last appended entries, contiguous by index, oldest first.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn push(&mut self, entry: Entry, size: usize) {
+        let next = self.entries.back().map(|(e, _)| e.log_id.index + 1);
+        if next.is_some_and(|n| n != entry.log_id.index) {
+            self.clear();
+        }
+        self.bytes += size;
+        self.entries.push_back((entry, size));
+        while self.bytes > RECENT_MAX_BYTES && self.entries.len() > 1 {
+            if let Some((_, s)) = self.entries.pop_front() {
+                self.bytes -= s;
+            }
+        }
+    }
+
+    fn get(&self, index: u64) -> Option<&Entry> {
+        let first = self.first_index()?;
+        let at = usize::try_from(index.checked_sub(first)?).ok()?;
+        self.entries.get(at).map(|(e, _)| e)
+    }
+
+    /// Forgets the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while let Some((e, s)) = self.entries.back() {
+            if e.log_id.index < index {
+                break;
+            }
+            self.bytes -= *s;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Forgets the entries up to `index`.
+    fn purge(&mut self, index: u64) {
+        while let Some((e, s)) = self.entries.front() {
+            if e.log_id.index > index {
+                break;
+            }
+            self.bytes -= *s;
+            self.entries.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
     log: Arc<Mutex<Segments>>,
+    recent: Arc<Mutex<Recent>>,
     meta: Tree,
     flusher: mpsc::UnboundedSender<(Pending, LogFlushed<TypeConfig>)>,
     /// The last committed index openraft told us about, for metrics.
@@ -60,7 +129,9 @@ impl LogStore {
     /// (needs a tokio runtime). A log kept in `db` by an older version moves to `dir`.
     pub fn open(db: &Db, dir: &Path) -> Result<LogStore, DbError> {
         let mut segments = Segments::open(dir).map_err(|e| DbError::corrupt(e.to_string()))?;
-        let meta = db.tree("raft-meta")?;
+        // Buffered: `save_committed` runs on every commit and need not be durable; the
+        // vote and the purge mark are followed by a `Db::flush`, which covers buffers.
+        let meta = db.buffered_tree("raft-meta")?;
         let old = db.tree("raft-log")?;
         if segments.is_empty() && old.last()?.is_some() {
             for pair in old.iter() {
@@ -86,6 +157,7 @@ impl LogStore {
         let store = LogStore {
             db: db.clone(),
             log: Arc::new(Mutex::new(segments)),
+            recent: Arc::default(),
             meta,
             flusher: tx,
             committed: Arc::new(AtomicU64::new(0)),
@@ -97,6 +169,11 @@ impl LogStore {
                 .map_err(|e| DbError::corrupt(e.to_string()))?;
         }
         Ok(store)
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // Every method leaves it contiguous.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn segments(&self) -> std::sync::MutexGuard<'_, Segments> {
@@ -118,6 +195,9 @@ impl LogStore {
 
     /// Reads and decodes entry `index`, if the log holds it.
     fn entry(&self, index: u64) -> Result<Option<Entry>, DbError> {
+        if let Some(e) = self.recent().get(index) {
+            return Ok(Some(e.clone()));
+        }
         let Some((file, offset, len)) = self.segments().locate(index) else {
             return Ok(None);
         };
@@ -250,12 +330,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let pending = {
             let mut s = self.segments();
             // One entry's encoding at a time: entries can be 16 MiB each.
+            let mut recent = self.recent();
             for entry in entries {
                 let index = entry.log_id.index;
                 let bytes = encode(&entry).map_err(write_err)?;
-                drop(entry);
-                s.append(index, &bytes)
-                    .map_err(|e| write_err(DbError::corrupt(e.to_string())))?;
+                if let Err(e) = s.append(index, &bytes) {
+                    recent.clear();
+                    return Err(write_err(DbError::corrupt(e.to_string())));
+                }
+                recent.push(entry, bytes.len());
             }
             s.take_dirty()
         };
@@ -269,6 +352,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().truncate(log_id.index);
         self.segments()
             .truncate(log_id.index)
             .map_err(|e| write_err(DbError::corrupt(e.to_string())))?;
@@ -281,6 +365,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode(&Some(log_id)).map_err(write_err)?;
         self.meta.insert(PURGED, bytes).map_err(write_err)?;
         self.db.flush().await.map_err(write_err)?;
+        self.recent().purge(log_id.index);
         self.segments()
             .purge(log_id.index)
             .map_err(|e| write_err(DbError::corrupt(e.to_string())))?;

@@ -276,7 +276,7 @@ impl StateMachine {
         }
         let mut sm = StateMachine {
             db: db.clone(),
-            state: db.tree("state")?,
+            state: db.buffered_tree("state")?,
             bodies: Arc::new(std::sync::Mutex::new(
                 Bodies::open(&bodies_dir).map_err(body_err)?,
             )),
