@@ -17,8 +17,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-/// A buffered tree checkpoints at once past this many bytes of keys and values.
-pub const OVERLAY_MAX: usize = 32 * 1024 * 1024;
+/// A buffered tree checkpoints at once past this many bytes of keys and values (each
+/// key counted with [`SLOT_OVERHEAD`] more for its place in memory). Kept small: sled's
+/// memory grows with the size of one batch, and with 32 MiB a node joining a cluster
+/// that held 100,000 queued messages peaked at 1.2 GiB, against 0.65 GiB with 4 MiB.
+pub const OVERLAY_MAX: usize = 4 * 1024 * 1024;
+const SLOT_OVERHEAD: usize = 96;
 /// How often buffered trees are checkpointed in the background.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
@@ -233,7 +237,7 @@ impl Overlay {
                         None => self.base.contains_key(&key)?,
                     },
                 };
-                let size = key.len() + value.as_ref().map_or(0, |v| v.len());
+                let size = SLOT_OVERHEAD + key.len() + value.as_ref().map_or(0, |v| v.len());
                 if value.is_none() && !below {
                     layers.active.remove(&key);
                 } else {
@@ -491,18 +495,25 @@ impl Tree {
     pub fn apply(&self, batch: Batch) -> Result<()> {
         match &self.overlay {
             Some(o) => o.apply(batch.0),
-            None => {
-                let mut b = sled::Batch::default();
-                for (key, value) in batch.0 {
-                    match value {
-                        Some(v) => b.insert(key, v),
-                        None => b.remove(key),
-                    }
-                }
-                self.base.apply_batch(b)?;
-                Ok(())
+            None => self.apply_direct(batch),
+        }
+    }
+    /// Writes `batch` to sled at once, past the buffer: for bulk loads (a snapshot being
+    /// installed), which would otherwise sit in memory and reach sled as one huge batch.
+    /// Whatever is buffered is handed to sled first, so reads stay in order.
+    pub fn apply_direct(&self, batch: Batch) -> Result<()> {
+        if let Some(o) = &self.overlay {
+            o.checkpoint()?;
+        }
+        let mut b = sled::Batch::default();
+        for (key, value) in batch.0 {
+            match value {
+                Some(v) => b.insert(key, v),
+                None => b.remove(key),
             }
         }
+        self.base.apply_batch(b)?;
+        Ok(())
     }
     pub fn clear(&self) -> Result<()> {
         match &self.overlay {

@@ -1043,7 +1043,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if batch_bytes > 8 * 1024 * 1024 {
                 lock(&self.bodies).sync().map_err(sm_write_err)?;
                 self.state
-                    .apply(std::mem::take(&mut batch))
+                    .apply_direct(std::mem::take(&mut batch))
                     .map_err(sm_write_err)?;
                 batch_bytes = 0;
             }
@@ -1051,7 +1051,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.insert(APPLIED, encode(&meta.last_log_id));
         batch.insert(MEMBERSHIP, encode(&meta.last_membership));
         lock(&self.bodies).sync().map_err(sm_write_err)?;
-        self.state.apply(batch).map_err(sm_write_err)?;
+        self.state.apply_direct(batch).map_err(sm_write_err)?;
         // The old state's body files go only once the new state is durable.
         self.db.flush().await.map_err(sm_write_err)?;
         lock(&self.bodies)
