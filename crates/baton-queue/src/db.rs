@@ -612,6 +612,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_full_buffer_goes_to_sled_and_direct_writes_pass_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let t = db.buffered_tree("t").unwrap();
+        let value = vec![7u8; 1024];
+        for i in 0..(OVERLAY_MAX / 1024 + 10) {
+            t.insert(format!("k{i:08}"), &value).unwrap();
+        }
+        assert!(
+            o_len(&t) < 1000,
+            "past OVERLAY_MAX the buffer was checkpointed"
+        );
+        assert_eq!(t.scan_prefix("k").count(), OVERLAY_MAX / 1024 + 10);
+        // A direct write hands the buffer over first, then goes straight to sled.
+        t.insert("k00000000", "buffered").unwrap();
+        let mut b = Batch::default();
+        b.insert("z", "direct");
+        t.apply_direct(b).unwrap();
+        assert_eq!(o_len(&t), 0);
+        assert_eq!(t.get("k00000000").unwrap().unwrap(), b"buffered");
+        assert_eq!(t.get("z").unwrap().unwrap(), b"direct");
+    }
+
     fn o_len(t: &Tree) -> usize {
         t.overlay.as_ref().unwrap().read().active.len()
     }
