@@ -8,7 +8,7 @@ use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -87,25 +87,47 @@ impl GrpcPeer {
     {
         let client = self.peers.client(&self.addr).map_err(unreachable)?;
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let reply = tokio::time::timeout(option.hard_ttl(), call(client, Payload { data }))
-            .await
-            .map_err(|_| unreachable(format!("node {} ({}) timed out", self.target, self.addr)))?
-            .map_err(|status| match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => unreachable(format!(
-                    "node {} ({}): {}",
-                    self.target,
-                    self.addr,
-                    status.message()
-                )),
-                _ => RPCError::Network(NetworkError::new(&status)),
-            })?;
+        let reply =
+            tokio::time::timeout(option.hard_ttl(), call(client, Payload { data }))
+                .await
+                // Slow is not gone: openraft pauses replication to an unreachable node for
+                // its backoff, but retries at once after a plain network error. A follower
+                // busy with a large append or a slow fsync answers late, not never.
+                .map_err(|_| {
+                    let late = std::io::Error::other(format!(
+                        "node {} ({}) did not answer within {:?}",
+                        self.target,
+                        self.addr,
+                        option.hard_ttl()
+                    ));
+                    RPCError::Network(NetworkError::new(&late))
+                })?
+                .map_err(|status| match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => unreachable(
+                        format!("node {} ({}): {}", self.target, self.addr, status.message()),
+                    ),
+                    _ => RPCError::Network(NetworkError::new(&status)),
+                })?;
         let result: Result<Resp, Err> = decode(&reply.into_inner().data)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
+/// Pauses between replication attempts to an unreachable node: short at first (a
+/// restarted node is back within a second or two), then openraft's 500 ms.
+fn replication_backoff() -> impl Iterator<Item = std::time::Duration> + Send + 'static {
+    [50, 100, 200]
+        .into_iter()
+        .chain(std::iter::repeat(500))
+        .map(std::time::Duration::from_millis)
+}
+
 impl RaftNetwork<TypeConfig> for GrpcPeer {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(replication_backoff())
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -350,8 +350,11 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Streams the whole state into a new `.tmp` snapshot file.
-    fn write_snapshot(&self) -> Result<(SnapshotMeta, PathBuf), DbError> {
+    /// Streams the whole state but the bodies into a new `.tmp` snapshot file, and
+    /// pins the body files: the bodies are copied by [`PendingSnapshot::finish`] while
+    /// entries are applied again (a body file is append-only, and an open handle keeps
+    /// it readable even once it is deleted). Apply is paused only for the records.
+    fn begin_snapshot(&self) -> Result<PendingSnapshot, DbError> {
         let (last_log_id, last_membership) = self.applied_and_membership()?;
         let snapshot_id = match last_log_id {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, ulid::Ulid::new()),
@@ -366,6 +369,7 @@ impl StateMachine {
             .snapshot_dir
             .join(format!("building-{}.tmp", ulid::Ulid::new()));
         let mut writer = SnapshotWriter::create(tmp, &meta)?;
+        let mut pinned = Vec::new();
         for pair in self.state.iter() {
             let (k, v) = pair?;
             if k.as_slice() == APPLIED || k.as_slice() == MEMBERSHIP {
@@ -377,13 +381,16 @@ impl StateMachine {
                 let file = lock(&self.bodies)
                     .file(&r)
                     .ok_or_else(|| DbError::corrupt(format!("body file {} missing", r.file)))?;
-                let body = bodies::read(&file, &r).map_err(body_err)?;
-                writer.record(&[b"b/", id].concat(), &body)?;
+                pinned.push(([b"b/", id].concat(), file, r));
                 continue;
             }
             writer.record(&k, &v)?;
         }
-        Ok((meta, writer.finish()?))
+        Ok(PendingSnapshot {
+            meta,
+            writer,
+            pinned,
+        })
     }
 
     fn applied_and_membership(&self) -> Result<(Option<LogId>, StoredMembership), DbError> {
@@ -977,10 +984,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Written here, while apply is paused, so the copy is consistent; streamed to a
-        // file, so the state is never whole in memory.
+        // The records are written here, while apply is paused, so the copy is
+        // consistent; streamed to a file, so the state is never whole in memory. The
+        // bodies follow in `build_snapshot`, which runs beside apply.
         SnapshotBuilder {
-            written: self.write_snapshot(),
+            pending: Some(self.begin_snapshot()),
             dir: self.snapshot_dir.clone(),
         }
     }
@@ -1084,16 +1092,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// A snapshot written by `get_snapshot_builder`, made current by `build_snapshot`.
+/// A snapshot whose records are written and whose bodies are still to be copied.
+struct PendingSnapshot {
+    meta: SnapshotMeta,
+    writer: SnapshotWriter,
+    /// `b/<id>` keys, with the body file (held open) and where the body is in it.
+    pinned: Vec<(Vec<u8>, Arc<std::fs::File>, BodyRef)>,
+}
+
+impl PendingSnapshot {
+    /// Copies the bodies and closes the file.
+    fn finish(mut self) -> Result<(SnapshotMeta, PathBuf), DbError> {
+        for (key, file, r) in &self.pinned {
+            let body = bodies::read(file, r).map_err(body_err)?;
+            self.writer.record(key, &body)?;
+        }
+        Ok((self.meta, self.writer.finish()?))
+    }
+}
+
+/// A snapshot begun by `get_snapshot_builder`, finished and made current by
+/// `build_snapshot`.
 pub struct SnapshotBuilder {
-    written: Result<(SnapshotMeta, PathBuf), DbError>,
+    pending: Option<Result<PendingSnapshot, DbError>>,
     dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let placeholder = Err(DbError::corrupt("snapshot already built"));
-        let (meta, tmp) = std::mem::replace(&mut self.written, placeholder).map_err(sm_read_err)?;
+        let pending = self
+            .pending
+            .take()
+            .unwrap_or_else(|| Err(DbError::corrupt("snapshot already built")))
+            .map_err(sm_read_err)?;
+        let (meta, tmp) = tokio::task::spawn_blocking(move || pending.finish())
+            .await
+            .map_err(|e| sm_write_err(DbError::corrupt(format!("snapshot task: {e}"))))?
+            .map_err(sm_write_err)?;
         let current = make_current(&tmp, &self.dir).map_err(sm_write_err)?;
         let file = tokio::fs::File::open(&current).await.map_err(sm_read_err)?;
         Ok(Snapshot {
