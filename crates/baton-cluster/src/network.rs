@@ -90,17 +90,16 @@ impl GrpcPeer {
         let reply =
             tokio::time::timeout(option.hard_ttl(), call(client, Payload { data }))
                 .await
-                // Slow is not gone: openraft pauses replication to an unreachable node for
-                // its backoff, but retries at once after a plain network error. A follower
-                // busy with a large append or a slow fsync answers late, not never.
+                // Unreachable: openraft then pauses replication to it for a backoff (see
+                // `replication_backoff`), so a follower that is only slow is not sent the
+                // same large append again while it still works on the last one.
                 .map_err(|_| {
-                    let late = std::io::Error::other(format!(
+                    unreachable(format!(
                         "node {} ({}) did not answer within {:?}",
                         self.target,
                         self.addr,
                         option.hard_ttl()
-                    ));
-                    RPCError::Network(NetworkError::new(&late))
+                    ))
                 })?
                 .map_err(|status| match status.code() {
                     tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => unreachable(
@@ -114,8 +113,10 @@ impl GrpcPeer {
     }
 }
 
-/// Pauses between replication attempts to an unreachable node: short at first (a
-/// restarted node is back within a second or two), then openraft's 500 ms.
+/// Pauses between replication attempts to a node that is unreachable or did not answer
+/// in time: short at first (a follower slowed by a large append or a slow fsync is
+/// usually back within tens of milliseconds), then openraft's default 500 ms. openraft
+/// starts over from the first after any success.
 fn replication_backoff() -> impl Iterator<Item = std::time::Duration> + Send + 'static {
     [50, 100, 200]
         .into_iter()
