@@ -91,7 +91,7 @@ impl GrpcPeer {
             tokio::time::timeout(option.hard_ttl(), call(client, Payload { data }))
                 .await
                 // Unreachable: openraft then pauses replication to it for a backoff (see
-                // `replication_backoff`), so a follower that is only slow is not sent the
+                // `backoff` below), so a follower that is only slow is not sent the
                 // same large append again while it still works on the last one.
                 .map_err(|_| {
                     unreachable(format!(
@@ -113,20 +113,18 @@ impl GrpcPeer {
     }
 }
 
-/// Pauses between replication attempts to a node that is unreachable or did not answer
-/// in time: short at first (a follower slowed by a large append or a slow fsync is
-/// usually back within tens of milliseconds), then openraft's default 500 ms. openraft
-/// starts over from the first after any success.
-fn replication_backoff() -> impl Iterator<Item = std::time::Duration> + Send + 'static {
-    [50, 100, 200]
-        .into_iter()
-        .chain(std::iter::repeat(500))
-        .map(std::time::Duration::from_millis)
-}
-
 impl RaftNetwork<TypeConfig> for GrpcPeer {
+    /// Pauses between replication attempts to a node that is unreachable or did not
+    /// answer in time: short at first (a follower slowed by a large append or a slow
+    /// fsync is usually back within tens of milliseconds), then openraft's default
+    /// 500 ms. openraft starts over from the first after any success.
     fn backoff(&self) -> Backoff {
-        Backoff::new(replication_backoff())
+        Backoff::new(
+            [50, 100, 200]
+                .into_iter()
+                .chain(std::iter::repeat(500))
+                .map(std::time::Duration::from_millis),
+        )
     }
 
     async fn append_entries(

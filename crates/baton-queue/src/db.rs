@@ -62,6 +62,12 @@ pub struct Db {
 
 impl Db {
     pub fn open(dir: &Path) -> Result<Db> {
+        Db::open_with(dir, true)
+    }
+
+    /// `checkpointer`: whether buffered trees are checkpointed in the background (tests
+    /// that look at the buffer turn it off).
+    fn open_with(dir: &Path, checkpointer: bool) -> Result<Db> {
         let inner = sled::Config::new()
             .path(dir)
             // Durability comes from our explicit flushes; the background flusher only
@@ -75,7 +81,9 @@ impl Db {
         let file =
             std::fs::File::open(&path).map_err(|e| DbError(format!("{}: {e}", path.display())))?;
         let overlays = Arc::new(Mutex::new(Vec::new()));
-        start_checkpointer(Arc::downgrade(&overlays))?;
+        if checkpointer {
+            start_checkpointer(Arc::downgrade(&overlays))?;
+        }
         Ok(Db {
             inner,
             file: Arc::new(file),
@@ -104,11 +112,7 @@ impl Db {
 
     /// Hands every buffered write to sled (see [`Db::flush`] for durability).
     pub fn checkpoint(&self) -> Result<()> {
-        let overlays = lock(&self.overlays).clone();
-        for o in overlays {
-            o.checkpoint()?;
-        }
-        Ok(())
+        checkpoint_all(&self.overlays)
     }
 
     /// Makes every write done so far durable, buffered ones included.
@@ -136,6 +140,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Checkpoints every buffered tree, each even if another failed; returns the first error.
+fn checkpoint_all(overlays: &Mutex<Vec<Arc<Overlay>>>) -> Result<()> {
+    let list = lock(overlays).clone();
+    let mut first = Ok(());
+    for o in list {
+        if let Err(e) = o.checkpoint() {
+            first = first.and(Err(e));
+        }
+    }
+    first
+}
+
 /// Checkpoints the buffered trees every [`CHECKPOINT_EVERY`] until the database is
 /// dropped. sled's own flusher then writes them out within its second.
 fn start_checkpointer(overlays: Weak<Mutex<Vec<Arc<Overlay>>>>) -> Result<()> {
@@ -147,14 +163,10 @@ fn start_checkpointer(overlays: Weak<Mutex<Vec<Arc<Overlay>>>>) -> Result<()> {
                 let Some(overlays) = overlays.upgrade() else {
                     return;
                 };
-                let list = lock(&overlays).clone();
-                drop(overlays);
-                for o in list {
-                    if let Err(e) = o.checkpoint() {
-                        // The writes stay buffered and are tried again next time; the
-                        // Raft log still holds them.
-                        tracing::error!(error = %e, "state checkpoint failed");
-                    }
+                if let Err(e) = checkpoint_all(&overlays) {
+                    // The writes stay buffered and are tried again next time; the Raft
+                    // log still holds them.
+                    tracing::error!(error = %e, "state checkpoint failed");
                 }
             }
         })
@@ -194,6 +206,11 @@ impl Layers {
     }
 }
 
+/// What a buffered key counts against [`OVERLAY_MAX`].
+fn slot_size(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    SLOT_OVERHEAD + key.len() + value.as_ref().map_or(0, |v| v.len())
+}
+
 struct Overlay {
     base: sled::Tree,
     layers: RwLock<Layers>,
@@ -226,6 +243,14 @@ impl Overlay {
         }
     }
 
+    fn contains(&self, key: &[u8]) -> Result<bool> {
+        let layers = self.read();
+        match layers.lookup(key) {
+            Some(v) => Ok(v.is_some()),
+            None => Ok(self.base.contains_key(key)?),
+        }
+    }
+
     fn apply(&self, ops: Vec<Buffered>) -> Result<()> {
         let full = {
             let mut layers = self.write();
@@ -237,12 +262,14 @@ impl Overlay {
                         None => self.base.contains_key(&key)?,
                     },
                 };
-                let size = SLOT_OVERHEAD + key.len() + value.as_ref().map_or(0, |v| v.len());
+                if let Some(old) = layers.active.get(&key) {
+                    layers.active_bytes -= slot_size(&key, &old.value);
+                }
                 if value.is_none() && !below {
                     layers.active.remove(&key);
                 } else {
+                    layers.active_bytes += slot_size(&key, &value);
                     layers.active.insert(key, Slot { value, below });
-                    layers.active_bytes += size;
                 }
             }
             layers.active_bytes > OVERLAY_MAX
@@ -477,13 +504,7 @@ impl Tree {
     }
     pub fn contains(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         match &self.overlay {
-            Some(o) => {
-                let layers = o.read();
-                match layers.lookup(key.as_ref()) {
-                    Some(v) => Ok(v.is_some()),
-                    None => Ok(self.base.contains_key(key)?),
-                }
-            }
+            Some(o) => o.contains(key.as_ref()),
             None => Ok(self.base.contains_key(key)?),
         }
     }
@@ -569,7 +590,7 @@ mod tests {
     fn buffered_writes_read_through_checkpoints_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = Db::open(dir.path()).unwrap();
+            let db = Db::open_with(dir.path(), false).unwrap();
             let t = db.buffered_tree("t").unwrap();
             t.insert("a", "1").unwrap();
             t.insert("c", "3").unwrap();
@@ -615,7 +636,7 @@ mod tests {
     #[test]
     fn a_full_buffer_goes_to_sled_and_direct_writes_pass_it() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
+        let db = Db::open_with(dir.path(), false).unwrap();
         let t = db.buffered_tree("t").unwrap();
         let value = vec![7u8; 1024];
         for i in 0..(OVERLAY_MAX / 1024 + 10) {
