@@ -123,16 +123,18 @@ impl Db {
     /// `fdatasync` after it does both.
     pub async fn flush(&self) -> Result<()> {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || db.checkpoint())
+        tokio::task::spawn_blocking(move || db.flush_blocking())
             .await
-            .map_err(|e| DbError(format!("checkpoint task: {e}")))??;
-        self.inner.flush_async().await?;
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| DbError(format!("fdatasync task: {e}")))?
-            .map_err(|e| DbError(format!("fdatasync: {e}")))?;
-        Ok(())
+            .map_err(|e| DbError(format!("flush task: {e}")))?
+    }
+
+    /// [`Db::flush`] on the calling thread: checkpoint, sled's flush, then `fdatasync`.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.checkpoint()?;
+        self.inner.flush()?;
+        self.file
+            .sync_data()
+            .map_err(|e| DbError(format!("fdatasync: {e}")))
     }
 }
 

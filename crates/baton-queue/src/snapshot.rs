@@ -12,6 +12,9 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const CURRENT: &str = "current.bin";
+/// Present while `current.bin` is being loaded into the state: the state is then partly
+/// old and partly new, and opening the state machine loads the snapshot again.
+pub const INSTALLING: &str = "installing";
 
 fn io(e: std::io::Error) -> DbError {
     DbError::corrupt(format!("snapshot file: {e}"))
@@ -60,6 +63,23 @@ pub fn make_current(tmp: &Path, dir: &Path) -> Result<PathBuf, DbError> {
     std::fs::rename(tmp, &current).map_err(io)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     Ok(current)
+}
+
+/// Durably marks `dir` as being installed from (see [`INSTALLING`]).
+pub fn mark_installing(dir: &Path) -> Result<(), DbError> {
+    File::create(dir.join(INSTALLING))
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// Removes the mark once the installed state is durable. Losing the removal in a crash
+/// only means the snapshot is loaded once more.
+pub fn clear_installing(dir: &Path) -> Result<(), DbError> {
+    match std::fs::remove_file(dir.join(INSTALLING)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Reads a snapshot file: its meta, then its records.

@@ -287,6 +287,10 @@ impl StateMachine {
             voters: BTreeSet::new(),
             events_next: 1,
         };
+        if sm.snapshot_dir.join(snapshot::INSTALLING).exists() {
+            tracing::warn!("the last snapshot install was cut short; installing it again");
+            sm.load_current()?;
+        }
         sm.rebuild_index()?;
         // Readers wait on `changed` for an index to be applied: start from what is.
         if let (Some(applied), _) = sm.applied_and_membership()? {
@@ -301,6 +305,43 @@ impl StateMachine {
             bodies: self.bodies.clone(),
             shared: self.shared.clone(),
         }
+    }
+
+    /// Replaces the state with the current snapshot's. A mark on disk covers the time the
+    /// state is half old, half new: if the process stops then, [`StateMachine::open`]
+    /// calls this again, so a node never starts from a partly installed state.
+    fn load_current(&mut self) -> Result<(), DbError> {
+        snapshot::mark_installing(&self.snapshot_dir)?;
+        let mut reader = SnapshotReader::open(&self.snapshot_dir.join(snapshot::CURRENT))?;
+        // Every body file there is now, a half-filled one from a stopped install included.
+        let old_files = lock(&self.bodies).begin_replace().map_err(body_err)?;
+        self.state.clear()?;
+        let mut batch = Batch::default();
+        let mut batch_bytes = 0;
+        while let Some((k, v)) = reader.next_record()? {
+            batch_bytes += k.len() + v.len();
+            if let Some(id) = k.strip_prefix(b"b/") {
+                let r = lock(&self.bodies).put(&v).map_err(body_err)?;
+                batch.insert([b"p/", id].concat(), encode(&r));
+            } else {
+                batch.insert(&k, &v);
+            }
+            if batch_bytes > 8 * 1024 * 1024 {
+                lock(&self.bodies).sync().map_err(body_err)?;
+                self.state.apply_direct(std::mem::take(&mut batch))?;
+                batch_bytes = 0;
+            }
+        }
+        batch.insert(APPLIED, encode(&reader.meta.last_log_id));
+        batch.insert(MEMBERSHIP, encode(&reader.meta.last_membership));
+        lock(&self.bodies).sync().map_err(body_err)?;
+        self.state.apply_direct(batch)?;
+        // The old state's body files go only once the new state is durable.
+        self.db.flush_blocking()?;
+        lock(&self.bodies)
+            .drop_files(&old_files)
+            .map_err(body_err)?;
+        snapshot::clear_installing(&self.snapshot_dir)
     }
 
     fn rebuild_index(&mut self) -> Result<(), DbError> {
@@ -1033,38 +1074,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(received) = self.receiving.take() {
             let _ = std::fs::remove_file(received);
         }
-        let current = make_current(&tmp, &self.snapshot_dir).map_err(sm_write_err)?;
-        let mut reader = SnapshotReader::open(&current).map_err(sm_write_err)?;
-        let old_files = lock(&self.bodies).begin_replace().map_err(sm_write_err)?;
-        self.state.clear().map_err(sm_write_err)?;
-        let mut batch = Batch::default();
-        let mut batch_bytes = 0;
-        while let Some((k, v)) = reader.next_record().map_err(sm_write_err)? {
-            batch_bytes += k.len() + v.len();
-            if let Some(id) = k.strip_prefix(b"b/") {
-                let mut bodies = lock(&self.bodies);
-                let r = bodies.put(&v).map_err(sm_write_err)?;
-                batch.insert([b"p/", id].concat(), encode(&r));
-            } else {
-                batch.insert(&k, &v);
-            }
-            if batch_bytes > 8 * 1024 * 1024 {
-                lock(&self.bodies).sync().map_err(sm_write_err)?;
-                self.state
-                    .apply_direct(std::mem::take(&mut batch))
-                    .map_err(sm_write_err)?;
-                batch_bytes = 0;
-            }
-        }
-        batch.insert(APPLIED, encode(&meta.last_log_id));
-        batch.insert(MEMBERSHIP, encode(&meta.last_membership));
-        lock(&self.bodies).sync().map_err(sm_write_err)?;
-        self.state.apply_direct(batch).map_err(sm_write_err)?;
-        // The old state's body files go only once the new state is durable.
-        self.db.flush().await.map_err(sm_write_err)?;
-        lock(&self.bodies)
-            .drop_files(&old_files)
-            .map_err(sm_write_err)?;
+        make_current(&tmp, &self.snapshot_dir).map_err(sm_write_err)?;
+        self.load_current().map_err(sm_write_err)?;
         tracing::info!(
             snapshot = %meta.snapshot_id,
             last_log = ?meta.last_log_id.map(|l| l.index),

@@ -302,3 +302,74 @@ async fn operator_commands_and_events() {
     assert_eq!(node.reader.event_bounds().unwrap(), (4, 8));
     node.shutdown().await;
 }
+
+/// A node stopped halfway through installing a snapshot (its old state cleared, the new
+/// one partly written) loads the snapshot again when it opens, rather than starting
+/// from a state that is neither.
+#[tokio::test]
+async fn an_interrupted_snapshot_install_is_redone_on_open() {
+    use baton_queue::types::Request;
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    let entry = |index: u64, ids: &[&str]| openraft::Entry::<TypeConfig> {
+        log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Request::Enqueue {
+            messages: ids.iter().map(|id| message(id, &["x@one.test"])).collect(),
+        }),
+    };
+    // The leader's state, snapshotted.
+    let a = TempDir::new().unwrap();
+    let db_a = Db::open(&a.path().join("db")).unwrap();
+    let mut sm_a = StateMachine::open(&db_a, a.path().join("snapshots")).unwrap();
+    sm_a.apply(vec![entry(1, &["m1", "m2"]), entry(2, &["m3"])])
+        .await
+        .unwrap();
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let last = snap.meta.last_log_id;
+    assert_eq!(last.map(|l| l.index), Some(2));
+
+    // The joining node installs it, with a message of its own to be replaced.
+    let b = TempDir::new().unwrap();
+    let snapshots = b.path().join("snapshots");
+    let db_b = Db::open(&b.path().join("db")).unwrap();
+    {
+        let mut sm_b = StateMachine::open(&db_b, snapshots.clone()).unwrap();
+        sm_b.apply(vec![entry(1, &["old"])]).await.unwrap();
+        sm_b.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert!(!snapshots.join(baton_queue::snapshot::INSTALLING).exists());
+    }
+    // Now as if it had stopped halfway: marked, state cleared, a body file half filled.
+    baton_queue::snapshot::mark_installing(&snapshots).unwrap();
+    db_b.tree("state").unwrap().clear().unwrap();
+    let bodies = b.path().join("bodies");
+    let files_before = std::fs::read_dir(&bodies).unwrap().count();
+    db_b.flush().await.unwrap();
+
+    let mut sm_b = StateMachine::open(&db_b, snapshots.clone()).unwrap();
+    let (applied, _) = sm_b.applied_state().await.unwrap();
+    assert_eq!(applied, last, "the state is the snapshot's again");
+    let reader = sm_b.reader();
+    for id in ["m1", "m2", "m3"] {
+        assert!(reader.message(id).unwrap().is_some(), "{id} is back");
+        assert_eq!(
+            reader.body(id).unwrap().as_deref(),
+            Some(&b"Subject: t\r\n\r\nhi\r\n"[..]),
+            "{id}'s body"
+        );
+    }
+    assert!(reader.message("old").unwrap().is_none());
+    assert!(!snapshots.join(baton_queue::snapshot::INSTALLING).exists());
+    let files_after = std::fs::read_dir(&bodies).unwrap().count();
+    assert!(
+        files_after <= files_before,
+        "the earlier attempt's body files were dropped ({files_before} -> {files_after})"
+    );
+}
