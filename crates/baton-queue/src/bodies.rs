@@ -8,10 +8,15 @@
 //! power cut could take. Each file counts its live bodies; a file whose count reaches
 //! zero (and that is not being appended to) is deleted. On open the counts are rebuilt
 //! from the references, files without any are deleted, and appends go to a new file.
+//!
+//! A file with a few long-lived bodies left (deferred mail) would otherwise keep all its
+//! bytes for days: the state machine compacts such a file by copying its live bodies to
+//! the current file ([`Bodies::sparsest`], [`Bodies::hold`], [`Bodies::moved`]) and
+//! deletes it once the new references are durable ([`Bodies::unhold`]).
 
 use crate::segments::{HEADER, fsync_dir, numbered_files, record_header};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,11 @@ use std::sync::Arc;
 
 /// A new file is started past this size.
 const FILE_MAX: u64 = 64 * 1024 * 1024;
+
+/// Bytes a body takes in its file.
+fn footprint(r: &BodyRef) -> u64 {
+    HEADER + u64::from(r.len)
+}
 
 /// Where a body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +56,11 @@ pub struct Bodies {
     dir: PathBuf,
     files: BTreeMap<u64, Arc<File>>,
     live: HashMap<u64, u64>,
+    /// Bytes of live bodies in each file.
+    live_bytes: HashMap<u64, u64>,
+    /// Files being compacted: kept, even empty, until [`Bodies::unhold`].
+    held: HashSet<u64>,
+    file_max: u64,
     /// The file appended to, and its length.
     current: u64,
     current_len: u64,
@@ -71,6 +86,9 @@ impl Bodies {
             dir: dir.to_path_buf(),
             files,
             live: HashMap::new(),
+            live_bytes: HashMap::new(),
+            held: HashSet::new(),
+            file_max: FILE_MAX,
             current,
             current_len: 0,
             unsynced: Vec::new(),
@@ -99,10 +117,21 @@ impl Bodies {
         Ok(())
     }
 
+    /// Starts a new file past `bytes` instead of 64 MiB (tests).
+    #[doc(hidden)]
+    pub fn set_file_max(&mut self, bytes: u64) {
+        self.file_max = bytes;
+    }
+
     /// Sets the live counts from the references in the database; deletes the files no
     /// reference points into.
-    pub fn set_live(&mut self, live: HashMap<u64, u64>) -> Result<(), BodyError> {
-        self.live = live;
+    pub fn set_live(&mut self, refs: impl IntoIterator<Item = BodyRef>) -> Result<(), BodyError> {
+        self.live.clear();
+        self.live_bytes.clear();
+        for r in refs {
+            *self.live.entry(r.file).or_default() += 1;
+            *self.live_bytes.entry(r.file).or_default() += footprint(&r);
+        }
         let dead: Vec<u64> = self
             .files
             .keys()
@@ -117,7 +146,7 @@ impl Bodies {
 
     /// Appends a body (not yet durable: see [`Bodies::sync`]).
     pub fn put(&mut self, body: &[u8]) -> Result<BodyRef, BodyError> {
-        if self.current_len >= FILE_MAX {
+        if self.current_len >= self.file_max {
             self.current += 1;
             self.create_current()?;
         }
@@ -135,6 +164,7 @@ impl Bodies {
         };
         self.current_len += HEADER + body.len() as u64;
         *self.live.entry(self.current).or_default() += 1;
+        *self.live_bytes.entry(self.current).or_default() += footprint(&r);
         if !self.unsynced.contains(&self.current) {
             self.unsynced.push(self.current);
         }
@@ -159,23 +189,76 @@ impl Bodies {
         self.files.get(&r.file).cloned()
     }
 
-    /// One body fewer in `r`'s file; the file goes when none is left.
+    /// One body fewer in `r`'s file; the file goes when none is left (unless held).
     pub fn release(&mut self, r: &BodyRef) -> Result<(), BodyError> {
-        let left = match self.live.get_mut(&r.file) {
+        if self.forget(r) == 0 && r.file != self.current && !self.held.contains(&r.file) {
+            self.delete(r.file)?;
+        }
+        Ok(())
+    }
+
+    /// Counts `r` out of its file; returns how many bodies the file has left.
+    fn forget(&mut self, r: &BodyRef) -> u64 {
+        if let Some(b) = self.live_bytes.get_mut(&r.file) {
+            *b = b.saturating_sub(footprint(r));
+        }
+        match self.live.get_mut(&r.file) {
             Some(n) => {
                 *n = n.saturating_sub(1);
                 *n
             }
             None => 0,
-        };
-        if left == 0 && r.file != self.current {
-            self.delete(r.file)?;
+        }
+    }
+
+    /// The file (not the current one, not held) whose live bodies fill at most a quarter
+    /// of it, with at least half a file's worth of bytes to win back, the emptiest first.
+    pub fn sparsest(&self) -> Option<u64> {
+        let min_free = self.file_max / 2;
+        let mut best: Option<(u64, f64)> = None;
+        for (seq, file) in &self.files {
+            if *seq == self.current || self.held.contains(seq) {
+                continue;
+            }
+            let Ok(size) = file.metadata().map(|m| m.len()) else {
+                continue;
+            };
+            let live = self.live_bytes.get(seq).copied().unwrap_or(0);
+            if size == 0 || live.saturating_mul(4) > size || size - live < min_free {
+                continue;
+            }
+            let fill = live as f64 / size as f64;
+            if best.is_none_or(|(_, f)| fill < f) {
+                best = Some((*seq, fill));
+            }
+        }
+        best.map(|(seq, _)| seq)
+    }
+
+    /// Keeps file `seq` while its bodies are moved out of it.
+    pub fn hold(&mut self, seq: u64) {
+        self.held.insert(seq);
+    }
+
+    /// The body at `old` was copied to `new` (a [`Bodies::put`]): counts it out of its
+    /// held file.
+    pub fn moved(&mut self, old: &BodyRef) {
+        self.forget(old);
+    }
+
+    /// Ends a hold, once the moved references are durable: the file goes if nothing is
+    /// left in it.
+    pub fn unhold(&mut self, seq: u64) -> Result<(), BodyError> {
+        self.held.remove(&seq);
+        if seq != self.current && self.live.get(&seq).copied().unwrap_or(0) == 0 {
+            self.delete(seq)?;
         }
         Ok(())
     }
 
     fn delete(&mut self, seq: u64) -> Result<(), BodyError> {
         self.live.remove(&seq);
+        self.live_bytes.remove(&seq);
         if self.files.remove(&seq).is_some() {
             let path = self.path_of(seq);
             match std::fs::remove_file(&path) {
@@ -195,6 +278,8 @@ impl Bodies {
         self.current += 1;
         self.create_current()?;
         self.live.clear();
+        self.live_bytes.clear();
+        self.held.clear();
         Ok(old)
     }
 
@@ -241,7 +326,7 @@ mod tests {
         drop(b);
         // Reopened: a new current file; the old one lives while r2 does.
         let mut b = Bodies::open(dir.path()).unwrap();
-        b.set_live([(r2.file, 1)].into()).unwrap();
+        b.set_live([r2]).unwrap();
         assert_eq!(read(&b.file(&r2).unwrap(), &r2).unwrap(), b"second");
         b.release(&r2).unwrap();
         assert!(b.file(&r2).is_none(), "a file with nothing live is deleted");

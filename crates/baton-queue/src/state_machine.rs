@@ -36,6 +36,17 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// How often apply looks for a body file worth compacting.
+const COMPACT_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+/// Bodies moved per apply while a file is compacted (about 1 MiB of 4 KiB mail).
+const COMPACT_STEP: usize = 256;
+
+/// A body file being emptied: the bodies still to move out of it.
+struct Compaction {
+    file: u64,
+    todo: Vec<(String, BodyRef)>,
+}
+
 const APPLIED: &[u8] = b"s/applied";
 const MEMBERSHIP: &[u8] = b"s/membership";
 const OWNERSHIP: &[u8] = b"s/ownership";
@@ -117,20 +128,31 @@ impl QueueReader {
         }
     }
     pub fn body(&self, id: &str) -> Result<Option<Vec<u8>>, DbError> {
-        match self.state.get(body_ref_key(id))? {
-            Some(v) => {
-                let r: BodyRef = decode(&v, "body reference")?;
-                // The file goes when its last body is released: the message finished
-                // meanwhile.
-                let Some(file) = lock(&self.bodies).file(&r) else {
+        let Some(v) = self.state.get(body_ref_key(id))? else {
+            return self.state.get(body_key(id));
+        };
+        let mut r: BodyRef = decode(&v, "body reference")?;
+        let file = match lock(&self.bodies).file(&r) {
+            Some(file) => file,
+            None => {
+                // The file went after we read the reference: the message finished, or
+                // compaction moved its body (the new reference was written before the
+                // old file went). Read the reference again, under the lock file
+                // removal holds.
+                let bodies = lock(&self.bodies);
+                let Some(v) = self.state.get(body_ref_key(id))? else {
                     return Ok(None);
                 };
-                bodies::read(&file, &r)
-                    .map(Some)
-                    .map_err(|e| body_err(format!("message {id}: {e}")))
+                r = decode(&v, "body reference")?;
+                match bodies.file(&r) {
+                    Some(file) => file,
+                    None => return Ok(None),
+                }
             }
-            None => self.state.get(body_key(id)),
-        }
+        };
+        bodies::read(&file, &r)
+            .map(Some)
+            .map_err(|e| body_err(format!("message {id}: {e}")))
     }
     pub fn delivery(&self, domain: &str, id: &str) -> Result<Option<DeliveryRecord>, DbError> {
         match self.state.get(delivery_key(domain, id))? {
@@ -255,6 +277,9 @@ pub struct StateMachine {
     voters: BTreeSet<NodeId>,
     /// The position the next event gets (kept here, stored at `s/events_next`).
     events_next: u64,
+    /// The body file being compacted, if any (see [`StateMachine::compact_step`]).
+    compaction: Option<Compaction>,
+    next_compaction_check: std::time::Instant,
 }
 
 impl StateMachine {
@@ -286,6 +311,8 @@ impl StateMachine {
             ownership: Ownership::default(),
             voters: BTreeSet::new(),
             events_next: 1,
+            compaction: None,
+            next_compaction_check: std::time::Instant::now() + COMPACT_CHECK,
         };
         if sm.snapshot_dir.join(snapshot::INSTALLING).exists() {
             tracing::warn!("the last snapshot install was cut short; installing it again");
@@ -312,6 +339,8 @@ impl StateMachine {
     /// calls this again, so a node never starts from a partly installed state.
     fn load_current(&mut self) -> Result<(), DbError> {
         snapshot::mark_installing(&self.snapshot_dir)?;
+        // Its references are about to be replaced (and `begin_replace` ends any hold).
+        self.compaction = None;
         let mut reader = SnapshotReader::open(&self.snapshot_dir.join(snapshot::CURRENT))?;
         // Every body file there is now, a half-filled one from a stopped install included.
         let old_files = lock(&self.bodies).begin_replace().map_err(body_err)?;
@@ -344,6 +373,93 @@ impl StateMachine {
         snapshot::clear_installing(&self.snapshot_dir)
     }
 
+    /// One step of body-file compaction, run after an apply (so never beside one or
+    /// beside a snapshot's record phase): every [`COMPACT_CHECK`] look for a mostly
+    /// empty body file ([`Bodies::sparsest`]); while there is one, copy up to
+    /// [`COMPACT_STEP`] of its live bodies to the current file, sync them, and point
+    /// their references there. The emptied file is deleted only after a flush has made
+    /// the new references durable: until then it still holds the copies a crash would
+    /// fall back to. References are node-local (each node writes its own body files), so
+    /// moving them needs no log entry. `force` skips the wait (tests). Returns whether
+    /// a file is being compacted.
+    fn compact_step(&mut self, force: bool) -> Result<bool, DbError> {
+        if self.compaction.is_none() {
+            let now = std::time::Instant::now();
+            if !force && now < self.next_compaction_check {
+                return Ok(false);
+            }
+            self.next_compaction_check = now + COMPACT_CHECK;
+            let Some(file) = lock(&self.bodies).sparsest() else {
+                return Ok(false);
+            };
+            let mut todo = Vec::new();
+            for pair in self.state.scan_prefix(b"p/") {
+                let (key, value) = pair?;
+                let r: BodyRef = decode(&value, "body reference")?;
+                if r.file == file {
+                    todo.push((String::from_utf8_lossy(&key[2..]).into_owned(), r));
+                }
+            }
+            tracing::info!(
+                file,
+                bodies = todo.len(),
+                "compacting a mostly empty body file"
+            );
+            lock(&self.bodies).hold(file);
+            self.compaction = Some(Compaction { file, todo });
+        }
+        let Some(c) = self.compaction.as_mut() else {
+            return Ok(false);
+        };
+        let chunk = c.todo.split_off(c.todo.len().saturating_sub(COMPACT_STEP));
+        let mut batch = Batch::default();
+        {
+            let mut bodies = lock(&self.bodies);
+            for (id, old) in chunk {
+                let key = body_ref_key(&id);
+                // The message may have finished (or been moved) since the file was picked.
+                match self.state.get(&key)? {
+                    Some(v) if decode::<BodyRef>(&v, "body reference")? == old => {}
+                    _ => continue,
+                }
+                let file = bodies
+                    .file(&old)
+                    .ok_or_else(|| DbError::corrupt(format!("body file {} missing", old.file)))?;
+                let body = bodies::read(&file, &old)
+                    .map_err(|e| body_err(format!("message {id}: {e}")))?;
+                let new = bodies.put(&body).map_err(body_err)?;
+                bodies.moved(&old);
+                batch.insert(key, encode(&new));
+            }
+            bodies.sync().map_err(body_err)?;
+        }
+        self.state.apply(batch)?;
+        if c.todo.is_empty() {
+            let file = c.file;
+            self.compaction = None;
+            self.db.flush_blocking()?;
+            lock(&self.bodies).unhold(file).map_err(body_err)?;
+            tracing::info!(file, "compacted a body file");
+        }
+        Ok(true)
+    }
+
+    /// Runs body-file compaction now, to the end (tests); whether a file was compacted.
+    #[doc(hidden)]
+    pub fn compact_bodies(&mut self) -> Result<bool, DbError> {
+        let compacted = self.compact_step(true)?;
+        while self.compaction.is_some() {
+            self.compact_step(true)?;
+        }
+        Ok(compacted)
+    }
+
+    /// Starts a new body file past `bytes` instead of 64 MiB (tests).
+    #[doc(hidden)]
+    pub fn set_body_file_max(&self, bytes: u64) {
+        lock(&self.bodies).set_file_max(bytes);
+    }
+
     fn rebuild_index(&mut self) -> Result<(), DbError> {
         self.ownership = match self.state.get(OWNERSHIP)? {
             Some(v) => decode(&v, "ownership")?,
@@ -367,13 +483,12 @@ impl StateMachine {
             records.push((domain, id, record.next_attempt_ms));
         }
         let messages = self.state.scan_prefix(b"m/").count();
-        let mut live: HashMap<u64, u64> = HashMap::new();
+        let mut refs = Vec::new();
         for pair in self.state.scan_prefix(b"p/") {
             let (_, value) = pair?;
-            let r: BodyRef = decode(&value, "body reference")?;
-            *live.entry(r.file).or_default() += 1;
+            refs.push(decode::<BodyRef>(&value, "body reference")?);
         }
-        lock(&self.bodies).set_live(live).map_err(body_err)?;
+        lock(&self.bodies).set_live(refs).map_err(body_err)?;
         self.events_next = self.state.get(EVENTS_NEXT)?.map_or(1, |v| u64_of(&v));
         let mut suspended = HashSet::new();
         for pair in self.state.scan_prefix(b"x/") {
@@ -1018,6 +1133,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })?;
         }
         drop(bodies);
+        if let Err(e) = self.compact_step(false) {
+            // Not worth stopping the node for: the file stays held, so nothing of it is
+            // deleted before a restart counts its references again.
+            tracing::error!(error = %e, "body file compaction stopped");
+            self.compaction = None;
+        }
         if let Some(index) = last {
             self.shared.changed.send_replace(index);
         }

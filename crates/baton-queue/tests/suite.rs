@@ -373,3 +373,96 @@ async fn an_interrupted_snapshot_install_is_redone_on_open() {
         "the earlier attempt's body files were dropped ({files_before} -> {files_after})"
     );
 }
+
+/// Body files left mostly empty by finished mail (a few deferred messages keep a whole
+/// file) are compacted: their live bodies move to the current file, the references
+/// follow, durably, and the old files go.
+#[tokio::test]
+async fn mostly_empty_body_files_are_compacted() {
+    use baton_queue::types::Request;
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    let dir = TempDir::new().unwrap();
+    let db = Db::open(&dir.path().join("db")).unwrap();
+    let snapshots = dir.path().join("snapshots");
+    let bodies_dir = dir.path().join("bodies");
+    let body_of = |i: usize| format!("Subject: m{i}\r\n\r\n{}\r\n", "x".repeat(1000)).into_bytes();
+    let files = || -> (usize, u64) {
+        std::fs::read_dir(&bodies_dir)
+            .unwrap()
+            .fold((0, 0), |(n, bytes), e| {
+                (n + 1, bytes + e.unwrap().metadata().unwrap().len())
+            })
+    };
+    let mut sm = StateMachine::open(&db, snapshots.clone()).unwrap();
+    sm.set_body_file_max(16 * 1024);
+    let mut index = 0;
+    let mut entry = |request: Request| {
+        index += 1;
+        openraft::Entry::<TypeConfig> {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(request),
+        }
+    };
+    // 40 bodies of about 1 KiB: two full 16 KiB files and part of a third.
+    for i in 0..40 {
+        let mut m = message(&format!("m{i}"), &["x@one.test"]);
+        m.body = body_of(i);
+        sm.apply(vec![entry(Request::Enqueue { messages: vec![m] })])
+            .await
+            .unwrap();
+    }
+    // All finish but one message in each full file (think: deferred).
+    let keep = ["m3", "m20"];
+    let deletes: Vec<_> = (0..40)
+        .map(|i| format!("m{i}"))
+        .filter(|id| !keep.contains(&id.as_str()))
+        .map(|id| {
+            entry(Request::Delete {
+                id,
+                now_ms: 1,
+                dsn: None,
+            })
+        })
+        .collect();
+    sm.apply(deletes).await.unwrap();
+    let (count_before, bytes_before) = files();
+    assert_eq!(count_before, 3, "two full files and the current one");
+
+    let mut rounds = 0;
+    while sm.compact_bodies().unwrap() {
+        rounds += 1;
+        assert!(rounds <= 5, "compaction keeps finding work");
+    }
+    assert_eq!(rounds, 2, "both mostly empty files were compacted");
+    let (count_after, bytes_after) = files();
+    assert_eq!(count_after, 1, "only the current file is left");
+    assert!(
+        bytes_after * 2 < bytes_before,
+        "bytes on disk: {bytes_before} -> {bytes_after}"
+    );
+    let reader = sm.reader();
+    for (id, i) in [("m3", 3), ("m20", 20)] {
+        assert_eq!(
+            reader.body(id).unwrap(),
+            Some(body_of(i)),
+            "{id} after the move"
+        );
+    }
+    assert_eq!(reader.body("m4").unwrap(), None);
+
+    // The moved references survive a restart.
+    drop(reader);
+    drop(sm);
+    let sm = StateMachine::open(&db, snapshots).unwrap();
+    let reader = sm.reader();
+    for (id, i) in [("m3", 3), ("m20", 20)] {
+        assert_eq!(
+            reader.body(id).unwrap(),
+            Some(body_of(i)),
+            "{id} after a reopen"
+        );
+    }
+    assert_eq!(files().0, 2, "the reopened store appends to a new file");
+}
