@@ -128,22 +128,37 @@ impl QueueReader {
         }
     }
     pub fn body(&self, id: &str) -> Result<Option<Vec<u8>>, DbError> {
-        let Some(v) = self.state.get(body_ref_key(id))? else {
-            return self.state.get(body_key(id));
-        };
-        let mut r: BodyRef = decode(&v, "body reference")?;
-        let file = match lock(&self.bodies).file(&r) {
+        match self.body_ref(id)? {
+            Some(r) => self.body_at(id, r),
+            None => self.state.get(body_key(id)),
+        }
+    }
+
+    /// Where the body of `id` is (none for a body still in the state, `b/<id>`).
+    #[doc(hidden)]
+    pub fn body_ref(&self, id: &str) -> Result<Option<BodyRef>, DbError> {
+        match self.state.get(body_ref_key(id))? {
+            Some(v) => Ok(Some(decode(&v, "body reference")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The body of `id`, from `r` as read a moment ago: by now the message may have
+    /// finished, or compaction may have moved its body and deleted `r`'s file.
+    #[doc(hidden)]
+    pub fn body_at(&self, id: &str, mut r: BodyRef) -> Result<Option<Vec<u8>>, DbError> {
+        // A statement of its own, so the lock is let go before the `None` arm takes it.
+        let found = lock(&self.bodies).file(&r);
+        let file = match found {
             Some(file) => file,
             None => {
-                // The file went after we read the reference: the message finished, or
-                // compaction moved its body (the new reference was written before the
-                // old file went). Read the reference again, under the lock file
-                // removal holds.
+                // Compaction writes the new reference before the old file goes, and
+                // files go under this lock: read the reference again, under it.
                 let bodies = lock(&self.bodies);
-                let Some(v) = self.state.get(body_ref_key(id))? else {
+                let Some(now) = self.body_ref(id)? else {
                     return Ok(None);
                 };
-                r = decode(&v, "body reference")?;
+                r = now;
                 match bodies.file(&r) {
                     Some(file) => file,
                     None => return Ok(None),
@@ -382,7 +397,7 @@ impl StateMachine {
     /// fall back to. References are node-local (each node writes its own body files), so
     /// moving them needs no log entry. `force` skips the wait (tests). Returns whether
     /// a file is being compacted.
-    fn compact_step(&mut self, force: bool) -> Result<bool, DbError> {
+    async fn compact_step(&mut self, force: bool) -> Result<bool, DbError> {
         if self.compaction.is_none() {
             let now = std::time::Instant::now();
             if !force && now < self.next_compaction_check {
@@ -437,7 +452,7 @@ impl StateMachine {
         if c.todo.is_empty() {
             let file = c.file;
             self.compaction = None;
-            self.db.flush_blocking()?;
+            self.db.flush().await?;
             lock(&self.bodies).unhold(file).map_err(body_err)?;
             tracing::info!(file, "compacted a body file");
         }
@@ -446,10 +461,10 @@ impl StateMachine {
 
     /// Runs body-file compaction now, to the end (tests); whether a file was compacted.
     #[doc(hidden)]
-    pub fn compact_bodies(&mut self) -> Result<bool, DbError> {
-        let compacted = self.compact_step(true)?;
+    pub async fn compact_bodies(&mut self) -> Result<bool, DbError> {
+        let compacted = self.compact_step(true).await?;
         while self.compaction.is_some() {
-            self.compact_step(true)?;
+            self.compact_step(true).await?;
         }
         Ok(compacted)
     }
@@ -1126,16 +1141,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responses.push(response);
         }
         // Bodies of duplicates (ids already known) were never referenced.
-        let mut bodies = lock(&self.bodies);
-        for r in prepared.values() {
-            bodies.release(r).map_err(|e| {
-                StorageError::from(StorageIOError::<NodeId>::write_state_machine(&body_err(e)))
-            })?;
+        {
+            let mut bodies = lock(&self.bodies);
+            for r in prepared.values() {
+                bodies.release(r).map_err(|e| {
+                    StorageError::from(StorageIOError::<NodeId>::write_state_machine(&body_err(e)))
+                })?;
+            }
         }
-        drop(bodies);
-        if let Err(e) = self.compact_step(false) {
+        if let Err(e) = self.compact_step(false).await {
             // Not worth stopping the node for: the file stays held, so nothing of it is
-            // deleted before a restart counts its references again.
+            // deleted before a restart counts its references again (until then the
+            // counts of a half-done step are off, which can only keep files longer).
             tracing::error!(error = %e, "body file compaction stopped");
             self.compaction = None;
         }
