@@ -240,8 +240,8 @@ impl Bodies {
         self.held.insert(seq);
     }
 
-    /// The body at `old` was copied to `new` (a [`Bodies::put`]): counts it out of its
-    /// held file.
+    /// The body at `old` was copied to the current file (with [`Bodies::put`]): counts
+    /// it out of its held file.
     pub fn moved(&mut self, old: &BodyRef) {
         self.forget(old);
     }
