@@ -132,14 +132,9 @@ impl Bodies {
             *self.live.entry(r.file).or_default() += 1;
             *self.live_bytes.entry(r.file).or_default() += footprint(&r);
         }
-        let dead: Vec<u64> = self
-            .files
-            .keys()
-            .copied()
-            .filter(|s| *s != self.current && self.live.get(s).copied().unwrap_or(0) == 0)
-            .collect();
-        for seq in dead {
-            self.delete(seq)?;
+        let seqs: Vec<u64> = self.files.keys().copied().collect();
+        for seq in seqs {
+            self.drop_if_empty(seq)?;
         }
         Ok(())
     }
@@ -191,24 +186,27 @@ impl Bodies {
 
     /// One body fewer in `r`'s file; the file goes when none is left (unless held).
     pub fn release(&mut self, r: &BodyRef) -> Result<(), BodyError> {
-        if self.forget(r) == 0 && r.file != self.current && !self.held.contains(&r.file) {
-            self.delete(r.file)?;
-        }
-        Ok(())
+        self.forget(r);
+        self.drop_if_empty(r.file)
     }
 
-    /// Counts `r` out of its file; returns how many bodies the file has left.
-    fn forget(&mut self, r: &BodyRef) -> u64 {
+    /// Counts `r` out of its file.
+    fn forget(&mut self, r: &BodyRef) {
         if let Some(b) = self.live_bytes.get_mut(&r.file) {
             *b = b.saturating_sub(footprint(r));
         }
-        match self.live.get_mut(&r.file) {
-            Some(n) => {
-                *n = n.saturating_sub(1);
-                *n
-            }
-            None => 0,
+        if let Some(n) = self.live.get_mut(&r.file) {
+            *n = n.saturating_sub(1);
         }
+    }
+
+    /// Deletes file `seq` if no body in it is live, unless it is appended to or held.
+    fn drop_if_empty(&mut self, seq: u64) -> Result<(), BodyError> {
+        let empty = self.live.get(&seq).copied().unwrap_or(0) == 0;
+        if empty && seq != self.current && !self.held.contains(&seq) {
+            self.delete(seq)?;
+        }
+        Ok(())
     }
 
     /// The file (not the current one, not held) whose live bodies fill at most a quarter
@@ -250,10 +248,7 @@ impl Bodies {
     /// left in it.
     pub fn unhold(&mut self, seq: u64) -> Result<(), BodyError> {
         self.held.remove(&seq);
-        if seq != self.current && self.live.get(&seq).copied().unwrap_or(0) == 0 {
-            self.delete(seq)?;
-        }
-        Ok(())
+        self.drop_if_empty(seq)
     }
 
     fn delete(&mut self, seq: u64) -> Result<(), BodyError> {
