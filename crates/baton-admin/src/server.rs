@@ -338,7 +338,7 @@ impl Admin for AdminService {
     ) -> Result<GrpcResponse<QueueSummaryReply>, Status> {
         let reader = &self.ctx.queue.reader;
         let applied = self.applied();
-        let now = baton_delivery::date::now_ms();
+        let now = baton_queue::clock::now_ms();
         let ownership = reader.shared.ownership.borrow().clone();
         // (domain, queued, deferred, oldest id, suspended)
         let (messages, rows) = reader.shared.with(|index| {
@@ -559,7 +559,7 @@ impl Admin for AdminService {
         let Some(meta) = reader.message(&id).map_err(internal)? else {
             return Err(self.missing_message(&id));
         };
-        let now = baton_delivery::date::now_ms();
+        let now = baton_queue::clock::now_ms();
         let dsn = if with_dsn && !meta.sender.is_empty() {
             let mut open = Vec::new();
             let mut domains: Vec<String> = meta.recipients.iter().map(|r| domain_of(r)).collect();
@@ -620,7 +620,7 @@ impl Admin for AdminService {
         self.change(Request::Suspend {
             domain,
             reason: r.reason,
-            now_ms: baton_delivery::date::now_ms(),
+            now_ms: baton_queue::clock::now_ms(),
         })
         .await
     }
@@ -666,7 +666,7 @@ impl Admin for AdminService {
         self.change(Request::Suppress {
             address,
             reason: r.reason,
-            now_ms: baton_delivery::date::now_ms(),
+            now_ms: baton_queue::clock::now_ms(),
         })
         .await
     }

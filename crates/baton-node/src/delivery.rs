@@ -15,12 +15,12 @@
 use crate::batcher::BatcherMsg;
 use crate::metrics as m;
 use baton_cluster::Lease;
-use baton_delivery::date::now_ms;
 use baton_delivery::dsn::{self, FailedRecipient};
 use baton_delivery::outbound::{ConnError, Connection, Timeouts, Transaction};
 use baton_delivery::retry::RetryPolicy;
 use baton_delivery::route::{RouteError, Router, Target};
 use baton_delivery::tls::{TlsClients, TlsPolicy};
+use baton_queue::clock::now_ms;
 use baton_queue::ownership::Ownership;
 use baton_queue::state_machine::QueueReader;
 use baton_queue::types::Remote;

@@ -4,8 +4,8 @@
 
 use crate::config::EventsConfig;
 use baton_cluster::Writer;
-use baton_delivery::date::now_ms;
 use baton_queue::QueueNode;
+use baton_queue::clock::now_ms;
 use baton_queue::types::Request;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -8,11 +8,11 @@ use crate::http::{self, HttpState};
 use crate::ingress::{IngressShared, Listener};
 use anyhow::Context;
 use baton_cluster::{GrpcNetwork, Lease, Peers, RaftService, Writer, lease};
-use baton_delivery::date::now_ms;
 use baton_delivery::outbound::Timeouts;
 use baton_delivery::retry::RetryPolicy;
 use baton_delivery::route::{RouteConfig, Router};
 use baton_delivery::tls::{TlsClients, TlsPolicy};
+use baton_queue::clock::now_ms;
 use baton_queue::types::Request;
 use baton_queue::{NewMessage, Outcome, QueueNode, QueueOptions};
 use ractor::Actor;
@@ -169,7 +169,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         let w = w.clone();
         Box::pin(async move {
             let request = Request::Enqueue { messages };
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             let result = w.write(request).await;
             metrics::histogram!(crate::metrics::RAFT_APPEND)
                 .record(started.elapsed().as_secs_f64());

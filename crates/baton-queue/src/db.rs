@@ -352,6 +352,33 @@ impl Overlay {
     }
 }
 
+/// What the queue's logic needs of its state: point reads, ordered ranges and atomic
+/// batches. The transaction logic (`state_machine::tx`) is written against this, not
+/// against sled; [`Tree`] is the implementation.
+pub trait Store: Send + Sync {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn contains(&self, key: &[u8]) -> Result<bool>;
+    /// Pairs with `from <= key < to`, in key order.
+    fn range(&self, from: &[u8], to: &[u8]) -> Box<dyn DoubleEndedIterator<Item = Result<Pair>>>;
+    /// Writes `batch` atomically: readers see all of it or none.
+    fn apply(&self, batch: Batch) -> Result<()>;
+}
+
+impl Store for Tree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Tree::get(self, key)
+    }
+    fn contains(&self, key: &[u8]) -> Result<bool> {
+        Tree::contains(self, key)
+    }
+    fn range(&self, from: &[u8], to: &[u8]) -> Box<dyn DoubleEndedIterator<Item = Result<Pair>>> {
+        Box::new(Tree::range(self, from, to))
+    }
+    fn apply(&self, batch: Batch) -> Result<()> {
+        Tree::apply(self, batch)
+    }
+}
+
 /// A sorted key-value map.
 #[derive(Clone)]
 pub struct Tree {

@@ -6,8 +6,8 @@ use crate::ownership::Ownership;
 use crate::types::NodeId;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 #[derive(Default)]
 struct DomainQueue {

@@ -12,6 +12,7 @@
 //!   appends share one;
 //! - [`state_machine`] — applies commands, builds and installs snapshots;
 //! - [`bodies`] — message bodies in append-only files, referenced from the state;
+//! - [`clock`] — the one place the system clock is read;
 //! - [`snapshot`] — snapshot files, streamed record by record (never whole in memory);
 //! - [`index`] — the in-memory scheduling index (per domain: what is due when), rebuilt
 //!   from the state on open and kept current by `apply`;
@@ -27,6 +28,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bodies;
+pub mod clock;
 pub mod db;
 pub mod index;
 pub mod log_store;

@@ -1,0 +1,177 @@
+//! [`QueueReader`]: read access to the applied state, for delivery, ingress and
+//! operators. Reads see whole entries only: every entry is one atomic batch.
+
+use super::keys::*;
+use crate::bodies::{self, Bodies, BodyRef};
+use crate::db::{DbError, Tree};
+use crate::index::Shared;
+use crate::types::{DeliveryRecord, Event, Listing, MessageMeta};
+use std::sync::Arc;
+
+/// Read access to the queue's state, for delivery and operators. Cheap to clone.
+#[derive(Clone)]
+pub struct QueueReader {
+    pub(super) state: Tree,
+    pub(super) bodies: Arc<std::sync::Mutex<Bodies>>,
+    pub shared: Arc<Shared>,
+}
+
+impl QueueReader {
+    pub fn message(&self, id: &str) -> Result<Option<MessageMeta>, DbError> {
+        match self.state.get(msg_key(id))? {
+            Some(v) => Ok(Some(decode(&v, "message")?)),
+            None => Ok(None),
+        }
+    }
+    pub fn body(&self, id: &str) -> Result<Option<Vec<u8>>, DbError> {
+        match self.body_ref(id)? {
+            Some(r) => self.body_at(id, r),
+            None => self.state.get(body_key(id)),
+        }
+    }
+
+    /// Where the body of `id` is (none for a body still in the state, `b/<id>`).
+    #[doc(hidden)]
+    pub fn body_ref(&self, id: &str) -> Result<Option<BodyRef>, DbError> {
+        match self.state.get(body_ref_key(id))? {
+            Some(v) => Ok(Some(decode(&v, "body reference")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The body of `id`, from `r` as read a moment ago: by now the message may have
+    /// finished, or compaction may have moved its body and deleted `r`'s file.
+    #[doc(hidden)]
+    pub fn body_at(&self, id: &str, mut r: BodyRef) -> Result<Option<Vec<u8>>, DbError> {
+        // A statement of its own, so the lock is let go before the `None` arm takes it.
+        let found = lock(&self.bodies).file(&r);
+        let file = match found {
+            Some(file) => file,
+            None => {
+                // Compaction writes the new reference before the old file goes, and
+                // files go under this lock: read the reference again, under it.
+                let bodies = lock(&self.bodies);
+                let Some(now) = self.body_ref(id)? else {
+                    return Ok(None);
+                };
+                r = now;
+                match bodies.file(&r) {
+                    Some(file) => file,
+                    None => return Ok(None),
+                }
+            }
+        };
+        bodies::read(&file, &r)
+            .map(Some)
+            .map_err(|e| body_err(format!("message {id}: {e}")))
+    }
+    pub fn delivery(&self, domain: &str, id: &str) -> Result<Option<DeliveryRecord>, DbError> {
+        match self.state.get(delivery_key(domain, id))? {
+            Some(v) => Ok(Some(decode(&v, "delivery")?)),
+            None => Ok(None),
+        }
+    }
+    /// Whether `id` is queued or was finished recently.
+    pub fn knows(&self, id: &str) -> Result<bool, DbError> {
+        Ok(self.state.contains(msg_key(id))? || self.state.contains(tomb_key(id))?)
+    }
+
+    /// Whether `id` finished (delivered, failed or deleted) within the tombstone window.
+    pub fn finished(&self, id: &str) -> Result<bool, DbError> {
+        self.state.contains(tomb_key(id))
+    }
+
+    /// The open delivery records of a domain, in id order, from after `after_id`.
+    pub fn deliveries(
+        &self,
+        domain: &str,
+        after_id: &str,
+    ) -> impl Iterator<Item = Result<(String, DeliveryRecord), DbError>> + use<> {
+        let (prefix, to) = delivery_range(domain);
+        let from = [&prefix[..], after_id.as_bytes(), b"\0"].concat();
+        let start = prefix.len();
+        self.state.range(&from, &to).map(move |pair| {
+            let (key, value) = pair?;
+            let id = String::from_utf8_lossy(&key[start..]).into_owned();
+            Ok((id, decode(&value, "delivery")?))
+        })
+    }
+
+    /// Events at positions greater than `after`, oldest first.
+    pub fn events_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<(u64, Event), DbError>> + use<> {
+        // Start at the record holding position after + 1: the last one starting at or
+        // before it.
+        let want = after.saturating_add(1);
+        let start = match self
+            .state
+            .range(EVENTS, &event_key(want.saturating_add(1)))
+            .next_back()
+        {
+            Some(Ok((key, _))) => key,
+            _ => event_key(want),
+        };
+        self.state.range(&start, EVENTS_END).flat_map(move |pair| {
+            let chunk: Result<Vec<(u64, Event)>, DbError> = pair.and_then(|(key, value)| {
+                let first = event_position(&key);
+                let events: Vec<Event> = decode(&value, "events")?;
+                Ok((first..).zip(events).filter(|(p, _)| *p > after).collect())
+            });
+            match chunk {
+                Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            }
+        })
+    }
+
+    /// The position of the oldest retained event, and the next position to be used.
+    pub fn event_bounds(&self) -> Result<(u64, u64), DbError> {
+        let next = self.state.get(EVENTS_NEXT)?.map_or(1, |v| u64_of(&v));
+        let first = match self.state.range(EVENTS, EVENTS_END).next() {
+            Some(pair) => event_position(&pair?.0),
+            None => next,
+        };
+        Ok((first, next))
+    }
+
+    /// The last event position the webhook delivered.
+    pub fn webhook_position(&self) -> Result<u64, DbError> {
+        Ok(self.state.get(WEBHOOK)?.map_or(0, |v| u64_of(&v)))
+    }
+
+    /// Suspended domains.
+    pub fn suspended(&self) -> Result<Vec<(String, Listing)>, DbError> {
+        self.listings(SUSPENDED)
+    }
+
+    /// The suppression list.
+    pub fn suppressions(&self) -> Result<Vec<(String, Listing)>, DbError> {
+        self.listings(SUPPRESSED)
+    }
+
+    pub fn is_suppressed(&self, address: &str) -> Result<bool, DbError> {
+        self.state.contains(suppress_key(address))
+    }
+
+    fn listings(&self, prefix: &[u8]) -> Result<Vec<(String, Listing)>, DbError> {
+        self.state
+            .scan_prefix(prefix)
+            .map(|pair| {
+                let (key, value) = pair?;
+                Ok((name_of(&key), decode(&value, "listing")?))
+            })
+            .collect()
+    }
+}
+
+/// Locks the body files. Every method of `Bodies` leaves them consistent between calls,
+/// so a lock poisoned by a panic elsewhere is taken over.
+pub(super) fn lock(bodies: &std::sync::Mutex<Bodies>) -> std::sync::MutexGuard<'_, Bodies> {
+    bodies.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn body_err(e: impl std::fmt::Display) -> DbError {
+    DbError::corrupt(e)
+}
