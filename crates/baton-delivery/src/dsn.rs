@@ -1,6 +1,7 @@
 //! Delivery status notifications (RFC 3464 `multipart/report`).
 
 use crate::date::rfc5322;
+use baton_queue::{MessageMeta, NewMessage};
 
 /// Why one recipient failed.
 #[derive(Debug, Clone)]
@@ -162,6 +163,41 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     bytes
 }
 
+/// The bounce of the `failed` recipients of message `queue_id` to its sender, ready to
+/// enqueue: from the null sender (so it cannot bounce itself), named `token`. Used for
+/// delivery failures and for an operator's delete with `--dsn` alike.
+pub fn bounce(
+    hostname: &str,
+    queue_id: &str,
+    meta: &MessageMeta,
+    failed: &[FailedRecipient],
+    original: &[u8],
+    now_ms: u64,
+    token: String,
+) -> NewMessage {
+    let body = build(&DsnInput {
+        reporting_mta: hostname,
+        queue_id,
+        to: &meta.sender,
+        arrival_unix: meta.received_at_ms / 1000,
+        now_unix: now_ms / 1000,
+        recipients: failed,
+        original,
+        token: &token,
+    });
+    NewMessage {
+        id: token,
+        sender: String::new(),
+        recipients: vec![meta.sender.clone()],
+        // What is sent is the report with the original's header section: 8BITMIME only
+        // if that has 8-bit bytes, whatever the original's body held.
+        eight_bit: body.iter().any(|b| *b >= 0x80),
+        body,
+        received_at_ms: now_ms,
+        smtputf8: meta.smtputf8,
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.split(['\r', '\n'])
         .filter(|p| !p.is_empty())
@@ -199,5 +235,59 @@ mod tests {
         assert!(text.contains("Subject: hello\r\nFrom: a@src.test\r\n"));
         assert!(!text.contains("secret body"));
         assert!(text.ends_with("--=_baton_tok--\r\n"));
+    }
+
+    fn meta(sender: &str) -> MessageMeta {
+        MessageMeta {
+            sender: sender.into(),
+            recipients: vec!["nobody@dst.test".into()],
+            received_at_ms: 5_000,
+            size: 10,
+            eight_bit: true,
+            smtputf8: false,
+            pending_domains: 1,
+        }
+    }
+
+    #[test]
+    fn a_bounce_goes_from_the_null_sender_to_the_sender_and_is_8bit_only_if_it_carries_8bit() {
+        let failed = [FailedRecipient {
+            address: "nobody@dst.test".into(),
+            status: "5.1.1".into(),
+            remote_mta: None,
+            diagnostic: "550 5.1.1 no such user".into(),
+        }];
+        // An 8-bit body, plain headers: the report itself is 7-bit.
+        let original = b"Subject: hi\r\n\r\nd\xc3\xa9j\xc3\xa0\r\n";
+        let b = bounce(
+            "relay.test",
+            "Q1",
+            &meta("a@src.test"),
+            &failed,
+            original,
+            9_000,
+            "T".into(),
+        );
+        assert_eq!(b.id, "T");
+        assert_eq!(b.sender, "");
+        assert_eq!(b.recipients, ["a@src.test"]);
+        assert_eq!(b.received_at_ms, 9_000);
+        assert!(!b.eight_bit);
+        // 8-bit header bytes travel in the report's text/rfc822-headers part.
+        let original = b"Subject: d\xc3\xa9j\xc3\xa0\r\n\r\nbody\r\n";
+        let b = bounce(
+            "relay.test",
+            "Q1",
+            &meta("a@src.test"),
+            &failed,
+            original,
+            9_000,
+            "T".into(),
+        );
+        assert!(b.eight_bit);
+        assert!(
+            String::from_utf8_lossy(&b.body)
+                .contains("Arrival-Date: Thu, 01 Jan 1970 00:00:05 +0000")
+        );
     }
 }

@@ -4,7 +4,10 @@
 //! - [`tls`] — the outbound TLS policies (`disabled`, `opportunistic`, `required`);
 //! - [`outbound`] — one SMTP client connection driving `baton_smtp::client` over TCP/TLS;
 //! - [`retry`] — retry schedule and expiry;
-//! - [`dsn`] — RFC 3464 bounce messages;
+//! - [`dsn`] — RFC 3464 bounce messages, one builder for delivery and operators;
+//! - [`policy`] — the delivery decisions as pure functions: which recipients to send to,
+//!   what a transaction's replies mean for each, and the outcome to commit (retry time,
+//!   bounce);
 //! - [`date`] — RFC 5322 dates.
 //!
 //! No actors here: `baton-node` decides what to send when, this crate sends it.
@@ -13,6 +16,7 @@
 pub mod date;
 pub mod dsn;
 pub mod outbound;
+pub mod policy;
 pub mod retry;
 pub mod route;
 pub mod tls;

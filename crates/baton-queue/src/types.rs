@@ -236,13 +236,17 @@ pub struct MessageMeta {
     pub pending_domains: u32,
 }
 
+/// The `next_attempt_ms` of a held delivery: never due until an operator retries it
+/// (`batonctl message retry`) or deletes it.
+pub const HELD: u64 = u64::MAX;
+
 /// One message's delivery to one domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
     /// Recipients still to be delivered.
     pub recipients: Vec<String>,
     pub attempts: u32,
-    /// Unix ms; 0 means at once.
+    /// Unix ms; 0 means at once, [`HELD`] never.
     pub next_attempt_ms: u64,
     pub last_reply: Option<String>,
 }

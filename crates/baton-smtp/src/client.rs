@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 
 use crate::address::{Mailbox, ReversePath};
+use crate::replies;
 use crate::reply::{Reply, ReplyError, ReplyParser};
 
 /// Client settings.
@@ -431,19 +432,11 @@ impl ClientSession {
         let n = msg.rcpts.len();
         // Refuse locally what the server cannot take.
         let local = if msg.smtputf8 && !self.ext.smtputf8 {
-            Some(Reply::new(
-                553,
-                "5.6.7",
-                "Remote server does not support SMTPUTF8",
-            ))
+            Some(replies::remote_lacks_smtputf8())
         } else if matches!(self.ext.size, Some(max) if max > 0 && msg.size_hint > max) {
-            Some(Reply::new(
-                552,
-                "5.3.4",
-                "Message size exceeds remote server's fixed maximum message size",
-            ))
+            Some(replies::remote_size_exceeded())
         } else if n == 0 {
-            Some(Reply::new(554, "5.5.1", "No recipients"))
+            Some(replies::no_recipients())
         } else {
             None
         };
@@ -580,7 +573,7 @@ impl ClientSession {
     }
 
     fn finish(&mut self, t: Txn, data_reply: Option<Reply>) {
-        let fallback = Reply::new(451, "4.4.0", "No reply to RCPT");
+        let fallback = replies::no_rcpt_reply();
         let rcpt_replies = t
             .rcpt_replies
             .into_iter()

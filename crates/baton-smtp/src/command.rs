@@ -1,6 +1,7 @@
 //! SMTP command parsing: one line in, a [`Command`] or the exact error [`Reply`] out.
 
-use crate::address::{self, AddressError, Mailbox, ReversePath};
+use crate::address::{self, Mailbox, ReversePath};
+use crate::replies;
 use crate::reply::Reply;
 
 /// The BODY= parameter of MAIL (RFC 6152, RFC 3030).
@@ -83,15 +84,11 @@ pub enum Command {
     },
 }
 
-fn syntax(text: &str) -> Reply {
-    Reply::new(501, "5.5.2", format!("Syntax error: {text}"))
-}
-
 fn no_args(verb: &str, args: &str, cmd: Command) -> Result<Command, Reply> {
     if args.is_empty() {
         Ok(cmd)
     } else {
-        Err(syntax(&format!("{verb} takes no arguments")))
+        Err(replies::syntax(&format!("{verb} takes no arguments")))
     }
 }
 
@@ -100,10 +97,10 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Ok(line) = std::str::from_utf8(line) else {
-        return Err(Reply::new(500, "5.5.2", "Syntax error: invalid UTF-8"));
+        return Err(replies::bad_utf8());
     };
     if line.contains(['\r', '\n', '\0']) {
-        return Err(Reply::new(500, "5.5.2", "Syntax error: invalid character"));
+        return Err(replies::bad_character());
     }
     let (verb, args) = match line.find(' ') {
         Some(i) => (&line[..i], line[i + 1..].trim_matches(' ')),
@@ -114,7 +111,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "EHLO" | "HELO" => {
             let name = args.split(' ').next().unwrap_or("");
             if name.is_empty() {
-                return Err(Reply::new(501, "5.5.2", format!("Syntax: {verb} hostname")));
+                return Err(replies::helo_syntax(&verb));
             }
             Ok(if verb == "EHLO" {
                 Command::Ehlo(name.to_string())
@@ -132,7 +129,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "STARTTLS" => no_args("STARTTLS", args, Command::StartTls),
         "VRFY" => {
             if args.is_empty() {
-                Err(syntax("VRFY needs an argument"))
+                Err(replies::syntax("VRFY needs an argument"))
             } else {
                 Ok(Command::Vrfy(args.to_string()))
             }
@@ -141,18 +138,18 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "AUTH" => {
             let mut it = args.split(' ').filter(|s| !s.is_empty());
             let Some(mech) = it.next() else {
-                return Err(syntax("AUTH mechanism [initial-response]"));
+                return Err(replies::syntax("AUTH mechanism [initial-response]"));
             };
             let initial = it.next().map(str::to_string);
             if it.next().is_some() {
-                return Err(syntax("AUTH mechanism [initial-response]"));
+                return Err(replies::syntax("AUTH mechanism [initial-response]"));
             }
             Ok(Command::Auth {
                 mechanism: mech.to_ascii_uppercase(),
                 initial,
             })
         }
-        _ => Err(Reply::new(500, "5.5.1", "Error: command not recognized")),
+        _ => Err(replies::unknown_command()),
     }
 }
 
@@ -177,38 +174,28 @@ fn params(rest: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
                 None => (p, None),
             };
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(syntax("bad parameter"));
+                return Err(replies::syntax("bad parameter"));
             }
             Ok((k.to_ascii_uppercase(), v))
         })
         .collect()
 }
 
-fn unsupported(k: &str) -> Reply {
-    Reply::new(
-        555,
-        "5.5.4",
-        format!(
-            "Unsupported option: {}",
-            k.chars().take(32).collect::<String>()
-        ),
-    )
-}
-
 fn parse_mail(args: &str) -> Result<Command, Reply> {
     let Some(rest) = strip_keyword(args, "FROM:") else {
-        return Err(syntax("MAIL FROM:<address>"));
+        return Err(replies::syntax("MAIL FROM:<address>"));
     };
-    let (from, used) = address::parse_reverse_path(rest).map_err(|e| addr_reply(e, true))?;
+    let (from, used) =
+        address::parse_reverse_path(rest).map_err(|e| replies::bad_address(e, true))?;
     let after = &rest[used..];
     if !after.is_empty() && !after.starts_with(' ') {
-        return Err(syntax("MAIL FROM:<address>"));
+        return Err(replies::syntax("MAIL FROM:<address>"));
     }
     let mut p = MailParams::default();
     let mut seen = Vec::new();
     for (k, v) in params(after)? {
         if seen.contains(&k) {
-            return Err(syntax("duplicate parameter"));
+            return Err(replies::syntax("duplicate parameter"));
         }
         seen.push(k.clone());
         match (k.as_str(), v) {
@@ -220,15 +207,15 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
                     "7BIT" => BodyType::SevenBit,
                     "8BITMIME" => BodyType::EightBitMime,
                     "BINARYMIME" => BodyType::BinaryMime,
-                    _ => return Err(syntax("BODY=7BIT|8BITMIME|BINARYMIME")),
+                    _ => return Err(replies::syntax("BODY=7BIT|8BITMIME|BINARYMIME")),
                 });
             }
             ("SMTPUTF8", None) => p.smtputf8 = true,
             ("AUTH", Some(v)) if !v.is_empty() => p.auth = Some(v.to_string()),
             ("SIZE" | "BODY" | "SMTPUTF8" | "AUTH", _) => {
-                return Err(syntax(&format!("bad {k} parameter")));
+                return Err(replies::syntax(&format!("bad {k} parameter")));
             }
-            _ => return Err(unsupported(&k)),
+            _ => return Err(replies::unsupported_option(&k)),
         }
     }
     Ok(Command::Mail { from, params: p })
@@ -236,15 +223,16 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
 
 fn parse_rcpt(args: &str) -> Result<Command, Reply> {
     let Some(rest) = strip_keyword(args, "TO:") else {
-        return Err(syntax("RCPT TO:<address>"));
+        return Err(replies::syntax("RCPT TO:<address>"));
     };
-    let (to, used) = address::parse_forward_path(rest).map_err(|e| addr_reply(e, false))?;
+    let (to, used) =
+        address::parse_forward_path(rest).map_err(|e| replies::bad_address(e, false))?;
     let after = &rest[used..];
     if !after.is_empty() && !after.starts_with(' ') {
-        return Err(syntax("RCPT TO:<address>"));
+        return Err(replies::syntax("RCPT TO:<address>"));
     }
     if let Some((k, _)) = params(after)?.into_iter().next() {
-        return Err(unsupported(&k));
+        return Err(replies::unsupported_option(&k));
     }
     Ok(Command::Rcpt {
         to,
@@ -252,30 +240,21 @@ fn parse_rcpt(args: &str) -> Result<Command, Reply> {
     })
 }
 
-fn addr_reply(e: AddressError, sender: bool) -> Reply {
-    let (enh, who) = if sender {
-        ("5.1.7", "sender")
-    } else {
-        ("5.1.3", "recipient")
-    };
-    Reply::new(501, enh, format!("Bad {who} address syntax: {e}"))
-}
-
 fn parse_bdat(args: &str) -> Result<Command, Reply> {
     let mut it = args.split(' ').filter(|s| !s.is_empty());
     let size = match it.next() {
-        Some(n) if !n.is_empty() && n.len() <= 19 && n.bytes().all(|b| b.is_ascii_digit()) => {
-            n.parse::<u64>().map_err(|_| syntax("BDAT size [LAST]"))?
-        }
-        _ => return Err(syntax("BDAT size [LAST]")),
+        Some(n) if !n.is_empty() && n.len() <= 19 && n.bytes().all(|b| b.is_ascii_digit()) => n
+            .parse::<u64>()
+            .map_err(|_| replies::syntax("BDAT size [LAST]"))?,
+        _ => return Err(replies::syntax("BDAT size [LAST]")),
     };
     let last = match it.next() {
         None => false,
         Some(l) if l.eq_ignore_ascii_case("LAST") => true,
-        Some(_) => return Err(syntax("BDAT size [LAST]")),
+        Some(_) => return Err(replies::syntax("BDAT size [LAST]")),
     };
     if it.next().is_some() {
-        return Err(syntax("BDAT size [LAST]"));
+        return Err(replies::syntax("BDAT size [LAST]"));
     }
     Ok(Command::Bdat { size, last })
 }

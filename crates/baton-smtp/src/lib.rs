@@ -2,6 +2,7 @@
 //!
 //! Layout, one module per concern:
 //! - [`reply`] — [`reply::Reply`] values and the client-side [`reply::ReplyParser`].
+//! - [`replies`] — every reply Baton itself sends, defined once and used by name.
 //! - [`address`] — RFC 5321/6531 mailboxes and paths.
 //! - [`command`] — parse one command line into a [`command::Command`] or an error reply.
 //! - [`line`] — [`line::LineReader`], bounded command line reading.
@@ -25,6 +26,7 @@ pub mod command;
 pub mod data;
 pub mod line;
 pub mod proxy;
+pub mod replies;
 pub mod reply;
 pub mod server;
 

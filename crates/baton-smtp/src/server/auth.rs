@@ -4,7 +4,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::{Action, ServerSession, State, Wait, replies};
+use super::{Action, ServerSession, State, Wait};
+use crate::replies;
 use crate::reply::Reply;
 
 /// base64("Username:") and base64("Password:").

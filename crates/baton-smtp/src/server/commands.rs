@@ -1,9 +1,10 @@
 //! Command handlers: EHLO/HELO, MAIL, RCPT, DATA, BDAT and the simple verbs.
 
-use super::{Action, Envelope, ServerSession, State, Txn, Wait, replies};
+use super::{Action, Envelope, ServerSession, State, Txn, Wait};
 use crate::address::{Mailbox, ReversePath};
 use crate::command::{self, BodyType, Command, MailParams};
 use crate::data::{BdatDecoder, DataDecoder, DataError};
+use crate::replies;
 
 impl ServerSession {
     /// Handle one command line.
@@ -41,7 +42,7 @@ impl ServerSession {
         self.esmtp = esmtp;
         let host = self.cfg.hostname.clone();
         if !esmtp {
-            return self.reply(crate::reply::Reply::new(250, "", host));
+            return self.reply(replies::ehlo(vec![host]));
         }
         let mut lines = vec![
             host,
@@ -58,7 +59,7 @@ impl ServerSession {
         if self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
-        self.reply(crate::reply::Reply::multiline(250, "", lines));
+        self.reply(replies::ehlo(lines));
     }
 
     fn mail(&mut self, from: ReversePath, params: MailParams) {

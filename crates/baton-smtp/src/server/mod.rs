@@ -14,7 +14,6 @@
 
 mod auth;
 mod commands;
-mod replies;
 
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use crate::address::{Mailbox, ReversePath};
 use crate::command::{BodyType, MailParams};
 use crate::data::{BdatDecoder, DataDecoder};
 use crate::line::{LineEvent, LineReader};
+use crate::replies;
 use crate::reply::Reply;
 
 /// Input buffered beyond `max_message_size` while waiting before the session is closed.
@@ -325,8 +325,8 @@ impl ServerSession {
     fn step(&mut self, event: Event<'_>) {
         match event {
             Event::Connected => {
-                let text = format!("{} {}", self.cfg.hostname, self.cfg.greeting_banner);
-                self.reply(Reply::new(220, "", text.trim_end()));
+                let greeting = replies::greeting(&self.cfg.hostname, &self.cfg.greeting_banner);
+                self.reply(greeting);
             }
             Event::Input(bytes) => {
                 if matches!(self.state, State::TlsPending) {
