@@ -1,0 +1,167 @@
+//! The commands that change the cluster: retry or delete a message, suspend or resume a
+//! domain, add or remove a suppression, add or remove a node. Each prints the reply as
+//! JSON with `--json`, else one line saying what happened.
+
+use crate::connect::Client;
+use crate::failure::Result;
+use crate::output::print_json;
+use crate::pb;
+
+/// Reports a change: the reply as JSON, or `what` (or `unchanged` when the change found
+/// nothing to do) with the log index.
+fn report_change(json: bool, r: &pb::ChangeReply, what: &str, unchanged: &str) {
+    if json {
+        print_json(r);
+    } else if r.changed {
+        println!("{what} (log index {})", r.index);
+    } else {
+        println!("{unchanged} (log index {})", r.index);
+    }
+}
+
+/// `message retry`: every open delivery of the message due now.
+pub async fn retry_message(client: &mut Client, json: bool, id: &str) -> Result<()> {
+    let r = client
+        .retry_message(pb::MessageRequest { id: id.to_string() })
+        .await?
+        .into_inner();
+    report_change(
+        json,
+        &r,
+        &format!("message {id}: due now"),
+        &format!("message {id}: nothing open to retry"),
+    );
+    Ok(())
+}
+
+/// `message delete`: drop the message; with `dsn`, bounce it to the sender.
+pub async fn delete_message(client: &mut Client, json: bool, id: &str, dsn: bool) -> Result<()> {
+    let r = client
+        .delete_message(pb::DeleteMessageRequest {
+            id: id.to_string(),
+            dsn,
+        })
+        .await?
+        .into_inner();
+    let what = if dsn {
+        format!("message {id}: deleted, sender notified")
+    } else {
+        format!("message {id}: deleted")
+    };
+    report_change(json, &r, &what, &format!("message {id}: already gone"));
+    Ok(())
+}
+
+/// `domain suspend`: hold delivery to the domain.
+pub async fn suspend_domain(
+    client: &mut Client,
+    json: bool,
+    domain: &str,
+    reason: &str,
+) -> Result<()> {
+    let r = client
+        .suspend_domain(pb::SuspendDomainRequest {
+            domain: domain.to_string(),
+            reason: reason.to_string(),
+        })
+        .await?
+        .into_inner();
+    report_change(
+        json,
+        &r,
+        &format!("{domain}: suspended"),
+        &format!("{domain}: was already suspended"),
+    );
+    Ok(())
+}
+
+/// `domain resume`: release a suspended domain.
+pub async fn resume_domain(client: &mut Client, json: bool, domain: &str) -> Result<()> {
+    let r = client
+        .resume_domain(pb::DomainRequest {
+            domain: domain.to_string(),
+        })
+        .await?
+        .into_inner();
+    report_change(
+        json,
+        &r,
+        &format!("{domain}: resumed"),
+        &format!("{domain}: was not suspended"),
+    );
+    Ok(())
+}
+
+/// `suppression add`: refuse the address at RCPT.
+pub async fn add_suppression(
+    client: &mut Client,
+    json: bool,
+    address: &str,
+    reason: &str,
+) -> Result<()> {
+    let r = client
+        .add_suppression(pb::AddSuppressionRequest {
+            address: address.to_string(),
+            reason: reason.to_string(),
+        })
+        .await?
+        .into_inner();
+    report_change(
+        json,
+        &r,
+        &format!("{address}: suppressed"),
+        &format!("{address}: was already suppressed (reason updated)"),
+    );
+    Ok(())
+}
+
+/// `suppression remove`.
+pub async fn remove_suppression(client: &mut Client, json: bool, address: &str) -> Result<()> {
+    let r = client
+        .remove_suppression(pb::AddressRequest {
+            address: address.to_string(),
+        })
+        .await?
+        .into_inner();
+    report_change(
+        json,
+        &r,
+        &format!("{address}: removed from the suppression list"),
+        &format!("{address}: was not on the list"),
+    );
+    Ok(())
+}
+
+/// `node add`: node `id`, reachable by its peers at `addr`.
+pub async fn add_node(client: &mut Client, json: bool, id: u64, addr: &str) -> Result<()> {
+    let r = client
+        .add_node(pb::AddNodeRequest {
+            id,
+            addr: addr.to_string(),
+        })
+        .await?
+        .into_inner();
+    if json {
+        print_json(&r);
+    } else {
+        println!("node {id} ({addr}) is a voter (leader {})", r.leader_id);
+    }
+    Ok(())
+}
+
+/// `node remove`: its domains move to the other nodes first.
+pub async fn remove_node(client: &mut Client, json: bool, id: u64) -> Result<()> {
+    let r = client
+        .remove_node(pb::RemoveNodeRequest { id })
+        .await?
+        .into_inner();
+    if json {
+        print_json(&r);
+    } else {
+        println!(
+            "node {id} removed; its domains moved (leader {})",
+            r.leader_id
+        );
+    }
+    Ok(())
+}

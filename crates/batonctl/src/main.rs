@@ -1,0 +1,245 @@
+//! `batonctl`: Baton's admin CLI, a client of the admin gRPC API (proto/admin.proto).
+//! Human-readable tables by default, `--json` for scripts (one JSON document per reply;
+//! one per line for event streams). Exit codes: 0 done, 1 the call failed, 2 the input
+//! is wrong (bad arguments, an unusable `--server`, `--token` or `--ca-cert`, an empty
+//! password).
+//!
+//! This crate owns the command line only; the API it speaks is the generated client in
+//! `baton-admin-proto`, so it builds without the node (no Raft, no queue, no delivery).
+//!
+//! - `main.rs` — the arguments, and dispatch to the modules below;
+//! - [`connect`] — the `--server` list, TLS (`--ca-cert`), the bearer token;
+//! - [`show`] — the read commands (status, queue, messages, message show, suppressions);
+//! - [`change`] — the commands that change the cluster;
+//! - [`events`] — the event log, listed or followed across servers;
+//! - [`output`] — tables, JSON and time formats;
+//! - [`password`] — `hash-password`, which needs no server;
+//! - [`failure`] — the message and exit code of a failed command.
+#![forbid(unsafe_code)]
+
+mod change;
+mod connect;
+mod events;
+mod failure;
+mod output;
+mod password;
+mod show;
+
+use baton_admin_proto as pb;
+use clap::{Parser, Subcommand};
+use connect::Target;
+use failure::{Failure, Result};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "batonctl", version, about = "Baton admin CLI")]
+struct Args {
+    /// Admin API address(es); with several (comma-separated), the first that answers is
+    /// used, and `events --follow` moves to the next one if its server goes away.
+    #[arg(
+        long,
+        env = "BATON_SERVER",
+        default_value = "http://127.0.0.1:7401",
+        global = true
+    )]
+    server: String,
+    /// Bearer token (`admin.token` of the server).
+    #[arg(long, env = "BATON_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// PEM CA certificate to trust for an https:// server (else the webpki roots).
+    #[arg(long, env = "BATON_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cluster members, roles, leader, term, commit/applied index, lag, leases.
+    Status,
+    /// Per-domain queue: queued, deferred, in flight, oldest age, suspension, owner.
+    Queue,
+    /// List queued messages.
+    Messages {
+        /// Only this destination domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// queued or deferred.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (all pages are fetched up to it).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One message: show, retry now, delete.
+    #[command(subcommand)]
+    Message(MessageCmd),
+    /// Suspend or resume delivery to a domain.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// The suppression list.
+    #[command(subcommand)]
+    Suppression(SuppressionCmd),
+    /// Add or remove a cluster node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Delivery events (received, delivered, deferred, bounced, expired, suppressed,
+    /// deleted).
+    Events {
+        /// Keep following new events.
+        #[arg(long, short)]
+        follow: bool,
+        /// Start after this position (0: the oldest kept).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only this message.
+        #[arg(long)]
+        message: Option<String>,
+        /// Only this recipient domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only these kinds (repeatable).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+    },
+    /// Hash a password for `[[smtp.user]] password_hash` (argon2id). Reads the password
+    /// from standard input (one line), or prompts on a terminal.
+    HashPassword,
+}
+
+#[derive(Subcommand)]
+enum MessageCmd {
+    /// Envelope, per-recipient state, attempts, last replies, headers.
+    Show {
+        id: String,
+        /// Also print the body.
+        #[arg(long)]
+        body: bool,
+    },
+    /// Make every open delivery of the message due now.
+    Retry { id: String },
+    /// Remove the message from the queue.
+    Delete {
+        id: String,
+        /// Send the sender a bounce (DSN) for the recipients still open.
+        #[arg(long)]
+        dsn: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Hold delivery to the domain (mail is still accepted and queued).
+    Suspend {
+        domain: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Release a suspended domain.
+    Resume { domain: String },
+}
+
+#[derive(Subcommand)]
+enum SuppressionCmd {
+    /// Every suppressed address.
+    List,
+    /// Refuse the address at RCPT (550 5.1.1) and skip it in queued mail.
+    Add {
+        address: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    Remove {
+        address: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Add node ID, reachable by peers at ADDR (its cluster.advertise). It joins as a
+    /// learner and becomes a voter once caught up.
+    Add { id: u64, addr: String },
+    /// Remove node ID: its domains move to the other nodes first.
+    Remove { id: u64 },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match &args.command {
+        Command::HashPassword => return password::hash_password(),
+        _ => run(&args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message, code)) => {
+            eprintln!("batonctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Connects to the first server that answers, then runs the command there.
+async fn run(args: &Args) -> Result<()> {
+    let target = Target {
+        servers: &args.server,
+        token: args.token.as_deref(),
+        ca_cert: args.ca_cert.as_deref(),
+    };
+    let (mut client, server) = target.connect(0).await?;
+    let c = &mut client;
+    let json = args.json;
+    match &args.command {
+        Command::HashPassword => unreachable!("handled before connecting"),
+        Command::Status => show::status(c, json).await,
+        Command::Queue => show::queue(c, json).await,
+        Command::Messages {
+            domain,
+            state,
+            limit,
+        } => {
+            let domain = domain.as_deref().unwrap_or_default();
+            let state = state.as_deref().unwrap_or_default();
+            show::messages(c, json, domain, state, *limit).await
+        }
+        Command::Message(MessageCmd::Show { id, body }) => show::message(c, json, id, *body).await,
+        Command::Message(MessageCmd::Retry { id }) => change::retry_message(c, json, id).await,
+        Command::Message(MessageCmd::Delete { id, dsn }) => {
+            change::delete_message(c, json, id, *dsn).await
+        }
+        Command::Domain(DomainCmd::Suspend { domain, reason }) => {
+            change::suspend_domain(c, json, domain, reason).await
+        }
+        Command::Domain(DomainCmd::Resume { domain }) => {
+            change::resume_domain(c, json, domain).await
+        }
+        Command::Suppression(SuppressionCmd::List) => show::suppressions(c, json).await,
+        Command::Suppression(SuppressionCmd::Add { address, reason }) => {
+            change::add_suppression(c, json, address, reason).await
+        }
+        Command::Suppression(SuppressionCmd::Remove { address }) => {
+            change::remove_suppression(c, json, address).await
+        }
+        Command::Node(NodeCmd::Add { id, addr }) => change::add_node(c, json, *id, addr).await,
+        Command::Node(NodeCmd::Remove { id }) => change::remove_node(c, json, *id).await,
+        Command::Events {
+            follow,
+            after,
+            message,
+            domain,
+            kinds,
+        } => {
+            let request = pb::StreamEventsRequest {
+                after: *after,
+                follow: *follow,
+                message_id: message.clone().unwrap_or_default(),
+                domain: domain.clone().unwrap_or_default(),
+                kinds: kinds.clone(),
+            };
+            events::run(&target, json, client, server, request).await
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The read commands: `status`, `queue`, `messages`, `message show`, `suppression list`.
+//! Each prints the reply as JSON with `--json`, else as text and tables.
+
+use crate::connect::Client;
+use crate::failure::Result;
+use crate::output::{age, or_dash, print_json, table, time};
+use crate::pb;
+
+/// `status`: this node's Raft view, then one row per member.
+pub async fn status(client: &mut Client, json: bool) -> Result<()> {
+    let s = client.status(pb::StatusRequest {}).await?.into_inner();
+    if json {
+        print_json(&s);
+        return Ok(());
+    }
+    println!(
+        "node {} ({}), leader {}, term {}, commit {}, applied {}",
+        s.node_id,
+        s.role,
+        if s.leader_id == 0 {
+            "none".into()
+        } else {
+            s.leader_id.to_string()
+        },
+        s.term,
+        s.commit_index,
+        s.applied_index
+    );
+    println!(
+        "ownership epoch {} ({}), this node's lease {:.1}s",
+        s.ownership_epoch,
+        if s.ownership_settled {
+            "settled"
+        } else {
+            "settling"
+        },
+        s.lease_remaining_seconds
+    );
+    let rows = s
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                format!("{}{}", m.role, if m.leader { " (leader)" } else { "" }),
+                if m.lag_known {
+                    m.matched_index.to_string()
+                } else {
+                    "-".into()
+                },
+                if m.lag_known {
+                    m.lag.to_string()
+                } else {
+                    "-".into()
+                },
+                if m.owner { "yes" } else { "no" }.into(),
+                m.lease_renewal_index.to_string(),
+                m.owned_domains.len().to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "ADDR",
+            "ROLE",
+            "MATCHED",
+            "LAG",
+            "OWNER",
+            "RENEWED AT",
+            "DOMAINS",
+        ],
+        rows,
+    );
+    if s.members.iter().any(|m| !m.lag_known) {
+        println!("(MATCHED and LAG are the leader's view; \"-\" when it could not be asked)");
+    }
+    Ok(())
+}
+
+/// `queue`: one row per domain, then the suspended domains if any.
+pub async fn queue(client: &mut Client, json: bool) -> Result<()> {
+    let q = client
+        .queue_summary(pb::QueueSummaryRequest {})
+        .await?
+        .into_inner();
+    if json {
+        print_json(&q);
+        return Ok(());
+    }
+    println!(
+        "{} messages queued (applied index {})",
+        q.messages, q.applied_index
+    );
+    let rows = q
+        .domains
+        .iter()
+        .map(|d| {
+            vec![
+                d.domain.clone(),
+                d.queued.to_string(),
+                d.deferred.to_string(),
+                d.in_flight.to_string(),
+                age(d.oldest_age_seconds),
+                d.throttle.clone(),
+                if d.owner == 0 {
+                    "-".into()
+                } else {
+                    d.owner.to_string()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DOMAIN",
+            "QUEUED",
+            "DEFERRED",
+            "IN FLIGHT",
+            "OLDEST",
+            "THROTTLE",
+            "OWNER",
+        ],
+        rows,
+    );
+    if !q.suspended.is_empty() {
+        println!();
+        let rows = q
+            .suspended
+            .iter()
+            .map(|s| vec![s.domain.clone(), time(s.since_unix_ms), or_dash(&s.reason)])
+            .collect();
+        table(&["SUSPENDED", "SINCE", "REASON"], rows);
+    }
+    Ok(())
+}
+
+/// `messages`: the queued messages (filtered by `domain` and `state` when not empty),
+/// fetched page by page until `limit` or the end.
+pub async fn messages(
+    client: &mut Client,
+    json: bool,
+    domain: &str,
+    state: &str,
+    limit: usize,
+) -> Result<()> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_messages(pb::ListMessagesRequest {
+                domain: domain.to_string(),
+                state: state.to_string(),
+                page_size: (limit - all.len()).clamp(1, 1000) as u32,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        all.extend(page.messages);
+        token = page.next_page_token;
+        if token.is_empty() || all.len() >= limit {
+            break;
+        }
+    }
+    if json {
+        print_json(&all);
+        return Ok(());
+    }
+    let rows = all
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                m.domain.clone(),
+                m.state.clone(),
+                m.attempts.to_string(),
+                time(m.next_attempt_unix_ms),
+                or_dash(&m.sender),
+                m.recipients.join(","),
+                or_dash(&m.last_reply),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "DOMAIN",
+            "STATE",
+            "ATTEMPTS",
+            "NEXT ATTEMPT",
+            "SENDER",
+            "RECIPIENTS",
+            "LAST REPLY",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+/// `message show`: the envelope, one row per recipient, the headers, and the body when
+/// `body` is set.
+pub async fn message(client: &mut Client, json: bool, id: &str, body: bool) -> Result<()> {
+    let m = client
+        .get_message(pb::GetMessageRequest {
+            id: id.to_string(),
+            include_body: body,
+        })
+        .await?
+        .into_inner();
+    if json {
+        print_json(&m);
+        return Ok(());
+    }
+    println!("message   {}", m.id);
+    println!(
+        "sender    {}",
+        if m.sender.is_empty() { "<>" } else { &m.sender }
+    );
+    println!("received  {}", time(m.received_unix_ms));
+    println!("size      {} bytes", m.size);
+    println!();
+    let rows = m
+        .recipients
+        .iter()
+        .map(|r| {
+            vec![
+                r.address.clone(),
+                r.state.clone(),
+                r.attempts.to_string(),
+                time(r.next_attempt_unix_ms),
+                or_dash(&r.last_reply),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "RECIPIENT",
+            "STATE",
+            "ATTEMPTS",
+            "NEXT ATTEMPT",
+            "LAST REPLY",
+        ],
+        rows,
+    );
+    println!();
+    for h in &m.headers {
+        println!("{}: {}", h.name, h.value);
+    }
+    if body {
+        println!();
+        print!("{}", String::from_utf8_lossy(&m.body));
+    }
+    Ok(())
+}
+
+/// `suppression list`: every suppressed address.
+pub async fn suppressions(client: &mut Client, json: bool) -> Result<()> {
+    let l = client
+        .list_suppressions(pb::ListSuppressionsRequest {})
+        .await?
+        .into_inner();
+    if json {
+        print_json(&l);
+        return Ok(());
+    }
+    let rows = l
+        .entries
+        .iter()
+        .map(|e| vec![e.address.clone(), time(e.since_unix_ms), or_dash(&e.reason)])
+        .collect();
+    table(&["ADDRESS", "SINCE", "REASON"], rows);
+    Ok(())
+}
