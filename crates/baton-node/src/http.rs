@@ -1,6 +1,8 @@
-//! `/healthz`, `/readyz` and `/metrics` (CONTRACT.md, "HTTP").
+//! `/healthz` (200 while the process runs, with each component's status), `/readyz`
+//! (200 when the node accepts mail, 503 otherwise and while draining) and `/metrics`.
 
 use crate::metrics as m;
+use crate::supervisor::Statuses;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -18,11 +20,12 @@ pub struct HttpState {
     /// True when the node accepts SMTP (leader known, caught up, not draining).
     pub ready: watch::Receiver<bool>,
     pub lease: Arc<baton_cluster::Lease>,
+    pub statuses: Statuses,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, mut stop: watch::Receiver<bool>) {
     let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
@@ -31,6 +34,14 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, mut stop: watch
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
+}
+
+async fn healthz(State(state): State<Arc<HttpState>>) -> String {
+    let mut body = String::from("ok\n");
+    for (name, status) in state.statuses.list() {
+        body.push_str(&format!("{name} {}\n", status.as_str()));
+    }
+    body
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {

@@ -4,22 +4,24 @@
 //! The session loop is thin: feed bytes to the engine, carry out its actions (write a
 //! reply, upgrade to TLS, check credentials, hand a message to the Committer), feed the
 //! results back. A message is answered 250 only after the Committer reports its `Enqueue`
-//! committed and flushed.
+//! committed and flushed; from the end of its data until then, the session holds an
+//! activity token, so a drain waits for it.
 
+use crate::activity::Activity;
 use crate::auth::Users;
-use crate::batcher::BatcherMsg;
+use crate::batcher::{self, BatcherMsg};
 use crate::config::{ListenerConfig, ListenerMode, SmtpConfig};
 use crate::metrics as m;
+use crate::supervisor::Slot;
 use baton_delivery::date::rfc5322;
-use baton_queue::NewMessage;
 use baton_queue::clock::now_ms;
 use baton_queue::state_machine::QueueReader;
+use baton_queue::{NewMessage, QueueError};
 use baton_smtp::command::BodyType;
-use baton_smtp::proxy;
 use baton_smtp::reply::Reply;
 use baton_smtp::server::{Action, Envelope, Event, Phase, ServerConfig, ServerSession};
+use baton_smtp::{proxy, replies};
 use ipnet::IpNet;
-use ractor::ActorRef;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -40,8 +42,10 @@ const COMMIT_BUDGET_KIB: u32 = 512 * 1024;
 pub struct IngressShared {
     pub smtp: SmtpConfig,
     pub users: Users,
-    pub committer: ActorRef<BatcherMsg<NewMessage>>,
+    pub committer: Slot<BatcherMsg<NewMessage>>,
     pub connections: Arc<Semaphore>,
+    /// Messages between the end of their data and their commit's answer.
+    pub activity: Activity,
     /// KiB of message bodies handed to the Committer and not yet committed: a burst of
     /// large messages waits here instead of filling memory.
     commit_budget: Arc<Semaphore>,
@@ -56,9 +60,10 @@ impl IngressShared {
     pub fn new(
         smtp: SmtpConfig,
         users: Users,
-        committer: ActorRef<BatcherMsg<NewMessage>>,
+        committer: Slot<BatcherMsg<NewMessage>>,
         accepting: watch::Receiver<bool>,
         reader: QueueReader,
+        activity: Activity,
     ) -> Arc<IngressShared> {
         Arc::new(IngressShared {
             connections: Arc::new(Semaphore::new(smtp.max_connections)),
@@ -66,6 +71,7 @@ impl IngressShared {
             smtp,
             users,
             committer,
+            activity,
             per_ip: Mutex::new(HashMap::new()),
             accepting,
             reader,
@@ -176,15 +182,27 @@ impl Listener {
                         }
                     }.instrument(span));
                 }
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                Some(ended) = sessions.join_next(), if !sessions.is_empty() => log_panic(ended),
             }
         }
         drop(self.tcp);
         let _ = tokio::time::timeout(drain, async {
-            while sessions.join_next().await.is_some() {}
+            while let Some(ended) = sessions.join_next().await {
+                log_panic(ended);
+            }
         })
         .await;
         sessions.abort_all();
+    }
+}
+
+/// A session that panicked ends alone; say so.
+fn log_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        metrics::counter!(m::SESSION_CRASHES).increment(1);
+        tracing::error!(error = %e, "an SMTP session panicked");
     }
 }
 
@@ -220,11 +238,7 @@ async fn serve(
     let Ok(_permit): Result<OwnedSemaphorePermit, _> =
         shared.connections.clone().try_acquire_owned()
     else {
-        let reply = Reply::new(
-            421,
-            "4.7.0",
-            format!("{hostname} Too many connections, try again later"),
-        );
+        let reply = replies::too_many_connections(&hostname);
         tcp.write_all(&reply.to_bytes()).await?;
         return Ok(());
     };
@@ -240,20 +254,12 @@ async fn serve(
     };
     tracing::Span::current().record("client", tracing::field::display(client));
     let Some(_ip_guard) = shared.per_ip_enter(client.ip()) else {
-        let reply = Reply::new(
-            421,
-            "4.7.0",
-            format!("{hostname} Too many connections from your address"),
-        );
+        let reply = replies::too_many_from_address(&hostname);
         tcp.write_all(&reply.to_bytes()).await?;
         return Ok(());
     };
     if !*shared.accepting.borrow() {
-        let reply = Reply::new(
-            421,
-            "4.3.2",
-            format!("{hostname} Service not available, try again later"),
-        );
+        let reply = replies::not_accepting(&hostname);
         tcp.write_all(&reply.to_bytes()).await?;
         return Ok(());
     }
@@ -321,18 +327,10 @@ async fn serve(
                     let address = to.to_string();
                     let verdict = match shared.reader.is_suppressed(&address) {
                         Ok(false) => Ok(()),
-                        Ok(true) => Err(Reply::new(
-                            550,
-                            "5.1.1",
-                            format!("<{address}>: recipient address suppressed"),
-                        )),
+                        Ok(true) => Err(replies::suppressed(&address)),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot read the suppression list");
-                            Err(Reply::new(
-                                451,
-                                "4.3.0",
-                                "local error reading the suppression list; try again later",
-                            ))
+                            Err(replies::suppression_unreadable())
                         }
                     };
                     actions.extend(session.handle(Event::RcptChecked(verdict)));
@@ -351,7 +349,8 @@ async fn serve(
                         }
                         None => {
                             // Appended but not known to be committed within the bound:
-                            // close without a reply (ARCHITECTURE.md).
+                            // close without a reply. A 451 would make the client send
+                            // again a message that may yet commit.
                             return Ok(());
                         }
                     }
@@ -376,12 +375,7 @@ async fn serve(
         };
         match read {
             None => {
-                let reply = Reply::new(
-                    421,
-                    "4.3.2",
-                    format!("{hostname} Service shutting down, try again later"),
-                );
-                reply.write_to(&mut out);
+                replies::shutting_down(&hostname).write_to(&mut out);
                 flush(&mut conn, &mut out).await?;
                 return Ok(());
             }
@@ -472,6 +466,8 @@ async fn commit(
     client: SocketAddr,
     tls: bool,
 ) -> Option<Result<String, Reply>> {
+    // From the end of the data until the answer: a drain waits for this.
+    let _activity = shared.activity.begin();
     let id = ulid::Ulid::new().to_string();
     let message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
     let kib = (message.body.len() / 1024).clamp(1, COMMIT_BUDGET_KIB as usize) as u32;
@@ -481,35 +477,23 @@ async fn commit(
     );
     let Ok(Ok(_budget)) = budget.await else {
         // Nothing was handed over: 451 is truthful.
-        return Some(Err(Reply::new(451, "4.3.0", "Queue busy, try again later")));
+        return Some(Err(replies::queue_busy()));
     };
-    let result = shared
-        .committer
-        .call(
-            |port| BatcherMsg::Submit(message, port),
-            Some(shared.smtp.commit_timeout),
-        )
-        .await;
-    match result {
-        Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
+    match batcher::submit(&shared.committer, message, shared.smtp.commit_timeout).await? {
+        Ok(()) => {
             metrics::counter!(m::RECEIVED).increment(1);
             tracing::info!(id = %id, "queued");
             Some(Ok(id))
         }
-        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
-            tracing::warn!(error = %e, "enqueue failed");
-            Some(Err(Reply::new(
-                451,
-                "4.3.0",
-                "Queue unavailable, try again later",
-            )))
+        // Not stored: the client may try again, here or elsewhere.
+        Err(e @ (QueueError::Unavailable(_) | QueueError::NotLeader { .. })) => {
+            tracing::warn!(error = %e, "enqueue refused");
+            Some(Err(replies::queue_unavailable()))
         }
-        Ok(ractor::rpc::CallResult::Timeout) => None,
-        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Some(Err(Reply::new(
-            451,
-            "4.3.0",
-            "Queue unavailable, try again later",
-        ))),
+        Err(e @ QueueError::Fatal(_)) => {
+            tracing::error!(error = %e, "enqueue failed: storage error");
+            Some(Err(replies::queue_failed()))
+        }
     }
 }
 

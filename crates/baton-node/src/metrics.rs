@@ -1,5 +1,5 @@
-//! Metrics (CONTRACT.md, "HTTP"). Each is documented where it is described below; the
-//! exporter renders Prometheus text on `/metrics`.
+//! Metrics, rendered as Prometheus text on `/metrics`. Each is documented here and given
+//! a description below; the first eight are the ones operators and tests rely on.
 //!
 //! | name | type | meaning |
 //! |---|---|---|
@@ -31,6 +31,11 @@
 //! | `baton_events_position` | gauge | position of the newest event in the replicated event log |
 //! | `baton_webhook_position` | gauge | on the leader: last event position the webhook delivered |
 //! | `baton_webhook_failures_total` | counter | webhook POSTs that failed (retried) |
+//! | `baton_component_up{component}` | gauge | 1 while a node component runs (or finished its one-off start) |
+//! | `baton_component_restarts_total{component}` | counter | crashes of a component, each followed by a restart |
+//! | `baton_delivery_domain_crashes_total` | counter | domain delivery actors that crashed (and were started again) |
+//! | `baton_delivery_worker_crashes_total` | counter | delivery workers that crashed (their messages are taken again) |
+//! | `baton_smtp_session_crashes_total` | counter | inbound SMTP sessions that panicked (the session ends, nothing else) |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -63,6 +68,11 @@ pub const SMTP_SESSIONS_TOTAL: &str = "baton_smtp_sessions_total";
 pub const EVENTS_POSITION: &str = "baton_events_position";
 pub const WEBHOOK_POSITION: &str = "baton_webhook_position";
 pub const WEBHOOK_FAILURES: &str = "baton_webhook_failures_total";
+pub const COMPONENT_UP: &str = "baton_component_up";
+pub const COMPONENT_RESTARTS: &str = "baton_component_restarts_total";
+pub const DOMAIN_CRASHES: &str = "baton_delivery_domain_crashes_total";
+pub const WORKER_CRASHES: &str = "baton_delivery_worker_crashes_total";
+pub const SESSION_CRASHES: &str = "baton_smtp_session_crashes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -143,6 +153,17 @@ fn describe() {
         EVENTS_POSITION,
         "Position of the newest event in the event log."
     );
+    describe_gauge!(
+        COMPONENT_UP,
+        "1 while a node component runs (or finished its one-off start)."
+    );
+    describe_counter!(
+        COMPONENT_RESTARTS,
+        "Crashes of a node component, each followed by a restart."
+    );
+    describe_counter!(DOMAIN_CRASHES, "Domain delivery actors that crashed.");
+    describe_counter!(WORKER_CRASHES, "Delivery workers that crashed.");
+    describe_counter!(SESSION_CRASHES, "Inbound SMTP sessions that panicked.");
     // Register every contract name so /metrics carries them from the start.
     for c in [
         RECEIVED,
@@ -151,6 +172,9 @@ fn describe() {
         BOUNCED,
         SUPPRESSED,
         SMTP_SESSIONS_TOTAL,
+        DOMAIN_CRASHES,
+        WORKER_CRASHES,
+        SESSION_CRASHES,
     ] {
         metrics::counter!(c).increment(0);
     }

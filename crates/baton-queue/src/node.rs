@@ -32,7 +32,7 @@ pub struct QueueOptions {
 
 /// Why a queue call failed. `Unavailable` and `NotLeader` are retryable and mean
 /// nothing was stored.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     /// This node is not the leader; the leader's id and Raft address if known.
     #[error("not the leader (leader: {leader:?})")]

@@ -1,0 +1,558 @@
+//! The components a node is made of (the list is in [`crate::node::run`]), each with
+//! its start and its drain. What they share is in [`Shared`].
+
+use crate::activity::Activity;
+use crate::batcher::BatcherMsg;
+use crate::config::Config;
+use crate::delivery::{DeliveryContext, DeliveryManager, ManagerMsg};
+use crate::http::{self, HttpState};
+use crate::ingress::{IngressShared, Listener};
+use crate::supervisor::{BoxFuture, Component, Slot, Statuses, spawn_task};
+use anyhow::Context as _;
+use baton_cluster::{Lease, Peers, RaftService, Writer, lease};
+use baton_queue::types::Request;
+use baton_queue::{NewMessage, QueueNode};
+use ractor::{Actor, ActorCell, ActorRef};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a drain waits for open SMTP sessions, and for deliveries in flight.
+pub const DRAIN: Duration = Duration::from_secs(30);
+/// How long a drain waits for a component's task to end once told to stop.
+const STOP: Duration = Duration::from_secs(5);
+
+/// What the components of one node share.
+pub struct Shared {
+    pub config: Config,
+    pub queue: QueueNode,
+    pub peers: Peers,
+    pub writer: Writer,
+    pub lease: Arc<Lease>,
+    /// True once the node drains (set before any component is drained).
+    pub stopping: watch::Sender<bool>,
+    /// This node has reached the leader's commit index (after start).
+    pub caught_up: watch::Sender<bool>,
+    /// The node accepts mail: caught up, a leader known, not draining.
+    pub ready: watch::Sender<bool>,
+    /// The node may start deliveries: caught up and not draining.
+    pub deliver: watch::Sender<bool>,
+    pub committer: Slot<BatcherMsg<NewMessage>>,
+    pub outcomes: Slot<BatcherMsg<baton_queue::Outcome>>,
+    /// Messages between the end of their data and their commit's answer.
+    pub ingress_activity: Activity,
+    pub statuses: Statuses,
+}
+
+/// A component whose work is one task: its stop switch and its actor.
+#[derive(Default)]
+pub struct Task {
+    stop: Mutex<Option<watch::Sender<bool>>>,
+    cell: Mutex<Option<ActorCell>>,
+}
+
+impl Task {
+    /// Runs `work(stop)` in an actor linked to `supervisor`.
+    pub async fn start<F>(
+        &self,
+        supervisor: ActorCell,
+        work: impl FnOnce(watch::Receiver<bool>) -> F,
+    ) -> anyhow::Result<Option<ActorCell>>
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let cell = spawn_task(supervisor, work(stopped)).await?;
+        *lock(&self.stop) = Some(stop);
+        *lock(&self.cell) = Some(cell.clone());
+        Ok(Some(cell))
+    }
+
+    /// Tells the work to stop and waits up to `timeout` for it to end; then ends it.
+    pub async fn stop(&self, timeout: Duration) {
+        if let Some(stop) = lock(&self.stop).take() {
+            stop.send_replace(true);
+        }
+        let Some(cell) = lock(&self.cell).take() else {
+            return;
+        };
+        // The actor stops by itself once its work returns; a stop signal waits for that.
+        if cell.stop_and_wait(None, Some(timeout)).await.is_err() {
+            cell.kill();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Implements [`Component`] for a type with `name`, `start` and `drain` methods of its own.
+macro_rules! component {
+    ($t:ty, $name:literal) => {
+        impl Component for $t {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn start(&self, sup: ActorCell) -> BoxFuture<'_, anyhow::Result<Option<ActorCell>>> {
+                Box::pin(self.start(sup))
+            }
+            fn drain(&self) -> BoxFuture<'_, ()> {
+                Box::pin(self.drain())
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------- raft
+
+/// The Raft service peers call (votes, appends, forwarded writes, joins). It serves
+/// through the drain (forwarded writes, the leadership hand-over) and stops last.
+pub struct Raft(pub Arc<Shared>, pub Task);
+component!(Raft, "raft");
+
+impl Raft {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let listen = self.0.config.cluster.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cluster.listen {listen}"))?;
+        say!("raft (peers only) on {listen}");
+        let service = RaftService::new(self.0.queue.clone()).into_server();
+        self.1
+            .start(sup, move |mut stop| async move {
+                // Replies (append-entries acks, forwarded writes) are small: without
+                // TCP_NODELAY, Nagle's algorithm holds them for the peer's delayed ACK.
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |conn| {
+                        conn.inspect(|stream| {
+                            let _ = stream.set_nodelay(true);
+                        })
+                    },
+                );
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.1.stop(Duration::from_secs(1)).await;
+    }
+}
+
+// ---------------------------------------------------------------- membership
+
+/// With no cluster state on disk: join through `cluster.join`, or wait to be added.
+/// (With `cluster.bootstrap`, the queue formed a one-node cluster when it opened.)
+pub struct Membership(pub Arc<Shared>);
+component!(Membership, "membership");
+
+impl Membership {
+    async fn start(&self, _: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let s = &self.0;
+        let c = &s.config;
+        if s.queue.raft.is_initialized().await.unwrap_or(false) {
+            return Ok(None);
+        }
+        if c.cluster.join.is_empty() {
+            // An operator adds it (`batonctl node add`): the leader's first append
+            // makes it a learner. Until then it is not ready.
+            say!(
+                "{} holds no cluster state and cluster.join is empty: waiting to be added (on a member: batonctl node add {} {}); set cluster.bootstrap = true to form a new cluster instead",
+                c.node.data_dir.display(),
+                c.node.id,
+                c.cluster.advertise
+            );
+            return Ok(None);
+        }
+        say!("joining the cluster through {:?}", c.cluster.join);
+        baton_cluster::join::join(
+            &s.peers,
+            &c.cluster.join,
+            c.node.id,
+            &c.cluster.advertise,
+            Duration::from_secs(300),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        Ok(None)
+    }
+
+    async fn drain(&self) {}
+}
+
+// ---------------------------------------------------------------- leadership
+
+/// At the end of a drain, a leader hands leadership to an up-to-date voter.
+pub struct Leadership(pub Arc<Shared>);
+component!(Leadership, "leadership");
+
+impl Leadership {
+    async fn start(&self, _: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        Ok(None)
+    }
+
+    async fn drain(&self) {
+        baton_cluster::handover::hand_over(&self.0.queue, &self.0.peers, STOP).await;
+    }
+}
+
+// ---------------------------------------------------------------- lease
+
+/// Catches up with the leader's commit index, then renews this node's delivery lease.
+/// Its drain stops renewing and, if nothing is in flight, hands the domains back: their
+/// outcomes are committed, so the next owners start where this node stopped.
+pub struct LeaseKeeper {
+    pub shared: Arc<Shared>,
+    pub task: Task,
+    /// Deliveries in flight here (drained before this component).
+    pub in_flight: Activity,
+}
+component!(LeaseKeeper, "lease");
+
+impl LeaseKeeper {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let s = self.shared.clone();
+        self.task
+            .start(sup, move |stop| async move {
+                // A (re)started node catches up with the leader's commit index before it
+                // takes a lease, so it never joins the owner set with a stale queue.
+                let index = baton_cluster::catch_up::catch_up(&s.queue, &s.peers).await;
+                tracing::info!(index, "caught up with the leader's commit index");
+                s.caught_up.send_replace(true);
+                if !*s.stopping.borrow() {
+                    s.deliver.send_replace(true);
+                }
+                lease::keep(s.lease.clone(), s.writer.clone(), stop).await;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.task.stop(STOP).await;
+        let s = &self.shared;
+        if self.in_flight.count() > 0 {
+            tracing::warn!(
+                "deliveries still in flight after the drain; domains move when the lease expires"
+            );
+            return;
+        }
+        s.lease.revoke();
+        let release = s.writer.write(Request::Release {
+            node: s.config.node.id,
+        });
+        match tokio::time::timeout(STOP, release).await {
+            Ok(Ok(_)) => tracing::info!("domains handed over"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not hand domains over; they move when the lease expires")
+            }
+            Err(_) => {
+                tracing::warn!("handing domains over timed out; they move when the lease expires")
+            }
+        }
+    }
+}
+
+/// On the leader: moves the domains of nodes whose lease expired.
+pub struct LeaseExpiry(pub Arc<Shared>, pub Task);
+component!(LeaseExpiry, "lease-expiry");
+
+impl LeaseExpiry {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let s = self.0.clone();
+        self.1
+            .start(sup, move |stop| async move {
+                lease::expire(
+                    s.queue.clone(),
+                    s.writer.clone(),
+                    s.config.cluster.lease,
+                    stop,
+                )
+                .await;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.1.stop(STOP).await;
+    }
+}
+
+// ---------------------------------------------------------------- delivery
+
+/// The DeliveryManager and everything below it. Its drain stops new transactions and
+/// waits (up to [`DRAIN`]) for the messages in flight to have their outcomes committed.
+pub struct Delivery {
+    pub shared: Arc<Shared>,
+    pub ctx: Arc<DeliveryContext>,
+    pub manager: Mutex<Option<ActorRef<ManagerMsg>>>,
+}
+component!(Delivery, "delivery");
+
+impl Delivery {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let args = (self.ctx.clone(), self.shared.writer.clone());
+        let (manager, _) = Actor::spawn_linked(None, DeliveryManager, args, sup).await?;
+        let cell = manager.get_cell();
+        *lock(&self.manager) = Some(manager);
+        Ok(Some(cell))
+    }
+
+    async fn drain(&self) {
+        self.shared.deliver.send_replace(false);
+        let in_flight = &self.ctx.in_flight.activity;
+        if tokio::time::timeout(DRAIN, in_flight.idle()).await.is_err() {
+            tracing::warn!(
+                in_flight = in_flight.count(),
+                "deliveries still in flight at the end of the drain"
+            );
+        }
+        let manager = lock(&self.manager).take();
+        if let Some(manager) = manager {
+            let _ = manager.stop_and_wait(None, Some(STOP)).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+/// On the leader: POSTs events to `events.webhook_url`.
+pub struct Webhook(pub Arc<Shared>, pub Task);
+component!(Webhook, "webhook");
+
+impl Webhook {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let s = self.0.clone();
+        if s.config.events.webhook_url.is_empty() {
+            return Ok(None);
+        }
+        self.1
+            .start(sup, move |stop| async move {
+                crate::webhook::run(
+                    s.queue.clone(),
+                    s.writer.clone(),
+                    s.config.events.clone(),
+                    stop,
+                )
+                .await;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.1.stop(STOP).await;
+    }
+}
+
+/// On the leader: trims the event log to its retention.
+pub struct Retention(pub Arc<Shared>, pub Task);
+component!(Retention, "event-retention");
+
+impl Retention {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let s = self.0.clone();
+        self.1
+            .start(sup, move |stop| async move {
+                crate::events::retain(
+                    s.queue.clone(),
+                    s.writer.clone(),
+                    s.config.events.clone(),
+                    stop,
+                )
+                .await;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.1.stop(STOP).await;
+    }
+}
+
+// ---------------------------------------------------------------- ingress
+
+/// The SMTP listeners and their sessions. Its drain stops accepting, tells idle sessions
+/// to come back later, lets messages in DATA finish (up to [`DRAIN`]), and waits for
+/// their commits to be answered.
+pub struct Ingress(pub Arc<Shared>, pub Arc<IngressShared>, pub Task);
+component!(Ingress, "ingress");
+
+impl Ingress {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let mut listeners = Vec::new();
+        for l in &self.0.config.smtp.listeners {
+            let listener = Listener::bind(l.clone())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            say!("smtp {:?} listener on {}", l.mode, listener.local_addr());
+            listeners.push(listener);
+        }
+        let shared = self.1.clone();
+        self.2
+            .start(sup, move |stop| async move {
+                let mut running = tokio::task::JoinSet::new();
+                for l in listeners {
+                    running.spawn(l.run(shared.clone(), stop.clone(), DRAIN));
+                }
+                while let Some(ended) = running.join_next().await {
+                    // A listener that panicked takes the component down with it, so the
+                    // supervisor binds them all again.
+                    ended.context("an SMTP listener failed")?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.2.stop(DRAIN + STOP).await;
+        if tokio::time::timeout(DRAIN, self.0.ingress_activity.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("messages still waiting for their commit at the end of the drain");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- readiness
+
+/// Ready (`/readyz`, SMTP accepted) once caught up and while a leader is known. Started
+/// last and drained first: a draining node answers 503 and refuses new sessions before
+/// anything else stops.
+pub struct Readiness(pub Arc<Shared>, pub Task);
+component!(Readiness, "readiness");
+
+impl Readiness {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let s = self.0.clone();
+        self.1
+            .start(sup, move |mut stop| async move {
+                let mut caught_up = s.caught_up.subscribe();
+                tokio::select! {
+                    _ = caught_up.wait_for(|c| *c) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+                let mut metrics = s.queue.raft.metrics();
+                loop {
+                    let leader = metrics.borrow_and_update().current_leader;
+                    s.ready.send_replace(leader.is_some() && !*stop.borrow());
+                    tokio::select! {
+                        changed = metrics.changed() => changed?,
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.0.ready.send_replace(false);
+        self.1.stop(STOP).await;
+    }
+}
+
+// ---------------------------------------------------------------- http and admin
+
+/// `/healthz`, `/readyz` and `/metrics`: up from the start (a joining node answers its
+/// liveness probe) to the end of the drain.
+pub struct Http(
+    pub Arc<Shared>,
+    pub Task,
+    pub metrics_exporter_prometheus::PrometheusHandle,
+);
+component!(Http, "http");
+
+impl Http {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let s = &self.0;
+        let listen = s.config.http.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("http.listen {listen}"))?;
+        say!("http (metrics, health) on {listen}");
+        let state = Arc::new(HttpState {
+            queue: s.queue.clone(),
+            prometheus: self.2.clone(),
+            ready: s.ready.subscribe(),
+            lease: s.lease.clone(),
+            statuses: s.statuses.clone(),
+        });
+        self.1
+            .start(sup, move |stop| async move {
+                http::serve(listener, state, stop).await;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.1.stop(Duration::from_secs(2)).await;
+    }
+}
+
+/// The gRPC admin API.
+pub struct Admin(pub Arc<Shared>, pub Task, pub Arc<DeliveryContext>);
+component!(Admin, "admin");
+
+impl Admin {
+    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
+        let s = &self.0;
+        let c = &s.config.admin;
+        let tls = match (&c.tls_cert, &c.tls_key) {
+            (Some(cert), Some(key)) => Some({
+                // Refuse to start on unusable files, naming the keys.
+                crate::tls::server_config(cert, key)
+                    .map_err(|e| anyhow::anyhow!("admin.tls_cert / admin.tls_key: {e}"))?;
+                baton_admin::server::TlsFiles {
+                    cert: std::fs::read(cert)
+                        .with_context(|| format!("admin.tls_cert {}", cert.display()))?,
+                    key: std::fs::read(key)
+                        .with_context(|| format!("admin.tls_key {}", key.display()))?,
+                }
+            }),
+            _ => None,
+        };
+        let listener = tokio::net::TcpListener::bind(c.listen)
+            .await
+            .with_context(|| format!("admin.listen {}", c.listen))?;
+        say!(
+            "admin gRPC{} on {}",
+            if tls.is_some() { " (TLS)" } else { "" },
+            c.listen
+        );
+        let delivery = self.2.clone();
+        let ctx = baton_admin::server::AdminContext {
+            queue: s.queue.clone(),
+            writer: s.writer.clone(),
+            peers: s.peers.clone(),
+            lease: s.lease.clone(),
+            hostname: s.config.smtp.hostname.clone(),
+            advertise: s.config.cluster.advertise.clone(),
+            in_flight: Arc::new(move |domain: &str| delivery.in_flight.count(domain)),
+        };
+        let token = c.token.clone();
+        self.1
+            .start(sup, move |stop| async move {
+                baton_admin::server::serve(listener, ctx, &token, tls, stop)
+                    .await
+                    .context("the admin API stopped")
+            })
+            .await
+    }
+
+    async fn drain(&self) {
+        self.1.stop(Duration::from_secs(2)).await;
+    }
+}

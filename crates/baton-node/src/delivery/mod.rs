@@ -1,0 +1,170 @@
+//! Delivery: the actors and workers that send this node's domains' mail.
+//!
+//! - [`manager`] — the DeliveryManager: one DomainDelivery per owned domain with work;
+//! - [`domain`] — DomainDelivery: a domain's backlog, its retry timer and its workers;
+//! - [`worker`] — one outbound connection's worth of work: asks its DomainDelivery for
+//!   jobs by message, sends them, and commits each outcome through the OutcomeBatcher.
+//!
+//! What to do with each recipient and reply is decided by `baton_delivery::policy`
+//! (pure functions); this module does the IO and the bookkeeping.
+//!
+//! Only the domains this node owns are delivered, and only while its lease lasts: a
+//! domain's owner holds a lease it renews through Raft, a node delivers only while its
+//! own clock says the lease holds, and the leader gives a silent node's domains to others
+//! only once that lease has expired by the leader's clock (see `baton_queue::ownership`
+//! and `baton_cluster::lease`). A message is *in flight* from when it is taken until its
+//! outcome is committed and applied: an [`InFlight`] token, registered here, so it is
+//! never taken twice by this node. Messages are taken only after checking, under the
+//! registry's lock, that the current ownership view allows their domain; the
+//! acknowledgement of a new ownership epoch checks under the same lock that nothing it
+//! forbids is in flight. So once a node has acknowledged an epoch, it is not delivering
+//! anything that epoch gave to another node.
+
+mod domain;
+mod manager;
+mod worker;
+
+pub use domain::DomainMsg;
+pub use manager::{DeliveryManager, ManagerMsg};
+
+use crate::activity::{Activity, ActivityToken};
+use crate::batcher::BatcherMsg;
+use crate::supervisor::Slot;
+use baton_cluster::Lease;
+use baton_delivery::outbound::Timeouts;
+use baton_delivery::retry::RetryPolicy;
+use baton_delivery::route::Router;
+use baton_delivery::tls::{TlsClients, TlsPolicy};
+use baton_queue::Outcome;
+use baton_queue::ownership::Ownership;
+use baton_queue::state_machine::QueueReader;
+use ractor::ActorRef;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What every delivery actor and worker needs.
+pub struct DeliveryContext {
+    pub hostname: String,
+    pub reader: QueueReader,
+    pub router: Router,
+    pub tls: TlsClients,
+    pub tls_policy: TlsPolicy,
+    pub retry: RetryPolicy,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+    pub max_messages_per_connection: usize,
+    pub outcomes: Slot<BatcherMsg<Outcome>>,
+    /// False while this node must not start transactions (catching up, draining).
+    pub may_deliver: watch::Receiver<bool>,
+    /// True once the node stops: outcome commits stop retrying.
+    pub stopping: watch::Receiver<bool>,
+    /// This node, its lease and the replicated ownership table.
+    pub me: u64,
+    pub lease: Arc<Lease>,
+    /// No transaction starts, and no final dot is sent, with less lease left than this.
+    pub lease_margin: Duration,
+    pub ownership: watch::Receiver<Arc<Ownership>>,
+    pub in_flight: InFlightRegistry,
+}
+
+impl DeliveryContext {
+    /// Whether this node owns `domain` in the current epoch (it may still have to wait
+    /// for the epoch to settle).
+    pub fn owns(&self, domain: &str) -> bool {
+        self.ownership.borrow().owner(domain) == Some(self.me)
+    }
+
+    /// Whether a transaction to `domain` may start now.
+    pub fn allowed(&self, domain: &str) -> bool {
+        *self.may_deliver.borrow()
+            && self.lease.left() > self.lease_margin
+            && self.ownership.borrow().may_deliver(self.me, domain)
+    }
+
+    /// Puts `ids` of `domain` in flight if the domain may be delivered now; each token
+    /// tells `actor` when it ends.
+    fn take(
+        &self,
+        domain: &str,
+        ids: Vec<String>,
+        actor: &ActorRef<DomainMsg>,
+    ) -> Option<Vec<InFlight>> {
+        let mut map = self.in_flight.lock();
+        if ids.is_empty() || !self.allowed(domain) {
+            return None;
+        }
+        *map.entry(domain.to_string()).or_default() += ids.len();
+        drop(map);
+        Some(
+            ids.into_iter()
+                .map(|id| InFlight {
+                    domain: domain.to_string(),
+                    id,
+                    actor: actor.clone(),
+                    registry: self.in_flight.clone(),
+                    _activity: self.in_flight.activity.begin(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether nothing in flight is forbidden by `view` (then this node may acknowledge
+    /// `view`'s epoch).
+    pub fn clean_for(&self, view: &Ownership) -> bool {
+        let map = self.in_flight.lock();
+        map.keys().all(|d| view.may_deliver(self.me, d))
+    }
+}
+
+/// The messages in flight on this node, counted per domain; also the lock that orders
+/// taking work against acknowledging ownership epochs.
+#[derive(Clone, Default)]
+pub struct InFlightRegistry {
+    domains: Arc<Mutex<HashMap<String, usize>>>,
+    /// One activity per message in flight: a drain waits for it to be idle.
+    pub activity: Activity,
+}
+
+impl InFlightRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // Every change is one whole update under the lock.
+        self.domains.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Messages of `domain` this node is sending now.
+    pub fn count(&self, domain: &str) -> usize {
+        self.lock().get(domain).copied().unwrap_or(0)
+    }
+
+    fn leave(&self, domain: &str) {
+        let mut map = self.lock();
+        if let Some(c) = map.get_mut(domain) {
+            *c -= 1;
+            if *c == 0 {
+                map.remove(domain);
+            }
+        }
+    }
+}
+
+/// One message of one domain in flight on this node. Dropping it (after the outcome's
+/// commit, when the message is given back unsent, or when a worker holding it fails)
+/// takes the message out of flight and tells its DomainDelivery, which may take it again.
+pub struct InFlight {
+    pub domain: String,
+    pub id: String,
+    actor: ActorRef<DomainMsg>,
+    registry: InFlightRegistry,
+    _activity: ActivityToken,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.registry.leave(&self.domain);
+        let _ = self
+            .actor
+            .cast(DomainMsg::Finished(std::mem::take(&mut self.id)));
+    }
+}

@@ -1,0 +1,371 @@
+//! A delivery worker: one outbound connection's worth of work.
+//!
+//! The worker asks its DomainDelivery for the next message ([`DomainMsg::Next`]) until
+//! there is none, opening (and reopening) one connection to the domain's MX hosts. For
+//! each message it reads the job, asks the policy what to do, sends, and hands the
+//! outcome to a commit task that holds the message's [`InFlight`] token until the
+//! OutcomeBatcher has committed it. A message the remote accepted but whose outcome is
+//! not committed is the one a crash would send twice: a worker keeps at most one such
+//! message, so duplicates after a crash are bounded by the open connections.
+
+use super::domain::DomainMsg;
+use super::{DeliveryContext, InFlight};
+use crate::batcher;
+use crate::metrics as m;
+use baton_delivery::outbound::{ConnError, Connection, Transaction};
+use baton_delivery::policy::{self, Attempt, Job, Plan, Prepared};
+use baton_delivery::route::{RouteError, Target};
+use baton_queue::Outcome;
+use baton_queue::clock::now_ms;
+use baton_queue::types::Remote;
+use baton_smtp::client::OutboundMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How long an unreadable message waits before it is taken again.
+const UNREADABLE_PAUSE: Duration = Duration::from_secs(5);
+/// How long one try to commit an outcome may take before it is tried again.
+const COMMIT_TRY: Duration = Duration::from_secs(60);
+
+pub struct Worker;
+
+pub struct WorkerState {
+    ctx: Arc<DeliveryContext>,
+    domain: String,
+    actor: ActorRef<DomainMsg>,
+}
+
+impl Actor for Worker {
+    type Msg = ();
+    type State = WorkerState;
+    type Arguments = (Arc<DeliveryContext>, String, ActorRef<DomainMsg>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        (ctx, domain, actor): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.cast(())?;
+        Ok(WorkerState { ctx, domain, actor })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<()>,
+        _: (),
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut conn = Conn::default();
+        let result = state.run(&mut conn).await;
+        // Whatever happened, the connection closes and the slot is freed.
+        if let Some(c) = conn.open.take() {
+            let _ = state.actor.cast(DomainMsg::Connection(false));
+            c.quit().await;
+        }
+        myself.stop(None);
+        result
+    }
+}
+
+/// The worker's connection and what it knows of the domain's routes.
+#[derive(Default)]
+struct Conn {
+    open: Option<Connection>,
+    sent: usize,
+    targets: Option<Vec<Target>>,
+}
+
+impl WorkerState {
+    /// The next message to send, if any.
+    async fn next(&self) -> Result<Option<InFlight>, ActorProcessingErr> {
+        match self.actor.call(DomainMsg::Next, None).await? {
+            ractor::rpc::CallResult::Success(next) => Ok(next),
+            // The DomainDelivery is stopping: so does this worker.
+            _ => Ok(None),
+        }
+    }
+
+    /// Open connections of this domain (all workers).
+    async fn live(&self) -> usize {
+        match self.actor.call(DomainMsg::Live, None).await {
+            Ok(ractor::rpc::CallResult::Success(n)) => n,
+            _ => 0,
+        }
+    }
+
+    async fn run(&self, conn: &mut Conn) -> Result<(), ActorProcessingErr> {
+        let mut unsettled: Option<JoinHandle<()>> = None;
+        while let Some(token) = self.next().await? {
+            let Some(job) = self.load(&token) else {
+                release_later(token);
+                continue;
+            };
+            let now = now_ms();
+            if let Some(attempt) = policy::expired(&job, &self.ctx.retry, now) {
+                self.finish(&job, token, attempt);
+                continue;
+            }
+            let plan = match policy::prepare(&job, |r| self.ctx.reader.is_suppressed(r)) {
+                Prepared::Send(plan) => plan,
+                Prepared::Decided(attempt) => {
+                    if attempt.held {
+                        tracing::error!(id = %job.id, sender = %job.meta.sender, "the stored sender does not parse: message held");
+                    }
+                    self.finish(&job, token, attempt);
+                    continue;
+                }
+            };
+            if conn.targets.is_none() {
+                match self.ctx.router.route(&self.domain).await {
+                    Ok(t) => conn.targets = Some(t),
+                    Err(e) => {
+                        self.route_failed(job, token, &e).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            if conn.open.as_ref().is_some_and(|c| !c.is_ready())
+                || conn.sent >= self.ctx.max_messages_per_connection
+            {
+                if let Some(c) = conn.open.take() {
+                    let _ = self.actor.cast(DomainMsg::Connection(false));
+                    c.quit().await;
+                }
+                conn.sent = 0;
+            }
+            if conn.open.is_none() {
+                let opened = Connection::open(
+                    conn.targets.as_deref().unwrap_or_default(),
+                    &self.ctx.hostname,
+                    self.ctx.tls_policy,
+                    &self.ctx.tls,
+                    &self.ctx.timeouts,
+                )
+                .await;
+                match opened {
+                    Ok(c) => {
+                        let _ = self.actor.cast(DomainMsg::Connection(true));
+                        conn.open = Some(c);
+                    }
+                    Err((e, target)) => {
+                        self.connect_failed(job, token, &e, target).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            let Some(c) = conn.open.as_mut() else {
+                return Ok(());
+            };
+            if let Some(previous) = unsettled.take() {
+                let _ = previous.await;
+            }
+            unsettled = self.attempt(c, job, plan, token).await;
+            conn.sent += 1;
+        }
+        Ok(())
+    }
+
+    fn load(&self, token: &InFlight) -> Option<Job> {
+        let reader = &self.ctx.reader;
+        let record = reader.delivery(&self.domain, &token.id).ok().flatten()?;
+        let meta = reader.message(&token.id).ok().flatten()?;
+        Some(Job {
+            id: token.id.clone(),
+            domain: self.domain.clone(),
+            meta,
+            record,
+        })
+    }
+
+    /// Sends one message; when the remote answered, returns the task committing the
+    /// outcome.
+    async fn attempt(
+        &self,
+        conn: &mut Connection,
+        job: Job,
+        plan: Plan,
+        token: InFlight,
+    ) -> Option<JoinHandle<()>> {
+        let Some(body) = self.ctx.reader.body(&job.id).ok().flatten() else {
+            // Finished meanwhile (or unreadable): give it back.
+            release_later(token);
+            return None;
+        };
+        let message = OutboundMessage {
+            from: plan.from.clone(),
+            rcpts: plan.send.iter().map(|(_, m)| m.clone()).collect(),
+            size_hint: body.len() as u64,
+            eight_bit: job.meta.eight_bit,
+            smtputf8: job.meta.smtputf8,
+        };
+        let lease = self.ctx.lease.clone();
+        let lease_left = move || lease.left();
+        let remote = Remote {
+            host: conn.target.host.clone(),
+            ip: conn.target.addr.ip().to_string(),
+            tls: conn.tls_version(),
+        };
+        match conn
+            .send(message, &body, &lease_left, self.ctx.lease_margin)
+            .await
+        {
+            Ok(Transaction {
+                rcpt_replies,
+                data_reply,
+            }) => {
+                let a = policy::from_transaction(plan, &rcpt_replies, data_reply.as_ref(), remote);
+                tracing::info!(
+                    id = %job.id, domain = %self.domain, host = %conn.target.host, tls = conn.tls,
+                    delivered = a.delivered.len(), failed = a.failed.len(), deferred = a.deferred.len(),
+                    reply = a.last_reply.as_deref().unwrap_or(""), "attempt"
+                );
+                Some(self.finish(&job, token, a))
+            }
+            Err(ConnError::Abandoned) => {
+                tracing::info!(id = %job.id, "delivery abandoned before the final dot");
+                None
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::info!(id = %job.id, domain = %self.domain, error = %reason, "attempt failed");
+                self.finish(&job, token, policy::from_error(plan, &reason, remote));
+                None
+            }
+        }
+    }
+
+    /// No route: this message, and (for a permanent answer, or when no other
+    /// connection of the domain works) everything waiting, get the same answer.
+    async fn route_failed(
+        &self,
+        job: Job,
+        token: InFlight,
+        e: &RouteError,
+    ) -> Result<(), ActorProcessingErr> {
+        tracing::info!(domain = %self.domain, error = %e, "no route");
+        self.finish(&job, token, policy::route_failed(&job, e));
+        if e.is_permanent() || self.live().await == 0 {
+            while let Some(token) = self.next().await? {
+                match self.load(&token) {
+                    Some(job) => {
+                        self.finish(&job, token, policy::route_failed(&job, e));
+                    }
+                    None => release_later(token),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No connection: this message is deferred; if no other connection to the domain
+    /// works, the site is down and everything waiting is deferred too. Otherwise (a
+    /// host refusing one more connection, say) the working connections take the rest.
+    async fn connect_failed(
+        &self,
+        job: Job,
+        token: InFlight,
+        e: &ConnError,
+        target: Option<Target>,
+    ) -> Result<(), ActorProcessingErr> {
+        let reason = e.to_string();
+        tracing::info!(domain = %self.domain, error = %reason, "no connection");
+        let remote = target.map_or_else(Remote::default, |t| Remote {
+            host: t.host,
+            ip: t.addr.ip().to_string(),
+            tls: String::new(),
+        });
+        self.finish(&job, token, policy::defer_all(&job, &reason, remote));
+        if self.live().await == 0 {
+            while let Some(token) = self.next().await? {
+                match self.load(&token) {
+                    Some(job) => {
+                        let a = policy::defer_all(&job, &reason, Remote::default());
+                        self.finish(&job, token, a);
+                    }
+                    None => release_later(token),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the outcome of `attempt` in a task of its own; the message stays in
+    /// flight (the task holds its token) until the outcome is committed.
+    fn finish(&self, job: &Job, token: InFlight, attempt: Attempt) -> JoinHandle<()> {
+        let now = now_ms();
+        count(&self.domain, job, &attempt, now);
+        let ctx = policy::Context {
+            hostname: &self.ctx.hostname,
+            retry: &self.ctx.retry,
+            node: self.ctx.me,
+            now_ms: now,
+        };
+        let reader = &self.ctx.reader;
+        let outcome = policy::outcome(
+            job,
+            attempt,
+            &ctx,
+            || reader.body(&job.id).ok().flatten().unwrap_or_default(),
+            || ulid::Ulid::new().to_string(),
+        );
+        tokio::spawn(commit(self.ctx.clone(), outcome, token))
+    }
+}
+
+/// Commits `outcome`, retrying until it is committed or the node stops; then the
+/// message leaves flight (`token` is dropped). Releasing it earlier would let it be
+/// taken and sent again. Enqueue and outcomes are idempotent, so retrying is safe.
+async fn commit(ctx: Arc<DeliveryContext>, outcome: Outcome, token: InFlight) {
+    let mut wait = Duration::from_millis(200);
+    let mut stopping = ctx.stopping.clone();
+    loop {
+        match batcher::submit(&ctx.outcomes, outcome.clone(), COMMIT_TRY).await {
+            Some(Ok(())) => break,
+            result => {
+                if *stopping.borrow() {
+                    // The record stays queued; the next owner tries it again.
+                    tracing::warn!(id = %outcome.id, "outcome not committed: the node is stopping");
+                    break;
+                }
+                tracing::warn!(id = %outcome.id, result = ?result.map(|r| r.err()), "outcome not committed yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopping.wait_for(|s| *s) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    drop(token);
+}
+
+/// Gives back a message that could not be loaded (finished meanwhile, or unreadable)
+/// after a pause, so an unreadable record is not retried in a hot loop.
+fn release_later(token: InFlight) {
+    tokio::spawn(async move {
+        tokio::time::sleep(UNREADABLE_PAUSE).await;
+        drop(token);
+    });
+}
+
+/// The metrics of one attempt.
+fn count(domain: &str, job: &Job, a: &Attempt, now: u64) {
+    metrics::counter!(m::DELIVERED).increment(a.delivered.len() as u64);
+    metrics::counter!(m::BOUNCED).increment(a.failed.len() as u64);
+    metrics::counter!(m::DEFERRED).increment(a.deferred.len() as u64);
+    metrics::counter!(m::SUPPRESSED).increment(a.suppressed.len() as u64);
+    for (result, n) in [
+        ("delivered", a.delivered.len()),
+        ("deferred", a.deferred.len()),
+        ("bounced", a.failed.len()),
+    ] {
+        metrics::counter!(m::DOMAIN_OUTCOMES, "domain" => domain.to_string(), "result" => result)
+            .increment(n as u64);
+    }
+    if !a.delivered.is_empty() {
+        let age = now.saturating_sub(job.meta.received_at_ms) as f64 / 1000.0;
+        metrics::histogram!(m::DELIVERY_LATENCY, "domain" => domain.to_string()).record(age);
+    }
+}
