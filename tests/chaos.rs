@@ -1,7 +1,9 @@
 //! A short chaos run, as in CI: `cluster/local.sh up 3` (three nodes behind HAProxy with
 //! PROXY v2), then `baton-chaos` pushes 2,000 uniquely numbered messages through the load
-//! balancer while it SIGKILLs a node every few seconds (the leader at least once) and
-//! restarts it. Nothing answered 250 may be lost.
+//! balancer while it SIGKILLs a node after every 500 settled messages (the leader at least
+//! once) and restarts it. The kills are tied to progress, not to the clock: the clients
+//! wait at a gate until each kill was carried out, so all three happen under load on a
+//! fast machine and on a slow one alike. Nothing answered 250 may be lost.
 
 use baton_tests::*;
 use std::path::{Path, PathBuf};
@@ -58,9 +60,9 @@ fn chaos_with_sigkills_through_haproxy_loses_nothing() {
         .args(["--messages", "2000", "--size", "4k", "--connections", "10"])
         .args([
             "--kills",
-            "3",
-            "--kill-every",
-            "3s",
+            &KILLS.to_string(),
+            "--kill-after-messages",
+            &KILL_AFTER.to_string(),
             "--leader-fraction",
             "0.34",
         ])
@@ -86,8 +88,59 @@ fn chaos_with_sigkills_through_haproxy_loses_nothing() {
     };
     assert_eq!(field("lost:"), 0, "accepted mail was lost");
     assert!(field("accepted:") >= 1900, "too little was accepted");
-    let kills = report.lines().filter(|l| l.starts_with("kill ")).count();
-    assert!(kills >= 3, "only {kills} kills happened");
+    let missed: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("missed kill"))
+        .collect();
+    assert!(missed.is_empty(), "kills were not carried out: {missed:?}");
+    // Summary: "kills:             L leader / T total (SIGKILL)".
+    let leader_kills = field("kills:");
+    let total_kills = report
+        .lines()
+        .find_map(|l| l.strip_prefix("kills:"))
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(_, t)| t.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("no total in the 'kills:' line");
+    assert_eq!(
+        total_kills, KILLS,
+        "not every requested kill was carried out"
+    );
+    assert!(leader_kills >= 1, "the leader was never killed");
+    // "kill 1: ...", not the "kill -> next 250:" summary.
+    let kill_lines: Vec<&str> = report
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("kill ")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect();
+    assert_eq!(kill_lines.len() as u64, KILLS, "{kill_lines:?}");
+    for (i, line) in kill_lines.iter().enumerate() {
+        let (settled, in_flight) =
+            settled_at_kill(line).unwrap_or_else(|| panic!("no progress in {line:?}"));
+        let due = (i as u64 + 1) * KILL_AFTER;
+        assert!(
+            settled >= due,
+            "kill {} came before {due} settled: {line}",
+            i + 1
+        );
+        assert!(in_flight > 0, "kill {} hit an idle load: {line}", i + 1);
+        assert!(!line.contains(" ["), "kill {} had a problem: {line}", i + 1);
+    }
     assert!(out.status.success(), "baton-chaos failed");
     assert!(started.elapsed() < Duration::from_secs(300));
+}
+
+const KILLS: u64 = 3;
+/// Kill k comes once k * KILL_AFTER messages are settled.
+const KILL_AFTER: u64 = 500;
+
+/// From "kill 1: node 2 pid 7 at 1.234s after 503 settled (10 in flight), ...":
+/// (settled, in flight) when the signal was sent.
+fn settled_at_kill(line: &str) -> Option<(u64, u64)> {
+    let (_, rest) = line.split_once("s after ")?;
+    let (settled, rest) = rest.split_once(" settled (")?;
+    let (in_flight, _) = rest.split_once(" in flight)")?;
+    Some((settled.parse().ok()?, in_flight.parse().ok()?))
 }

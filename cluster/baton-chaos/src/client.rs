@@ -1,5 +1,7 @@
 //! The SMTP side: C connections push N numbered messages through the target
-//! and re-send what was not answered `250`, like a real client would.
+//! and re-send what was not answered `250`, like a real client would. With
+//! `--kill-after-messages` they take sequence numbers only below a gate that
+//! the chaos task raises (see `pacing.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -10,7 +12,10 @@ use anyhow::{Context as _, bail};
 use baton_load::message::{MessageSpec, build_message};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::timeout_at;
+
+use crate::pacing::{Take, take};
 
 /// Settings of the SMTP clients.
 pub struct ClientConfig {
@@ -33,7 +38,14 @@ pub struct Ingest {
     pub cfg: ClientConfig,
     pub epoch: Instant,
     pub deadline: tokio::time::Instant,
+    /// The next sequence number to take (never above `messages`).
     next: AtomicU64,
+    /// Clients take only sequence numbers below this (`messages` without pacing).
+    gate: watch::Sender<u64>,
+    /// Messages settled: answered 250 or given up on.
+    settled: watch::Sender<u64>,
+    /// Set once a client stopped at the gate because of the deadline.
+    gate_timed_out: AtomicBool,
     /// Per message: answered 250.
     pub accepted: Vec<AtomicBool>,
     /// Per message: attempts that got no reply at all after the final dot.
@@ -71,7 +83,13 @@ impl Ingest {
 const MAX_NOTED: usize = 10;
 
 impl Ingest {
-    pub fn new(cfg: ClientConfig, epoch: Instant, deadline: tokio::time::Instant) -> Self {
+    /// `gate`: the first gate (`messages` for no gate, see `pacing::Pacing::gate`).
+    pub fn new(
+        cfg: ClientConfig,
+        epoch: Instant,
+        deadline: tokio::time::Instant,
+        gate: u64,
+    ) -> Self {
         let n = cfg.messages as usize;
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -82,6 +100,9 @@ impl Ingest {
             epoch,
             deadline,
             next: AtomicU64::new(0),
+            gate: watch::Sender::new(gate.min(n as u64)),
+            settled: watch::Sender::new(0),
+            gate_timed_out: AtomicBool::new(false),
             accepted: (0..n).map(|_| AtomicBool::new(false)).collect(),
             ambiguous: (0..n).map(|_| AtomicU32::new(0)).collect(),
             accepted_count: AtomicU64::new(0),
@@ -114,6 +135,97 @@ impl Ingest {
 
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Sequence numbers taken so far.
+    pub fn issued(&self) -> u64 {
+        self.next.load(Ordering::Acquire).min(self.cfg.messages)
+    }
+
+    /// Messages answered 250 or given up on so far.
+    pub fn settled(&self) -> u64 {
+        *self.settled.borrow()
+    }
+
+    /// Raise the gate to `to` (it never goes down, nor above `messages`).
+    pub fn raise_gate(&self, to: u64) {
+        let to = to.min(self.cfg.messages);
+        self.gate.send_if_modified(|g| {
+            if to > *g {
+                *g = to;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Wait until at least `target` messages are settled; false if `until`
+    /// or the deadline came first.
+    pub async fn wait_settled(&self, target: u64, until: tokio::time::Instant) -> bool {
+        let mut rx = self.settled.subscribe();
+        let until = until.min(self.deadline);
+        matches!(
+            timeout_at(until, rx.wait_for(|&s| s >= target)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    fn accept(&self, seq: u64) {
+        let ns = self.now_ns();
+        self.ok_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ns);
+        self.accepted[seq as usize].store(true, Ordering::Release);
+        self.accepted_count.fetch_add(1, Ordering::Relaxed);
+        self.settled.send_modify(|s| *s += 1);
+    }
+
+    fn give_up(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.note(what);
+        self.settled.send_modify(|s| *s += 1);
+    }
+
+    /// The next sequence number, waiting at the gate if need be; None when
+    /// all are taken or the deadline passed at the gate.
+    async fn take_seq(&self, gate: &mut watch::Receiver<u64>) -> Option<u64> {
+        let n = self.cfg.messages;
+        // Bounded: a failed exchange means another client took a number (at
+        // most n in all), and a wait ends when the gate moves or at the deadline.
+        loop {
+            let next = self.next.load(Ordering::Acquire);
+            let limit = *gate.borrow_and_update();
+            match take(next, limit, n) {
+                Take::Done => return None,
+                Take::Seq(seq) => {
+                    if self
+                        .next
+                        .compare_exchange(seq, seq + 1, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Some(seq);
+                    }
+                }
+                Take::Wait => {
+                    match timeout_at(self.deadline, gate.wait_for(|&g| g > next)).await {
+                        Ok(Ok(_)) => {}
+                        // The sender lives in `self`: it cannot be gone.
+                        Ok(Err(_)) => return None,
+                        Err(_) => {
+                            if !self.gate_timed_out.swap(true, Ordering::AcqRel) {
+                                self.note(format!(
+                                    "--timeout passed while the clients waited at the gate \
+                                     (message {next}) for a kill; the rest was never sent"
+                                ));
+                            }
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Run all connections to completion.
@@ -161,20 +273,18 @@ async fn worker(ing: Arc<Ingest>) {
     let mut line = Vec::with_capacity(512);
     let mut conn: Option<Conn> = None;
     let mut consecutive = 0u32;
-    let n = ing.cfg.messages;
+    let mut gate = ing.gate.subscribe();
     // Bounded: each iteration consumes one sequence number (< n).
     'messages: loop {
-        let seq = ing.next.fetch_add(1, Ordering::Relaxed);
-        if seq >= n {
+        let Some(seq) = ing.take_seq(&mut gate).await else {
             break;
-        }
+        };
         let rcpt = format!("u{}@{}", seq % 1000, ing.cfg.rcpt_domain);
         build_message(&ing.message_spec(), seq, &rcpt, &mut msg);
         // Bounded by max_attempts and the deadline.
         for attempt in 1..=ing.cfg.max_attempts.max(1) {
             if tokio::time::Instant::now() >= ing.deadline {
-                ing.failed.fetch_add(1, Ordering::Relaxed);
-                ing.note(format!("msg {seq}: timed out (--timeout) before a 250"));
+                ing.give_up(format!("msg {seq}: timed out (--timeout) before a 250"));
                 continue 'messages;
             }
             if attempt > 1 {
@@ -198,19 +308,12 @@ async fn worker(ing: Arc<Ingest>) {
             match send_one(&ing, c, &rcpt, &msg, &mut line).await {
                 Outcome::Accepted => {
                     consecutive = 0;
-                    let ns = ing.now_ns();
-                    ing.ok_times
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(ns);
-                    ing.accepted[seq as usize].store(true, Ordering::Release);
-                    ing.accepted_count.fetch_add(1, Ordering::Relaxed);
+                    ing.accept(seq);
                     continue 'messages;
                 }
                 Outcome::PermFail(text) => {
                     consecutive = 0;
-                    ing.failed.fetch_add(1, Ordering::Relaxed);
-                    ing.note(format!("msg {seq}: {text}"));
+                    ing.give_up(format!("msg {seq}: {text}"));
                     continue 'messages;
                 }
                 Outcome::TempFail { text, close } => {
@@ -239,8 +342,7 @@ async fn worker(ing: Arc<Ingest>) {
                 }
             }
         }
-        ing.failed.fetch_add(1, Ordering::Relaxed);
-        ing.note(format!(
+        ing.give_up(format!(
             "msg {seq}: gave up after {} attempts",
             ing.cfg.max_attempts
         ));
@@ -362,9 +464,13 @@ mod tests {
     use super::*;
 
     fn ingest(size: usize) -> Ingest {
+        ingest_gated(size, 10, 10)
+    }
+
+    fn ingest_gated(size: usize, messages: u64, gate: u64) -> Ingest {
         let cfg = ClientConfig {
             target: "127.0.0.1:1".parse().unwrap(),
-            messages: 10,
+            messages,
             size,
             connections: 1,
             from: "chaos@bench.test".into(),
@@ -374,7 +480,8 @@ mod tests {
             max_attempts: 1,
         };
         let now = Instant::now();
-        Ingest::new(cfg, now, tokio::time::Instant::from_std(now))
+        let deadline = tokio::time::Instant::from_std(now + Duration::from_secs(30));
+        Ingest::new(cfg, now, deadline, gate)
     }
 
     #[test]
@@ -387,6 +494,64 @@ mod tests {
         // Unstuffed size is the requested size.
         let unstuffed = buf.len() - 3 - buf.windows(3).filter(|w| w == b"\n..").count();
         assert_eq!(unstuffed, 4096);
+    }
+
+    #[tokio::test]
+    async fn clients_wait_at_the_gate_until_it_rises() {
+        let ing = ingest_gated(64, 6, 3);
+        let mut rx = ing.gate.subscribe();
+        for want in 0..3 {
+            assert_eq!(ing.take_seq(&mut rx).await, Some(want));
+        }
+        assert_eq!(ing.issued(), 3);
+        {
+            let waiting = ing.take_seq(&mut rx);
+            tokio::pin!(waiting);
+            // A zero timeout polls the future once: it must be pending at the gate.
+            assert!(
+                tokio::time::timeout(Duration::ZERO, waiting.as_mut())
+                    .await
+                    .is_err()
+            );
+            // The gate never goes down, nor above the messages.
+            ing.raise_gate(1);
+            assert_eq!(*ing.gate.borrow(), 3);
+            ing.raise_gate(100);
+            assert_eq!(*ing.gate.borrow(), 6);
+            assert_eq!(waiting.await, Some(3));
+        }
+        for want in 4..6 {
+            assert_eq!(ing.take_seq(&mut rx).await, Some(want));
+        }
+        assert_eq!(ing.take_seq(&mut rx).await, None);
+        assert_eq!(ing.issued(), 6);
+        assert!(!ing.gate_timed_out.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn the_deadline_releases_a_client_at_the_gate() {
+        let mut ing = ingest_gated(64, 6, 1);
+        ing.deadline = tokio::time::Instant::now();
+        let mut rx = ing.gate.subscribe();
+        assert_eq!(ing.take_seq(&mut rx).await, Some(0));
+        assert_eq!(ing.take_seq(&mut rx).await, None);
+        assert!(ing.gate_timed_out.load(Ordering::Acquire));
+        assert!(ing.noted().iter().any(|n| n.contains("gate")));
+    }
+
+    #[tokio::test]
+    async fn settled_counts_accepted_and_given_up() {
+        let ing = ingest_gated(64, 6, 6);
+        let soon = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(ing.wait_settled(0, soon).await);
+        ing.accept(0);
+        ing.give_up("msg 1: 550 no".into());
+        assert_eq!(ing.settled(), 2);
+        assert_eq!(ing.accepted_count.load(Ordering::Relaxed), 1);
+        assert_eq!(ing.failed.load(Ordering::Relaxed), 1);
+        assert!(ing.wait_settled(2, soon).await);
+        // Not reached before `until` (already passed): false, not a hang.
+        assert!(!ing.wait_settled(3, tokio::time::Instant::now()).await);
     }
 
     #[test]

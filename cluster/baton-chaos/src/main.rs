@@ -4,6 +4,7 @@
 
 mod client;
 mod nodes;
+mod pacing;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,13 +18,15 @@ use baton_load::sink::{AcceptedMessage, SinkConfig, load_seq, start_sink};
 use clap::Parser;
 
 use client::{ClientConfig, Ingest};
-use nodes::{Chaos, ChaosConfig, Kill, Sig};
+use nodes::{Chaos, ChaosConfig, Kill, Schedule, Sig};
+use pacing::Pacing;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "baton-chaos",
     about = "Load a local Baton cluster (cluster/local.sh) while killing and restarting nodes; \
-             exit 0 iff no message answered 250 was lost"
+             exit 0 iff no message answered 250 was lost (and, with --kill-after-messages, \
+             every requested kill was carried out and its victim came back)"
 )]
 struct Args {
     /// Messages to send (each carries a unique X-Load-Seq).
@@ -48,7 +51,16 @@ struct Args {
     /// Time from the start to the first kill (default: --kill-every).
     #[arg(long, value_parser = humantime::parse_duration)]
     first_kill_after: Option<Duration>,
-    /// Number of kills (fewer if all messages are sent first).
+    /// Tie kills to progress instead of the clock: kill k comes once k*N
+    /// messages are settled (answered 250 or given up on) and the previous
+    /// victim is back; the clients wait at a gate (at most two messages per
+    /// connection past k*N) until kill k was carried out, so every kill
+    /// happens under load whatever the speed. Needs N >= 4 x --connections
+    /// and --messages >= (--kills + 1) * N.
+    #[arg(long, value_name = "N", conflicts_with_all = ["kill_every", "first_kill_after"])]
+    kill_after_messages: Option<u64>,
+    /// Number of kills (with --kill-every: fewer if all messages are sent
+    /// first; with --kill-after-messages: all of them, or exit status 1).
     #[arg(long, default_value_t = 3)]
     kills: u32,
     /// Probability that a kill hits the leader (at least ceil(K/3) of K kills do).
@@ -216,6 +228,20 @@ async fn main() -> anyhow::Result<()> {
     if args.kills > 1000 {
         bail!("--kills must be at most 1000");
     }
+    let pacing = match args.kill_after_messages {
+        Some(every) => Some(
+            Pacing::new(args.messages, args.kills, every, args.connections as u64)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let schedule = match pacing {
+        Some(p) => Schedule::Progress(p),
+        None => Schedule::Clock {
+            first: args.first_kill_after.unwrap_or(args.kill_every),
+            every: args.kill_every,
+        },
+    };
     let batond = batond_path();
     if args.kills > 0 && !batond.exists() {
         bail!(
@@ -246,9 +272,19 @@ async fn main() -> anyhow::Result<()> {
             ^ u64::from(std::process::id())
     });
     if !args.json {
+        let when = match schedule {
+            Schedule::Clock { first, every } => {
+                format!("the first after {first:?}, then every {every:?}")
+            }
+            Schedule::Progress(p) => format!(
+                "one every {} settled messages (clients wait at a gate {} past each)",
+                p.every,
+                p.room()
+            ),
+        };
         eprintln!(
             "baton-chaos: sink on {}; {} messages of {} bytes over {} connections to {}; \
-             {} kills ({}) every {:?}, seed {seed}",
+             {} kills ({}), {when}; seed {seed}",
             sink.local_addr(),
             args.messages,
             args.size,
@@ -256,7 +292,6 @@ async fn main() -> anyhow::Result<()> {
             args.target,
             args.kills,
             args.signal.name(),
-            args.kill_every
         );
     }
 
@@ -276,14 +311,14 @@ async fn main() -> anyhow::Result<()> {
         },
         epoch,
         deadline,
+        pacing.map_or(args.messages, |p| p.gate(0)),
     ));
     let chaos = Chaos::new(
         ChaosConfig {
             local_dir: args.local_dir.clone(),
             nodes: args.nodes,
             kills: args.kills,
-            kill_every: args.kill_every,
-            first_kill_after: args.first_kill_after.unwrap_or(args.kill_every),
+            schedule,
             leader_fraction: args.leader_fraction,
             signal: args.signal,
             restart_after: args.restart_after,
@@ -297,7 +332,8 @@ async fn main() -> anyhow::Result<()> {
     ing.clone().run().await?;
     let ingest_end = epoch.elapsed();
     // The chaos task stops before its next kill and restarts what it killed.
-    let kills = chaos_task.await.context("chaos task panicked")?;
+    let chaos_report = chaos_task.await.context("chaos task panicked")?;
+    let kills = &chaos_report.kills;
 
     // Wait for the sink to have every accepted message (bounded by --timeout).
     let all_delivered = || {
@@ -376,10 +412,10 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     ok_sorted.sort_unstable();
-    let gaps = gaps_after_kills(&kills, &ok_sorted);
+    let gaps = gaps_after_kills(kills, &ok_sorted);
     let mut gap_vals: Vec<f64> = gaps.iter().flatten().copied().collect();
     gap_vals.sort_by(f64::total_cmp);
-    let stalls = stalls_after_kills(&kills, &ok_sorted);
+    let stalls = stalls_after_kills(kills, &ok_sorted);
     let mut stall_vals: Vec<f64> = stalls.iter().flatten().copied().collect();
     stall_vals.sort_by(f64::total_cmp);
     let gap_median = median(&gap_vals);
@@ -393,6 +429,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let leader_kills = kills.iter().filter(|k| k.leader && k.pid != 0).count();
     let done_kills = kills.iter().filter(|k| k.pid != 0).count();
+    let never_sent = args.messages.saturating_sub(ing.issued());
+    let errors = if pacing.is_some() {
+        paced_errors(args.kills, kills, &chaos_report.missed)
+    } else {
+        Vec::new()
+    };
 
     if args.json {
         let kill_list: Vec<_> = kills
@@ -404,6 +446,8 @@ async fn main() -> anyhow::Result<()> {
                     "leader": k.leader,
                     "pid": k.pid,
                     "at_secs": k.at_ns as f64 / 1e9,
+                    "settled_before": k.settled,
+                    "in_flight": k.in_flight,
                     "exited_after_secs": k.exited_after.map(|d| d.as_secs_f64()),
                     "ready_after_secs": k.ready_after.map(|d| d.as_secs_f64()),
                     "caught_up_after_secs": k.caught_up_after.map(|d| d.as_secs_f64()),
@@ -433,9 +477,15 @@ async fn main() -> anyhow::Result<()> {
             "ambiguous_retries_delivered_twice": ambiguous_dups,
             "unexpected": unexpected,
             "unknown": tracker.unknown.load(Ordering::Relaxed),
+            "kill_after_messages": args.kill_after_messages,
+            "never_sent": never_sent,
             "kills": done_kills,
             "leader_kills": leader_kills,
             "kill_list": kill_list,
+            "missed_kills": chaos_report.missed.iter()
+                .map(|(k, why)| serde_json::json!({ "kill": k, "reason": why }))
+                .collect::<Vec<_>>(),
+            "errors": errors,
             "gap_to_next_250_secs": { "median": gap_median, "max": gap_max },
             "longest_no_250_after_kill_secs": {
                 "median": median(&stall_vals),
@@ -461,12 +511,14 @@ async fn main() -> anyhow::Result<()> {
             let fmt =
                 |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}s", d.as_secs_f64()));
             println!(
-                "kill {}: node {}{} pid {} at {:.3}s, exited after {}, ready after {}, caught up after {}, next 250 after {}, longest no-250 {}{}",
+                "kill {}: node {}{} pid {} at {:.3}s after {} settled ({} in flight), exited after {}, ready after {}, caught up after {}, next 250 after {}, longest no-250 {}{}",
                 i + 1,
                 k.node,
                 if k.leader { " (leader)" } else { "" },
                 k.pid,
                 k.at_ns as f64 / 1e9,
+                k.settled,
+                k.in_flight,
                 fmt(k.exited_after),
                 fmt(k.ready_after),
                 fmt(k.caught_up_after),
@@ -477,12 +529,20 @@ async fn main() -> anyhow::Result<()> {
                     .map_or(String::new(), |p| format!(" [{p}]")),
             );
         }
+        for (k, why) in &chaos_report.missed {
+            println!("missed kill {k}: {why}");
+        }
         if timed_out {
             println!("TIMED OUT waiting for the sink (--timeout)");
         }
         println!(
-            "accepted:          {accepted} of {} (gave up on {failed})",
-            args.messages
+            "accepted:          {accepted} of {} (gave up on {failed}{})",
+            args.messages,
+            if never_sent > 0 {
+                format!(", never sent {never_sent}")
+            } else {
+                String::new()
+            }
         );
         println!(
             "delivered:         {delivered} distinct ({} copies at the sink)",
@@ -547,8 +607,35 @@ async fn main() -> anyhow::Result<()> {
                 args.messages - accepted
             );
         }
+        for e in &errors {
+            println!("error: {e}");
+        }
     }
-    std::process::exit(if lost == 0 { 0 } else { 1 });
+    for e in &errors {
+        eprintln!("baton-chaos: error: {e}");
+    }
+    std::process::exit(if lost == 0 && errors.is_empty() { 0 } else { 1 });
+}
+
+/// With --kill-after-messages the kills are part of what is checked: every
+/// requested kill must have been carried out and its victim be back.
+fn paced_errors(requested: u32, kills: &[Kill], missed: &[(u32, String)]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let done = kills.iter().filter(|k| k.pid != 0).count();
+    if done < requested as usize {
+        errors.push(format!(
+            "{done} of the {requested} requested kills were carried out"
+        ));
+    }
+    for (i, k) in kills.iter().enumerate() {
+        if let Some(p) = &k.problem {
+            errors.push(format!("kill {} (node {}): {p}", i + 1, k.node));
+        }
+    }
+    for (k, why) in missed {
+        errors.push(format!("kill {k} missed: {why}"));
+    }
+    errors
 }
 
 #[cfg(test)]
@@ -561,12 +648,38 @@ mod tests {
             leader: true,
             pid: 1,
             at_ns: ns,
+            settled: 0,
+            in_flight: 0,
             exited_after: None,
             ready_after: None,
             caught_up_after: None,
             new_pid: None,
             problem: None,
         }
+    }
+
+    #[test]
+    fn paced_runs_fail_without_every_kill() {
+        let ok = kill_at(1);
+        assert!(paced_errors(2, &[ok.clone(), ok.clone()], &[]).is_empty());
+        let mut unready = ok.clone();
+        unready.problem = Some("restarted node not ready after 60 s".into());
+        let e = paced_errors(2, &[ok.clone(), unready], &[]);
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].contains("kill 2") && e[0].contains("not ready"),
+            "{e:?}"
+        );
+        let mut unsent = ok.clone();
+        unsent.pid = 0;
+        unsent.problem = Some("reading pid: no such file".into());
+        let missed = [(3, "not attempted: kill 2's victim is not back".to_string())];
+        let e = paced_errors(3, &[ok, unsent], &missed);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].contains("1 of the 3"), "{e:?}");
+        assert!(e[2].contains("kill 3 missed"), "{e:?}");
+        // No kills requested: nothing to miss.
+        assert!(paced_errors(0, &[], &[]).is_empty());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The chaos side: find the leader, kill a node of the `cluster/local.sh`
-//! cluster, restart it the way local.sh does, wait for its `/readyz`.
+//! cluster, restart it the way local.sh does, wait for its `/readyz`. Kills
+//! come on the clock (`--kill-every`) or after progress
+//! (`--kill-after-messages`, see `pacing.rs`).
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -14,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::client::Ingest;
+use crate::pacing::Pacing;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Sig {
@@ -37,13 +40,24 @@ impl Sig {
     }
 }
 
+/// When kills happen.
+#[derive(Debug, Clone, Copy)]
+pub enum Schedule {
+    /// `--kill-every`: the first kill at `first`, each next one `every` after
+    /// the previous one (and not before its victim is back); kills stop once
+    /// the clients have sent everything.
+    Clock { first: Duration, every: Duration },
+    /// `--kill-after-messages`: kills after settled messages, with the
+    /// clients held at a gate until each kill was carried out.
+    Progress(Pacing),
+}
+
 /// Settings of the chaos task.
 pub struct ChaosConfig {
     pub local_dir: PathBuf,
     pub nodes: u32,
     pub kills: u32,
-    pub kill_every: Duration,
-    pub first_kill_after: Duration,
+    pub schedule: Schedule,
     pub leader_fraction: f64,
     pub signal: Sig,
     pub restart_after: Duration,
@@ -60,6 +74,10 @@ pub struct Kill {
     pub pid: i32,
     /// Nanoseconds since the ingest epoch when the signal was sent.
     pub at_ns: u64,
+    /// Messages settled (answered 250 or given up on) when the signal was sent.
+    pub settled: u64,
+    /// Messages taken by a connection and not yet settled when the signal was sent.
+    pub in_flight: u64,
     /// Time from the signal until the process was gone.
     pub exited_after: Option<Duration>,
     /// Time from the signal until the restarted node answered `/readyz` 200.
@@ -103,6 +121,33 @@ fn pick_leader(k: u32, total: u32, leader_kills: u32, fraction: f64, rng: &mut R
     let remaining = total - k;
     need >= remaining || rng.unit() < fraction
 }
+
+/// What the chaos task did: the kills it attempted, and the requested kills
+/// it did not attempt (1-based number, reason).
+#[derive(Debug, Default)]
+pub struct ChaosReport {
+    pub kills: Vec<Kill>,
+    pub missed: Vec<(u32, String)>,
+}
+
+impl ChaosReport {
+    fn miss(&mut self, kills: std::ops::Range<u32>, why: &str) {
+        self.missed.extend(kills.map(|k| (k + 1, why.to_string())));
+    }
+}
+
+/// Raises the gate fully when the chaos task ends, however it ends, so that
+/// no client waits for a kill that will not come.
+struct OpenGateOnDrop(Arc<Ingest>);
+
+impl Drop for OpenGateOnDrop {
+    fn drop(&mut self) {
+        self.0.raise_gate(u64::MAX);
+    }
+}
+
+/// How long a kill waits for the load to resume after the clients waited at the gate.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(30);
 
 fn http_port(node: u32) -> u16 {
     (9400 + node) as u16
@@ -274,46 +319,122 @@ impl Chaos {
         }
     }
 
-    pub async fn run(mut self) -> Vec<Kill> {
-        let mut out: Vec<Kill> = Vec::new();
-        let mut next_at = self.cfg.first_kill_after.as_nanos() as u64;
+    pub async fn run(mut self) -> ChaosReport {
+        let _open = OpenGateOnDrop(self.ing.clone());
+        let mut rep = ChaosReport::default();
+        match self.cfg.schedule {
+            Schedule::Clock { first, every } => self.run_clock(first, every, &mut rep).await,
+            Schedule::Progress(pacing) => self.run_paced(pacing, &mut rep).await,
+        }
+        rep
+    }
+
+    async fn run_clock(&mut self, first: Duration, every: Duration, rep: &mut ChaosReport) {
+        let mut next_at = first.as_nanos() as u64;
         let total = self.cfg.kills;
         for k in 0..total {
             if !self.wait_until(next_at).await {
+                let why = if tokio::time::Instant::now() >= self.ing.deadline {
+                    "--timeout passed first"
+                } else {
+                    "the clients had sent every message first (raise --messages, \
+                     or use --kill-after-messages)"
+                };
+                rep.miss(k..total, why);
                 break;
             }
-            let leader_kills = out.iter().filter(|x| x.leader).count() as u32;
-            let want_leader = pick_leader(
-                k,
-                total,
-                leader_kills,
-                self.cfg.leader_fraction,
-                &mut self.rng,
-            );
-            let leader = find_leader(self.cfg.nodes, Duration::from_secs(10)).await;
-            let (node, is_leader) = match leader {
-                Some(l) if want_leader => (l, true),
-                Some(l) if self.cfg.nodes > 1 => {
-                    // A random node other than the leader.
-                    let mut n = 1 + self.rng.below(self.cfg.nodes - 1);
-                    if n >= l {
-                        n += 1;
-                    }
-                    (n, false)
-                }
-                Some(l) => (l, true),
-                None => {
-                    self.say("no leader found within 10 s; killing a random node".into());
-                    (1 + self.rng.below(self.cfg.nodes), false)
-                }
-            };
-            let kill = self.kill_and_restart(node, is_leader).await;
+            let kill = self.kill_next(k, total, &rep.kills).await;
             let at = kill.at_ns;
-            out.push(kill);
+            rep.kills.push(kill);
             let ready_ns = self.ing.epoch.elapsed().as_nanos() as u64;
-            next_at = (at + self.cfg.kill_every.as_nanos() as u64).max(ready_ns);
+            next_at = (at + every.as_nanos() as u64).max(ready_ns);
         }
-        out
+    }
+
+    /// Kill `k` once `pacing.threshold(k)` messages are settled (the previous
+    /// victim is back by then: `kill_and_restart` waited for it), raising the
+    /// clients' gate to the next kill's just before the signal.
+    async fn run_paced(&mut self, pacing: Pacing, rep: &mut ChaosReport) {
+        let total = pacing.kills;
+        for k in 0..total {
+            let due = pacing.threshold(k);
+            if !self.ing.wait_settled(due, self.ing.deadline).await {
+                let why = format!(
+                    "--timeout passed with {} messages settled; kill {} waited for {due}",
+                    self.ing.settled(),
+                    k + 1
+                );
+                self.say(why.clone());
+                rep.miss(k..total, &why);
+                return;
+            }
+            let (settled, issued) = (self.ing.settled(), self.ing.issued());
+            let warm_up = pacing.warm_up_target(k, settled, issued);
+            self.ing.raise_gate(pacing.gate(k + 1));
+            if let Some(target) = warm_up {
+                self.say(format!(
+                    "the clients waited at the gate ({issued} taken, {settled} settled); \
+                     kill {} waits until {target} are settled",
+                    k + 1
+                ));
+                let until = tokio::time::Instant::now() + WARM_UP_LIMIT;
+                if !self.ing.wait_settled(target, until).await {
+                    if tokio::time::Instant::now() >= self.ing.deadline {
+                        let why = format!("--timeout passed while kill {} waited for load", k + 1);
+                        rep.miss(k..total, &why);
+                        return;
+                    }
+                    self.say(format!(
+                        "load did not resume within {WARM_UP_LIMIT:?}; killing anyway"
+                    ));
+                }
+            }
+            let kill = self.kill_next(k, total, &rep.kills).await;
+            let back = kill.pid != 0 && kill.ready_after.is_some();
+            let why = format!(
+                "not attempted: kill {} did not end with its victim (node {}) back: {}",
+                k + 1,
+                kill.node,
+                kill.problem.as_deref().unwrap_or("no reason recorded")
+            );
+            rep.kills.push(kill);
+            if !back && k + 1 < total {
+                // Killing another node now could leave no quorum at all.
+                self.say(why.clone());
+                rep.miss(k + 1..total, &why);
+                return;
+            }
+        }
+    }
+
+    /// Kill number `k` (0-based) of `total`: the leader or another node.
+    async fn kill_next(&mut self, k: u32, total: u32, done: &[Kill]) -> Kill {
+        let leader_kills = done.iter().filter(|x| x.leader).count() as u32;
+        let want_leader = pick_leader(
+            k,
+            total,
+            leader_kills,
+            self.cfg.leader_fraction,
+            &mut self.rng,
+        );
+        let leader = find_leader(self.cfg.nodes, Duration::from_secs(10)).await;
+        let (node, is_leader) = match leader {
+            Some(l) if want_leader => (l, true),
+            Some(l) if self.cfg.nodes > 1 => {
+                // A random node other than the leader.
+                let mut n = 1 + self.rng.below(self.cfg.nodes - 1);
+                if n >= l {
+                    n += 1;
+                }
+                (n, false)
+            }
+            Some(l) => (l, true),
+            None => {
+                self.say("no leader found within 10 s; killing a random node".into());
+                (1 + self.rng.below(self.cfg.nodes), false)
+            }
+        };
+        self.kill_and_restart(node, is_leader).await
     }
 
     async fn kill_and_restart(&mut self, node: u32, leader: bool) -> Kill {
@@ -322,6 +443,8 @@ impl Chaos {
             leader,
             pid: 0,
             at_ns: self.ing.epoch.elapsed().as_nanos() as u64,
+            settled: 0,
+            in_flight: 0,
             exited_after: None,
             ready_after: None,
             caught_up_after: None,
@@ -344,13 +467,17 @@ impl Chaos {
             .find_map(|e| e.strip_prefix("BATON_LOG=").map(str::to_string));
         let t0 = Instant::now();
         kill.at_ns = self.ing.epoch.elapsed().as_nanos() as u64;
+        kill.settled = self.ing.settled();
+        kill.in_flight = self.ing.issued().saturating_sub(kill.settled);
         if let Err(e) = signal(pid, self.cfg.signal.number()) {
             kill.problem = Some(format!("{e:#}"));
             return kill;
         }
         self.say(format!(
-            "kill at {:.3}s: node {node}{} pid {pid} {}",
+            "kill at {:.3}s after {} settled ({} in flight): node {node}{} pid {pid} {}",
             kill.at_ns as f64 / 1e9,
+            kill.settled,
+            kill.in_flight,
             if leader { " (leader)" } else { "" },
             self.cfg.signal.name()
         ));
@@ -380,8 +507,8 @@ impl Chaos {
                 return kill;
             }
         }
-        // Bounded: 60 s, like local.sh's wait_ready.
-        let until = Instant::now() + Duration::from_secs(60);
+        // Bounded: 60 s, like local.sh's wait_ready, and the deadline.
+        let until = self.until(Duration::from_secs(60));
         while Instant::now() < until {
             if let Some(c) = self.children.get_mut(&node)
                 && let Ok(Some(st)) = c.try_wait()
@@ -405,8 +532,21 @@ impl Chaos {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        kill.problem = Some("restarted node not ready after 60 s".into());
+        kill.problem = Some(if self.past_deadline() {
+            "restarted node not ready before --timeout".into()
+        } else {
+            "restarted node not ready after 60 s".into()
+        });
         kill
+    }
+
+    /// `limit` from now, but not past the deadline.
+    fn until(&self, limit: Duration) -> Instant {
+        (Instant::now() + limit).min(self.ing.deadline.into_std())
+    }
+
+    fn past_deadline(&self) -> bool {
+        tokio::time::Instant::now() >= self.ing.deadline
     }
 
     /// Wait (at most 30 s) until `node` has applied what the leader had
@@ -419,8 +559,8 @@ impl Chaos {
         let Some(target) = gauge(leader, "baton_raft_commit_index").await else {
             return;
         };
-        let until = Instant::now() + Duration::from_secs(30);
-        // Bounded by 30 s.
+        let until = self.until(Duration::from_secs(30));
+        // Bounded by 30 s and the deadline.
         while Instant::now() < until {
             if gauge(node, "baton_raft_applied_index")
                 .await
@@ -431,7 +571,9 @@ impl Chaos {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.say(format!("node {node}: not caught up 30 s after ready"));
+        self.say(format!(
+            "node {node}: not caught up 30 s after ready (or before --timeout)"
+        ));
     }
 
     /// Wait (at most `limit`) for `pid` to be gone, reaping it if it is ours.
