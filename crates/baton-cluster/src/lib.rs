@@ -6,7 +6,8 @@
 //! - [`server`] — the `baton.raft.v1.Raft` service (proto/raft.proto): Raft RPCs into the
 //!   local openraft, forwarded writes, join requests;
 //! - [`writer`] — [`Writer`]: a write from any node, forwarded to the leader when this
-//!   node is a follower, following leader changes;
+//!   node is a follower, following leader changes; how it is carried is a [`Forward`]
+//!   (gRPC through [`Peers`] here, an in-memory router in the in-process cluster tests);
 //! - [`join`] — a node with no state asking a seed to add it;
 //! - [`lease`] — renewing this node's delivery lease; on the leader, expiring others';
 //! - [`catch_up`] — a (re)starting node reaching the leader's commit index before it delivers;
@@ -33,7 +34,7 @@ pub mod pb {
 pub use lease::Lease;
 pub use network::{GrpcNetwork, Peers};
 pub use server::RaftService;
-pub use writer::Writer;
+pub use writer::{Forward, ForwardFailed, Writer};
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, tonic::Status> {
     bincode::serialize(value).map_err(|e| tonic::Status::internal(format!("encode: {e}")))

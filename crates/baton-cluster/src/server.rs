@@ -76,11 +76,11 @@ impl RaftRpc for RaftService {
         req: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, Status> {
         let request: Request = decode(&req.into_inner().data)?;
-        let result: Result<Response, ForwardError> = match self.queue.write(request).await {
-            Ok(r) => Ok(r),
-            Err(QueueError::NotLeader { leader }) => Err(ForwardError::NotLeader(leader)),
-            Err(e) => Err(ForwardError::Failed(e.to_string())),
-        };
+        let result: Result<Response, ForwardError> = self
+            .queue
+            .write(request)
+            .await
+            .map_err(ForwardError::from_write);
         reply(encode(&result)?)
     }
 
@@ -249,4 +249,14 @@ impl RaftRpc for RaftService {
 pub enum ForwardError {
     NotLeader(Option<(u64, String)>),
     Failed(String),
+}
+
+impl ForwardError {
+    /// The receiving node's answer to the forwarded write it failed to make.
+    pub fn from_write(e: QueueError) -> ForwardError {
+        match e {
+            QueueError::NotLeader { leader } => ForwardError::NotLeader(leader),
+            e => ForwardError::Failed(e.to_string()),
+        }
+    }
 }

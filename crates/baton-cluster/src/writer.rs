@@ -1,19 +1,66 @@
 //! Writes from any node: run locally on the leader, forwarded to it from a follower
 //! (one RPC per batch), following leader changes. Retrying is safe: enqueue is
 //! idempotent by message id and outcomes by (id, domain).
+//!
+//! How a forwarded write reaches the leader is behind [`Forward`]: gRPC through
+//! [`Peers`] in a running node, an in-memory router in the in-process cluster tests.
+//! Everything else (when to forward, what to retry and for how long) is here, the same
+//! whichever carries it.
 
 use crate::network::Peers;
 use crate::pb::Payload;
 use crate::server::ForwardError;
 use crate::{decode, encode};
-use baton_queue::types::{Request, Response};
+use baton_queue::types::{NodeId, Request, Response};
 use baton_queue::{QueueError, QueueNode};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A write sent to the leader failed.
+#[derive(Debug)]
+pub struct ForwardFailed {
+    pub error: QueueError,
+    /// The request may have reached a leader and been appended (anything but a refused
+    /// connection or a definite refusal): the writer then retries until it resolves
+    /// rather than report that nothing was stored.
+    pub maybe_appended: bool,
+}
+
+/// What the leader's refusal means to the writer that forwarded to it.
+impl From<ForwardError> for ForwardFailed {
+    fn from(e: ForwardError) -> ForwardFailed {
+        match e {
+            // The remote may have appended before losing leadership.
+            ForwardError::NotLeader(leader) => ForwardFailed {
+                error: QueueError::NotLeader { leader },
+                maybe_appended: true,
+            },
+            ForwardError::Failed(m) => ForwardFailed {
+                error: QueueError::Unavailable(m),
+                maybe_appended: false,
+            },
+        }
+    }
+}
+
+/// Carries a follower's write to the leader and brings back the leader's answer.
+pub trait Forward: Send + Sync + 'static {
+    /// Runs `request` on node `leader`, whose Raft address is `addr`, as the leader's
+    /// [`QueueNode::write`] would.
+    fn forward<'a>(
+        &'a self,
+        leader: NodeId,
+        addr: &'a str,
+        request: &'a Request,
+    ) -> Pin<Box<dyn Future<Output = Result<Response, ForwardFailed>> + Send + 'a>>;
+}
 
 #[derive(Clone)]
 pub struct Writer {
     pub queue: QueueNode,
-    pub peers: Peers,
+    forward: Arc<dyn Forward>,
 }
 
 /// Quick attempts while nothing can have been appended (no leader known, refused by a
@@ -26,6 +73,16 @@ const CLEAN_ATTEMPTS: u32 = 5;
 const RESOLVE: Duration = Duration::from_secs(60);
 
 impl Writer {
+    /// A writer forwarding over gRPC to the leader's Raft service.
+    pub fn new(queue: QueueNode, peers: Peers) -> Writer {
+        Writer::with_forward(queue, Arc::new(peers))
+    }
+
+    /// A writer forwarding through `forward`.
+    pub fn with_forward(queue: QueueNode, forward: Arc<dyn Forward>) -> Writer {
+        Writer { queue, forward }
+    }
+
     /// Like [`Writer::write`], and returns only once the entry is applied on this node
     /// too (a follower applies after the leader answered). Callers that read their own
     /// writes from the local state need this: delivery must not see a message as still
@@ -61,13 +118,15 @@ impl Writer {
                 Ok(r) => return Ok(r),
                 Err(QueueError::NotLeader {
                     leader: Some((id, addr)),
-                }) if id != self.queue.id => match self.forward(&addr, &request).await {
-                    Ok(r) => return Ok(r),
-                    Err((e, sent)) => {
-                        maybe_appended |= sent;
-                        e
+                }) if id != self.queue.id => {
+                    match self.forward.forward(id, &addr, &request).await {
+                        Ok(r) => return Ok(r),
+                        Err(failed) => {
+                            maybe_appended |= failed.maybe_appended;
+                            failed.error
+                        }
                     }
-                },
+                }
                 // A leader that lost leadership while our entry waited for its commit:
                 // the entry may still be committed by the next leader.
                 Err(e @ QueueError::NotLeader { .. }) => {
@@ -102,28 +161,41 @@ impl Writer {
         let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, addr))
     }
+}
 
-    /// Forwards to the leader at `addr`. On error, also says whether the request may have
-    /// reached a leader (anything but a refused connection or a definite refusal).
-    async fn forward(&self, addr: &str, request: &Request) -> Result<Response, (QueueError, bool)> {
-        let mut client = self
-            .peers
-            .client(addr)
-            .map_err(|e| (QueueError::Unavailable(e), false))?;
-        let data = encode(request).map_err(|e| (QueueError::Fatal(e.to_string()), false))?;
-        let reply = client.forward(Payload { data }).await.map_err(|s| {
-            let refused = s.code() == tonic::Code::Unavailable && s.message().contains("connect");
-            (
-                QueueError::Unavailable(format!("forward to {addr}: {}", s.message())),
-                !refused,
-            )
-        })?;
-        let result: Result<Response, ForwardError> = decode(&reply.into_inner().data)
-            .map_err(|e| (QueueError::Unavailable(e.to_string()), true))?;
-        result.map_err(|e| match e {
-            // The remote may have appended before losing leadership.
-            ForwardError::NotLeader(leader) => (QueueError::NotLeader { leader }, true),
-            ForwardError::Failed(m) => (QueueError::Unavailable(m), false),
-        })
+/// gRPC: the leader's `Forward` call.
+impl Forward for Peers {
+    fn forward<'a>(
+        &'a self,
+        _leader: NodeId,
+        addr: &'a str,
+        request: &'a Request,
+    ) -> Pin<Box<dyn Future<Output = Result<Response, ForwardFailed>> + Send + 'a>> {
+        Box::pin(grpc_forward(self, addr, request))
     }
+}
+
+async fn grpc_forward(
+    peers: &Peers,
+    addr: &str,
+    request: &Request,
+) -> Result<Response, ForwardFailed> {
+    let failed = |error, maybe_appended| ForwardFailed {
+        error,
+        maybe_appended,
+    };
+    let mut client = peers
+        .client(addr)
+        .map_err(|e| failed(QueueError::Unavailable(e), false))?;
+    let data = encode(request).map_err(|e| failed(QueueError::Fatal(e.to_string()), false))?;
+    let reply = client.forward(Payload { data }).await.map_err(|s| {
+        let refused = s.code() == tonic::Code::Unavailable && s.message().contains("connect");
+        failed(
+            QueueError::Unavailable(format!("forward to {addr}: {}", s.message())),
+            !refused,
+        )
+    })?;
+    let result: Result<Response, ForwardError> = decode(&reply.into_inner().data)
+        .map_err(|e| failed(QueueError::Unavailable(e.to_string()), true))?;
+    result.map_err(ForwardFailed::from)
 }

@@ -34,10 +34,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     )
     .await
     .with_context(|| format!("opening the queue in {}", data_dir.display()))?;
-    let writer = Writer {
-        queue: queue.clone(),
-        peers: peers.clone(),
-    };
+    let writer = Writer::new(queue.clone(), peers.clone());
     let s = Arc::new(Shared {
         lease: Lease::new(config.cluster.lease),
         stopping: watch::channel(false).0,
