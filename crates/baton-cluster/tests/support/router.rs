@@ -6,14 +6,13 @@
 //! decided in one place, per call. Requests and replies still go through bincode, as
 //! they do between real nodes, so what cannot cross the wire cannot cross here either.
 //!
-//! Faults, all of them until [`Router::heal`]:
+//! What a test can do to the network:
 //! - [`Router::partition`] / [`Router::isolate`]: nodes in different groups cannot reach
 //!   each other (calls answer `Unreachable`, like a refused connection);
-//! - [`Router::cut`]: one direction of one link fails, with a chosen [`Fault`];
+//! - [`Router::heal`] ends the partition;
 //! - [`Router::drop_every`]: the next call to a node fails, then every n-th, with a
-//!   chosen [`Fault`];
-//! - [`Router::set_delay`]: every call waits this long before it is delivered (not
-//!   cleared by `heal`).
+//!   chosen [`Fault`], until [`Router::stop_dropping`];
+//! - [`Router::set_delay`]: every call waits this long before it is delivered.
 //!
 //! Reachability is looked at when a call is delivered (after its delay) and again when
 //! its reply comes back: a partition that starts while the target works on a call loses
@@ -69,7 +68,6 @@ struct State {
     nodes: BTreeMap<NodeId, QueueNode>,
     /// Partition groups: node -> group. Nodes named in no group form one more group.
     groups: BTreeMap<NodeId, usize>,
-    cut: BTreeMap<(NodeId, NodeId), Fault>,
     /// Target -> (every n-th call fails, calls so far, how).
     lossy: BTreeMap<NodeId, (u64, u64, Fault)>,
     delay: Duration,
@@ -89,9 +87,6 @@ impl State {
     fn check(&mut self, from: NodeId, to: NodeId, count: bool) -> Result<(), Fault> {
         if self.group(from) != self.group(to) {
             return Err(Fault::Unreachable);
-        }
-        if let Some(fault) = self.cut.get(&(from, to)) {
-            return Err(*fault);
         }
         if count && let Some((every, calls, fault)) = self.lossy.get_mut(&to) {
             *calls += 1;
@@ -173,23 +168,20 @@ impl Router {
         self.partition(&[&[id]]);
     }
 
-    /// Calls from `from` to `to` fail with `fault` (the other direction is not touched).
-    pub fn cut(&self, from: NodeId, to: NodeId, fault: Fault) {
-        self.lock().cut.insert((from, to), fault);
-    }
-
     /// The next call to `to` (from anyone) fails with `fault`, then every `every`-th.
     pub fn drop_every(&self, to: NodeId, every: u64, fault: Fault) {
         assert!(every > 0);
         self.lock().lossy.insert(to, (every, 0, fault));
     }
 
-    /// Ends partitions, cuts and losses (not the delay).
+    /// Ends the partition: every node reaches every other again.
     pub fn heal(&self) {
-        let mut s = self.lock();
-        s.groups.clear();
-        s.cut.clear();
-        s.lossy.clear();
+        self.lock().groups.clear();
+    }
+
+    /// Ends every [`Router::drop_every`].
+    pub fn stop_dropping(&self) {
+        self.lock().lossy.clear();
     }
 
     /// Every call waits `delay` before it is delivered.
@@ -370,24 +362,26 @@ struct RouterForward {
 impl RouterForward {
     async fn call(&self, leader: NodeId, request: &Request) -> Result<Response, ForwardFailed> {
         let (from, to) = (self.from, leader);
-        let lost = |fault: Fault, what: &str| ForwardFailed {
-            error: QueueError::Unavailable(format!("forward {from} -> {to}: {what}")),
-            // Refused before sending, or lost on the way back (the leader may have
-            // appended it).
-            maybe_appended: fault == Fault::Network || what == "reply lost",
-        };
         let node = self
             .router
             .deliver(Rpc::Forward, from, to)
             .await
-            .map_err(|f| lost(f, "not delivered"))?;
+            .map_err(|fault| ForwardFailed {
+                error: QueueError::Unavailable(format!("forward {from} -> {to}: not delivered")),
+                // A refused connection sent nothing; a reset one may have.
+                maybe_appended: fault == Fault::Network,
+            })?;
         let result: Result<Response, ForwardError> = node
             .write(wire(request))
             .await
             .map_err(ForwardError::from_write);
         self.router
             .reply_back(Rpc::Forward, from, to)
-            .map_err(|f| lost(f, "reply lost"))?;
+            .map_err(|_| ForwardFailed {
+                error: QueueError::Unavailable(format!("forward {from} -> {to}: reply lost")),
+                // The leader got it: it may have appended it.
+                maybe_appended: true,
+            })?;
         wire(&result).map_err(ForwardFailed::from)
     }
 }
