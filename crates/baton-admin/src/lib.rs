@@ -3,12 +3,16 @@
 //!
 //! - [`server`] — the service over a node's queue: reads from the local applied state,
 //!   changes written through Raft (forwarded to the leader by [`baton_cluster::Writer`]);
-//!   bearer-token authentication; gRPC reflection and health beside it.
+//! - [`serve`] — serving it: bearer-token authentication, TLS, gRPC reflection and
+//!   health beside it;
+//! - [`convert`] — queue records into API messages, and the checks of request fields.
 //! - [`pb`] — the generated API, from the `baton-admin-proto` crate (which the `batonctl`
 //!   crate uses too, without this one).
 #![forbid(unsafe_code)]
 #![allow(clippy::result_large_err)]
 
+pub mod convert;
+pub mod serve;
 pub mod server;
 
 /// Generated from proto/admin.proto (the `baton-admin-proto` crate).

@@ -5,13 +5,18 @@
 //! [`Writer::write_applied`]: forwarded to the leader from a follower, and answered once
 //! applied here, so a read on the same node afterwards sees them.
 
-use crate::pb::admin_server::{Admin, AdminServer};
+pub use crate::convert::event_pb;
+pub use crate::serve::{TlsFiles, TokenCheck, serve};
+
+use crate::convert::*;
+use crate::pb::admin_server::Admin;
 use crate::pb::*;
 use baton_cluster::join::{Change, change_membership};
 use baton_cluster::{Lease, Peers, Writer};
 use baton_delivery::dsn;
-use baton_queue::types::{Event as QEvent, EventKind, Request};
-use baton_queue::{DeliveryRecord, NewMessage, QueueError, QueueNode, domain_of};
+use baton_queue::types::{EventKind, Request};
+use baton_queue::{DeliveryRecord, QueueNode, domain_of};
+use baton_smtp::replies;
 use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -98,89 +103,6 @@ impl AdminService {
         Ok(GrpcResponse::new(NodeReply {
             leader_id: leader.unwrap_or(0),
         }))
-    }
-}
-
-fn write_status(e: QueueError) -> Status {
-    Status::unavailable(format!("the change was not committed: {e}"))
-}
-
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("reading the state: {e}"))
-}
-
-/// An event of the state as the API (and the webhook) shows it.
-pub fn event_pb(position: u64, e: QEvent) -> Event {
-    Event {
-        position,
-        time_unix_ms: e.time_ms,
-        kind: e.kind.as_str().to_string(),
-        message_id: e.id,
-        recipient: e.recipient,
-        domain: e.domain,
-        sender: e.sender,
-        remote_host: e.remote.host,
-        remote_ip: e.remote.ip,
-        tls: e.remote.tls,
-        reply: e.reply,
-        node_id: e.node,
-    }
-}
-
-fn state_of(record: &DeliveryRecord) -> &'static str {
-    if record.attempts == 0 {
-        "queued"
-    } else {
-        "deferred"
-    }
-}
-
-/// Header fields of a message's header section, unfolded.
-fn headers_of(body: &[u8]) -> Vec<Header> {
-    let section = String::from_utf8_lossy(dsn::header_section(body)).into_owned();
-    let mut out: Vec<Header> = Vec::new();
-    for line in section.split("\r\n").flat_map(|l| l.split('\n')) {
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.value.push(' ');
-                last.value.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            out.push(Header {
-                name: name.trim().to_string(),
-                value: value.trim().to_string(),
-            });
-        }
-    }
-    out
-}
-
-fn valid_domain(domain: &str) -> Result<String, Status> {
-    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) {
-        return Err(Status::invalid_argument(format!(
-            "{domain:?} is not a domain name"
-        )));
-    }
-    Ok(d)
-}
-
-fn valid_address(address: &str) -> Result<String, Status> {
-    let a = address.trim().trim_start_matches('<').trim_end_matches('>');
-    match a.rsplit_once('@') {
-        Some((local, domain))
-            if !local.is_empty() && !domain.is_empty() && !a.contains(char::is_whitespace) =>
-        {
-            Ok(a.to_ascii_lowercase())
-        }
-        _ => Err(Status::invalid_argument(format!(
-            "{address:?} is not an address (local@domain)"
-        ))),
     }
 }
 
@@ -416,10 +338,10 @@ impl Admin for AdminService {
         };
         let want_state = match r.state.as_str() {
             "" | "any" => None,
-            "queued" | "deferred" => Some(r.state.clone()),
+            "queued" | "deferred" | "held" => Some(r.state.clone()),
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "state {other:?}: expected queued or deferred"
+                    "state {other:?}: expected queued, deferred or held"
                 )));
             }
         };
@@ -466,7 +388,7 @@ impl Admin for AdminService {
                     recipients: record.recipients.clone(),
                     state: state.into(),
                     attempts: record.attempts,
-                    next_attempt_unix_ms: record.next_attempt_ms,
+                    next_attempt_unix_ms: next_attempt(&record),
                     received_unix_ms: meta.received_at_ms,
                     size: meta.size,
                     last_reply: record.last_reply.clone().unwrap_or_default(),
@@ -509,7 +431,7 @@ impl Admin for AdminService {
                     domain,
                     state: state_of(r).into(),
                     attempts: r.attempts,
-                    next_attempt_unix_ms: r.next_attempt_ms,
+                    next_attempt_unix_ms: next_attempt(r),
                     last_reply: r.last_reply.clone().unwrap_or_default(),
                 },
                 None => RecipientState {
@@ -571,35 +493,26 @@ impl Admin for AdminService {
                 }
             }
             let original = reader.body(&id).map_err(internal)?.unwrap_or_default();
+            let why = replies::deleted_by_operator();
             let failed: Vec<dsn::FailedRecipient> = open
                 .into_iter()
                 .map(|address| dsn::FailedRecipient {
                     address,
-                    status: "5.0.0".into(),
+                    status: why.enhanced.map(|e| e.to_string()).unwrap_or_default(),
                     remote_mta: None,
-                    diagnostic: "deleted from the queue by the relay's operator".into(),
+                    diagnostic: why.text(),
                 })
                 .collect();
             let token = ulid::Ulid::new().to_string();
-            let body = dsn::build(&dsn::DsnInput {
-                reporting_mta: &self.ctx.hostname,
-                queue_id: &id,
-                to: &meta.sender,
-                arrival_unix: meta.received_at_ms / 1000,
-                now_unix: now / 1000,
-                recipients: &failed,
-                original: &original,
-                token: &token,
-            });
-            Some(NewMessage {
-                id: token,
-                sender: String::new(),
-                recipients: vec![meta.sender.clone()],
-                eight_bit: body.iter().any(|b| *b >= 0x80),
-                body,
-                received_at_ms: now,
-                smtputf8: meta.smtputf8,
-            })
+            Some(dsn::bounce(
+                &self.ctx.hostname,
+                &id,
+                &meta,
+                &failed,
+                &original,
+                now,
+                token,
+            ))
         } else {
             None
         };
@@ -747,99 +660,4 @@ impl Admin for AdminService {
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(GrpcResponse::new(Box::pin(stream)))
     }
-}
-
-/// Checks `authorization: Bearer <token>` in constant time. An empty token (allowed
-/// only on a loopback listener, see the config check) lets every call through.
-#[derive(Clone)]
-pub struct TokenCheck {
-    expected: Arc<Vec<u8>>,
-}
-
-impl TokenCheck {
-    pub fn new(token: &str) -> TokenCheck {
-        TokenCheck {
-            expected: Arc::new(format!("Bearer {token}").into_bytes()),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, req: GrpcRequest<()>) -> Result<GrpcRequest<()>, Status> {
-        use subtle::ConstantTimeEq;
-        if self.expected.as_slice() == b"Bearer " {
-            return Ok(req);
-        }
-        let Some(given) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "this admin API needs a token: send `authorization: Bearer <admin.token>` (batonctl --token or BATON_TOKEN)",
-            ));
-        };
-        if bool::from(given.as_bytes().ct_eq(self.expected.as_slice())) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated("bad admin token"))
-        }
-    }
-}
-
-/// PEM certificate chain and private key for serving the API over TLS.
-pub struct TlsFiles {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-}
-
-/// Serves the admin API (with reflection and health) on `listener`, over TLS when `tls`
-/// is given, until `stop` turns true.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    ctx: AdminContext,
-    token: &str,
-    tls: Option<TlsFiles>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
-    let check = TokenCheck::new(token);
-    let admin = AdminServer::with_interceptor(AdminService::new(ctx), check.clone());
-    // Both reflection versions: grpcurl and grpcio-reflection still ask v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let (reflection_v1, reflection_v1alpha) =
-        match (reflection().build_v1(), reflection().build_v1alpha()) {
-            (Ok(a), Ok(b)) => (Some(a), Some(b)),
-            (Err(e), _) | (_, Err(e)) => {
-                // The descriptor sets are built into the binary: this cannot fail at run time.
-                tracing::error!(error = %e, "gRPC reflection unavailable");
-                (None, None)
-            }
-        };
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AdminServer<AdminService>>()
-        .await;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(files) = tls {
-        let identity = tonic::transport::Identity::from_pem(files.cert, files.key);
-        builder =
-            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
-    }
-    let mut router = builder.add_service(health).add_service(admin);
-    if let (Some(v1), Some(v1alpha)) = (reflection_v1, reflection_v1alpha) {
-        router = router
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                v1,
-                check.clone(),
-            ))
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                v1alpha, check,
-            ));
-    }
-    router
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
 }

@@ -67,7 +67,7 @@ enum Command {
         /// Only this destination domain.
         #[arg(long)]
         domain: Option<String>,
-        /// queued or deferred.
+        /// queued, deferred or held (a message held until an operator retries or deletes it).
         #[arg(long)]
         state: Option<String>,
         /// At most this many (all pages are fetched up to it).

@@ -24,6 +24,9 @@ mod domain;
 mod manager;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use domain::DomainMsg;
 pub use manager::{DeliveryManager, ManagerMsg};
 

@@ -98,6 +98,8 @@ impl WorkerState {
     async fn run(&self, conn: &mut Conn) -> Result<(), ActorProcessingErr> {
         let mut unsettled: Option<JoinHandle<()>> = None;
         while let Some(token) = self.next().await? {
+            #[cfg(test)]
+            super::tests::maybe_panic(&token.id);
             let Some(job) = self.load(&token) else {
                 release_later(token);
                 continue;
