@@ -3,7 +3,7 @@
 Generates Python stubs from proto/admin.proto with grpcio-tools, then against a running
 node: lists the services through gRPC server reflection, calls Status, streams the
 events of one message, and parses /metrics with prometheus_client's text parser,
-checking every metric name CONTRACT.md promises. Prints one line per check; exits
+checking every metric name the README's Metrics table promises. Prints one line per check; exits
 non-zero on the first failure.
 
     python3 tests/python/admin_client.py --proto-dir proto --admin 127.0.0.1:7401 \

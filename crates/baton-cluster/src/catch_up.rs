@@ -1,5 +1,5 @@
 //! A (re)starting node catches up with the leader's commit index before it takes a
-//! delivery lease (ARCHITECTURE.md, "Delivery ownership"), so it never joins the owner
+//! delivery lease (README, "Design: delivery ownership"), so it never joins the owner
 //! set while it still lacks most of the queue (a new node installing a large snapshot,
 //! a node back from a long absence).
 

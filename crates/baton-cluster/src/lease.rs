@@ -1,4 +1,4 @@
-//! Delivery leases (ARCHITECTURE.md, "Delivery ownership").
+//! Delivery leases (README, "Design: delivery ownership"; the table is `baton_queue::ownership`).
 //!
 //! - [`keep`] renews this node's lease through Raft every third of its length. The lease
 //!   is valid by this node's monotonic clock, counted from when the renewal was *sent*,

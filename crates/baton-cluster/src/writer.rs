@@ -69,7 +69,7 @@ const CLEAN_ATTEMPTS: u32 = 5;
 /// How long a write that may have been appended is retried until it resolves. Retrying
 /// is what resolves it: enqueue is idempotent by message id, so if the first attempt
 /// was committed the retry is a no-op that says so. Answering 451 instead would make
-/// the client send the message again (ARCHITECTURE.md, "Replies mean what they say").
+/// the client send the message again (README, "Design: the replicated queue").
 const RESOLVE: Duration = Duration::from_secs(60);
 
 impl Writer {

@@ -1,4 +1,4 @@
-//! The node's configuration (CONTRACT.md, "Config"): TOML into serde structs that reject
+//! The node's configuration (README, "Configuration reference"): TOML into serde structs that reject
 //! unknown keys, then [`Config::validate`], which reports every problem at once, each
 //! naming its key.
 
@@ -205,7 +205,7 @@ pub struct SmtpConfig {
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
     /// How long a session waits for its message's commit before closing without a
-    /// reply (ARCHITECTURE.md, "Replies mean what they say").
+    /// reply: a `451` would make the client send again a message that may yet commit.
     #[serde(with = "humantime_serde")]
     pub commit_timeout: Duration,
     #[serde(rename = "listener")]

@@ -1,7 +1,7 @@
 //! The narrow storage layer. sled lives behind these few calls and nowhere else.
 //!
-//! sled writes are not durable until flushed (STACK.md): callers that promise durability
-//! call [`Db::flush`] and wait for it.
+//! sled writes are not durable until flushed (an abort after 1,000 inserts left none of
+//! them): callers that promise durability call [`Db::flush`] and wait for it.
 //!
 //! A *buffered* tree ([`Db::buffered_tree`]) keeps its recent writes in memory and hands
 //! them to sled in one batch at a checkpoint: every two seconds, at [`Db::flush`], or when

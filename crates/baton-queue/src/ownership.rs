@@ -1,5 +1,5 @@
-//! Delivery ownership: which node delivers which destination domain (ARCHITECTURE.md,
-//! "Delivery ownership").
+//! Delivery ownership: which node delivers which destination domain (README, "Design:
+//! delivery ownership", gives the rule; this is its table and the proof).
 //!
 //! The table is part of the replicated state and changes only through log commands, so
 //! every node computes the same owners from the same prefix of the log:
