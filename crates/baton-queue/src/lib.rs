@@ -5,12 +5,15 @@
 //!
 //! - [`types`] — the openraft type configuration, the log commands ([`Request`]) and the
 //!   records they create (messages, per-(message, domain) delivery records);
-//! - [`db`] — the narrow storage layer over sled. Nothing else in Baton touches sled, so it
-//!   can be replaced (fjall, redb) by rewriting one file;
+//! - [`db`] — the narrow storage layer over sled ([`db::Store`] is what the state
+//!   machine's logic reads and writes). Nothing else in Baton touches sled, so it can be
+//!   replaced (fjall, redb) by rewriting one file;
 //! - [`log_store`] — the Raft log in [`segments`] files, with group commit: an append is
 //!   reported to openraft only after the fdatasync that covers it, and concurrent
 //!   appends share one;
-//! - [`state_machine`] — applies commands, builds and installs snapshots;
+//! - [`state_machine`] — applies commands: the key schema, the transaction logic (against
+//!   the [`db::Store`] trait, unit-tested without Raft), the reader, body compaction,
+//!   snapshots;
 //! - [`bodies`] — message bodies in append-only files, referenced from the state;
 //! - [`clock`] — the one place the system clock is read;
 //! - [`snapshot`] — snapshot files, streamed record by record (never whole in memory);

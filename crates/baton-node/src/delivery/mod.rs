@@ -1,8 +1,8 @@
 //! Delivery: the actors and workers that send this node's domains' mail.
 //!
-//! - [`manager`] — the DeliveryManager: one DomainDelivery per owned domain with work;
-//! - [`domain`] — DomainDelivery: a domain's backlog, its retry timer and its workers;
-//! - [`worker`] — one outbound connection's worth of work: asks its DomainDelivery for
+//! - `manager` — the DeliveryManager: one DomainDelivery per owned domain with work;
+//! - `domain` — DomainDelivery: a domain's backlog, its retry timer and its workers;
+//! - `worker` — one outbound connection's worth of work: asks its DomainDelivery for
 //!   jobs by message, sends them, and commits each outcome through the OutcomeBatcher.
 //!
 //! What to do with each recipient and reply is decided by `baton_delivery::policy`

@@ -1,11 +1,11 @@
 //! The queue state machine: applies [`Request`]s to the `state` tree.
 //!
-//! - [`keys`] — the key schema of the `state` tree;
-//! - [`tx`] — the transaction logic: what one entry writes, against the [`Store`]
+//! - `keys` — the key schema of the `state` tree;
+//! - `tx` — the transaction logic: what one entry writes, against the [`Store`]
 //!   trait, with unit tests that need no Raft;
-//! - [`reader`] — [`QueueReader`], read access for delivery, ingress and operators;
-//! - [`compaction`] — moving bodies out of mostly empty body files;
-//! - [`snapshots`] — building, receiving and installing snapshots.
+//! - `reader` — [`QueueReader`], read access for delivery, ingress and operators;
+//! - `compaction` — moving bodies out of mostly empty body files;
+//! - `snapshots` — building, receiving and installing snapshots.
 //!
 //! Here: opening the state (and the scheduling index rebuilt from it), and `apply`,
 //! which writes each entry's batch, then updates the index, the event position, the
