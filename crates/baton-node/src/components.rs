@@ -261,32 +261,6 @@ impl LeaseKeeper {
     }
 }
 
-/// On the leader: moves the domains of nodes whose lease expired.
-pub struct LeaseExpiry(pub Arc<Shared>, pub Task);
-component!(LeaseExpiry, "lease-expiry");
-
-impl LeaseExpiry {
-    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
-        let s = self.0.clone();
-        self.1
-            .start(sup, move |stop| async move {
-                lease::expire(
-                    s.queue.clone(),
-                    s.writer.clone(),
-                    s.config.cluster.lease,
-                    stop,
-                )
-                .await;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn drain(&self) {
-        self.1.stop(STOP).await;
-    }
-}
-
 // ---------------------------------------------------------------- delivery
 
 /// The DeliveryManager and everything below it. Its drain stops new transactions and
@@ -323,60 +297,90 @@ impl Delivery {
     }
 }
 
-// ---------------------------------------------------------------- events
+// ---------------------------------------------------------------- background tasks
 
-/// On the leader: POSTs events to `events.webhook_url`.
-pub struct Webhook(pub Arc<Shared>, pub Task);
-component!(Webhook, "webhook");
+/// What a [`Background`] component runs: given the node and the stop signal.
+type BackgroundWork =
+    fn(Arc<Shared>, watch::Receiver<bool>) -> BoxFuture<'static, anyhow::Result<()>>;
 
-impl Webhook {
-    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
-        let s = self.0.clone();
-        if s.config.events.webhook_url.is_empty() {
-            return Ok(None);
-        }
-        self.1
-            .start(sup, move |stop| async move {
-                crate::webhook::run(
-                    s.queue.clone(),
-                    s.writer.clone(),
-                    s.config.events.clone(),
-                    stop,
-                )
-                .await;
-                Ok(())
-            })
-            .await
+/// A component whose work is one task that runs until told to stop.
+pub struct Background {
+    name: &'static str,
+    shared: Arc<Shared>,
+    work: BackgroundWork,
+    /// Off by configuration: the start does nothing.
+    enabled: bool,
+    task: Task,
+}
+
+impl Component for Background {
+    fn name(&self) -> &'static str {
+        self.name
     }
 
-    async fn drain(&self) {
-        self.1.stop(STOP).await;
+    fn start(&self, sup: ActorCell) -> BoxFuture<'_, anyhow::Result<Option<ActorCell>>> {
+        Box::pin(async move {
+            if !self.enabled {
+                return Ok(None);
+            }
+            let (shared, work) = (self.shared.clone(), self.work);
+            self.task.start(sup, move |stop| work(shared, stop)).await
+        })
+    }
+
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.task.stop(STOP))
     }
 }
 
-/// On the leader: trims the event log to its retention.
-pub struct Retention(pub Arc<Shared>, pub Task);
-component!(Retention, "event-retention");
-
-impl Retention {
-    async fn start(&self, sup: ActorCell) -> anyhow::Result<Option<ActorCell>> {
-        let s = self.0.clone();
-        self.1
-            .start(sup, move |stop| async move {
-                crate::events::retain(
-                    s.queue.clone(),
-                    s.writer.clone(),
-                    s.config.events.clone(),
-                    stop,
-                )
-                .await;
+impl Background {
+    /// On the leader: moves the domains of nodes whose lease expired.
+    pub fn lease_expiry(shared: &Arc<Shared>) -> Background {
+        Background::new("lease-expiry", shared, true, |s, stop| {
+            Box::pin(async move {
+                let length = s.config.cluster.lease;
+                lease::expire(s.queue.clone(), s.writer.clone(), length, stop).await;
                 Ok(())
             })
-            .await
+        })
     }
 
-    async fn drain(&self) {
-        self.1.stop(STOP).await;
+    /// On the leader: POSTs events to `events.webhook_url`, when it is set.
+    pub fn webhook(shared: &Arc<Shared>) -> Background {
+        let enabled = !shared.config.events.webhook_url.is_empty();
+        Background::new("webhook", shared, enabled, |s, stop| {
+            Box::pin(async move {
+                let events = s.config.events.clone();
+                crate::webhook::run(s.queue.clone(), s.writer.clone(), events, stop).await;
+                Ok(())
+            })
+        })
+    }
+
+    /// On the leader: trims the event log to its retention.
+    pub fn event_retention(shared: &Arc<Shared>) -> Background {
+        Background::new("event-retention", shared, true, |s, stop| {
+            Box::pin(async move {
+                let events = s.config.events.clone();
+                crate::events::retain(s.queue.clone(), s.writer.clone(), events, stop).await;
+                Ok(())
+            })
+        })
+    }
+
+    fn new(
+        name: &'static str,
+        shared: &Arc<Shared>,
+        enabled: bool,
+        work: BackgroundWork,
+    ) -> Background {
+        Background {
+            name,
+            shared: shared.clone(),
+            work,
+            enabled,
+            task: Task::default(),
+        }
     }
 }
 

@@ -72,14 +72,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             task: Task::default(),
             in_flight: delivery.in_flight.activity.clone(),
         }),
-        Arc::new(LeaseExpiry(s.clone(), Task::default())),
+        Arc::new(Background::lease_expiry(&s)),
         Arc::new(Delivery {
             shared: s.clone(),
             ctx: delivery,
             manager: Default::default(),
         }),
-        Arc::new(Webhook(s.clone(), Task::default())),
-        Arc::new(Retention(s.clone(), Task::default())),
+        Arc::new(Background::webhook(&s)),
+        Arc::new(Background::event_retention(&s)),
         Arc::new(Ingress(s.clone(), ingress, Task::default())),
         Arc::new(Readiness(s.clone(), Task::default())),
     ];
