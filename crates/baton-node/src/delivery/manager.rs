@@ -176,7 +176,14 @@ async fn acknowledge_epochs(ctx: Arc<DeliveryContext>, writer: Writer) -> anyhow
             // Applied (or failed): look again at the newest view.
             continue;
         }
-        // A new view, or a message leaving flight, may allow the acknowledgement.
+        if !view.awaits_ack(me) {
+            ownership.changed().await?;
+            continue;
+        }
+        // Awaited, but something in flight forbids it: a message leaving flight, or a
+        // new view, may allow it. (Only then: the in-flight count changes twice per
+        // message sent.)
+        in_flight.borrow_and_update();
         tokio::select! {
             changed = ownership.changed() => changed?,
             changed = in_flight.changed() => changed?,
