@@ -387,6 +387,11 @@ fn a_fourth_node_joins_and_one_is_removed_while_mail_flows() {
             .unwrap();
         remove_node(leader_raft, 2).expect("remove node 2");
         wait_owners(&[&n1, &n3, &n4], 3);
+        // Mail keeps flowing until node 4 has delivered for a domain it took: the
+        // epochs can settle within a few messages' time, before any reached it.
+        wait_until("node 4 delivering", WAIT, || {
+            (n4.metric("baton_messages_delivered_total") > 0.0).then_some(())
+        });
         stop.store(true, std::sync::atomic::Ordering::Release);
         let sent = flow.join().unwrap();
         wait_until("every message delivered", WAIT, || {

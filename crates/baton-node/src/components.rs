@@ -13,6 +13,7 @@ use baton_cluster::{Lease, Peers, RaftService, Writer, lease};
 use baton_queue::types::Request;
 use baton_queue::{NewMessage, QueueNode};
 use ractor::{Actor, ActorCell, ActorRef};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -41,6 +42,9 @@ pub struct Shared {
     pub outcomes: Slot<BatcherMsg<baton_queue::Outcome>>,
     /// Messages between the end of their data and their commit's answer.
     pub ingress_activity: Activity,
+    /// Set by the delivery drain when nothing was left in flight: only then may the lease
+    /// drain hand the domains back at once.
+    pub delivery_drained: AtomicBool,
     pub statuses: Statuses,
 }
 
@@ -212,8 +216,6 @@ impl Leadership {
 pub struct LeaseKeeper {
     pub shared: Arc<Shared>,
     pub task: Task,
-    /// Deliveries in flight here (drained before this component).
-    pub in_flight: Activity,
 }
 component!(LeaseKeeper, "lease");
 
@@ -239,7 +241,7 @@ impl LeaseKeeper {
     async fn drain(&self) {
         self.task.stop(STOP).await;
         let s = &self.shared;
-        if self.in_flight.count() > 0 {
+        if !s.delivery_drained.load(Ordering::Acquire) {
             tracing::warn!(
                 "deliveries still in flight after the drain; domains move when the lease expires"
             );
@@ -284,11 +286,12 @@ impl Delivery {
     async fn drain(&self) {
         self.shared.deliver.send_replace(false);
         let in_flight = &self.ctx.in_flight.activity;
-        if tokio::time::timeout(DRAIN, in_flight.idle()).await.is_err() {
-            tracing::warn!(
+        match tokio::time::timeout(DRAIN, in_flight.idle()).await {
+            Ok(()) => self.shared.delivery_drained.store(true, Ordering::Release),
+            Err(_) => tracing::warn!(
                 in_flight = in_flight.count(),
                 "deliveries still in flight at the end of the drain"
-            );
+            ),
         }
         let manager = lock(&self.manager).take();
         if let Some(manager) = manager {
@@ -420,13 +423,7 @@ impl Ingress {
     }
 
     async fn drain(&self) {
-        self.2.stop(DRAIN + STOP).await;
-        if tokio::time::timeout(DRAIN, self.0.ingress_activity.idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!("messages still waiting for their commit at the end of the drain");
-        }
+        self.2.stop(2 * DRAIN + STOP).await;
     }
 }
 
@@ -454,7 +451,10 @@ impl Readiness {
                     s.ready.send_replace(leader.is_some() && !*stop.borrow());
                     tokio::select! {
                         changed = metrics.changed() => changed?,
-                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                        _ = stop.wait_for(|s| *s) => {
+                            s.ready.send_replace(false);
+                            return Ok(());
+                        }
                     }
                 }
             })
@@ -462,8 +462,9 @@ impl Readiness {
     }
 
     async fn drain(&self) {
-        self.0.ready.send_replace(false);
         self.1.stop(STOP).await;
+        // Also when the task had ended or was killed.
+        self.0.ready.send_replace(false);
     }
 }
 

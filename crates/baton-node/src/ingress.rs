@@ -192,6 +192,14 @@ impl Listener {
             }
         })
         .await;
+        // Sessions still open are slow clients, or waiting for their message's commit:
+        // the latter get their answer (up to another `drain`) before the rest are cut.
+        if tokio::time::timeout(drain, shared.activity.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("messages still waiting for their commit at the end of the drain");
+        }
         sessions.abort_all();
     }
 }

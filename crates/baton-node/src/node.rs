@@ -44,6 +44,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         committer: Default::default(),
         outcomes: Default::default(),
         ingress_activity: Default::default(),
+        delivery_drained: Default::default(),
         statuses: Statuses::default(),
         config,
         queue: queue.clone(),
@@ -70,7 +71,6 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Arc::new(LeaseKeeper {
             shared: s.clone(),
             task: Task::default(),
-            in_flight: delivery.in_flight.activity.clone(),
         }),
         Arc::new(Background::lease_expiry(&s)),
         Arc::new(Delivery {
@@ -197,7 +197,6 @@ fn delivery_context(s: &Arc<Shared>) -> anyhow::Result<Arc<DeliveryContext>> {
         max_messages_per_connection: d.max_messages_per_connection,
         outcomes: s.outcomes.clone(),
         may_deliver: s.deliver.subscribe(),
-        stopping: s.stopping.subscribe(),
         me: c.node.id,
         lease: s.lease.clone(),
         lease_margin: c.cluster.lease / 4,

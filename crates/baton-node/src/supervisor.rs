@@ -6,7 +6,7 @@
 //! linked to the [`Supervisor`] (a ractor actor): when that actor fails (a panic, an
 //! error, or a stop nobody asked for), the supervisor logs it, counts it in
 //! `baton_component_restarts_total{component}` and starts the component again, after a
-//! short backoff that grows with repeated crashes. A component that crashes
+//! short backoff that grows with repeated crashes. A component that crashes more than
 //! [`MAX_CRASHES`] times within [`CRASH_WINDOW`] stops the node with an error, so an
 //! init system or Kubernetes restarts the process instead of the node limping on.
 //!
@@ -166,13 +166,20 @@ pub async fn spawn_task(
 }
 
 pub enum SupervisorMsg {
-    /// Start component `index` (in the supervisor, so its actor is watched before any
-    /// event of it can arrive).
+    /// Start component `index`, answering once it runs (or failed to start).
     Start(usize, RpcReplyPort<Result<(), String>>),
     /// Restart component `index` after a crash.
     Restart(usize),
-    /// From now on, a stopping component is being drained: no restarts.
-    Draining,
+    /// A start (in a task of its own, so a long one such as a join does not hold up
+    /// the supervisor, and a panic in it is an error) finished.
+    Started {
+        index: usize,
+        result: Result<Option<ActorCell>, String>,
+        reply: Option<RpcReplyPort<Result<(), String>>>,
+    },
+    /// From now on, a stopping component is being drained: no restarts. Answered once
+    /// the supervisor has taken it in.
+    Draining(RpcReplyPort<()>),
 }
 
 /// The supervisor actor.
@@ -183,33 +190,84 @@ pub struct SupervisorState {
     statuses: Statuses,
     /// The running actor of each component.
     watched: HashMap<ractor::ActorId, usize>,
+    /// Why actors not (yet) watched ended: one can end before its start reports it.
+    early: HashMap<ractor::ActorId, String>,
     crashes: Vec<VecDeque<Instant>>,
     draining: bool,
     fatal: watch::Sender<Option<String>>,
 }
 
 impl SupervisorState {
-    async fn start(
+    /// Starts component `index` in a task; its result comes back as `Started`.
+    fn start(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         index: usize,
-    ) -> Result<(), String> {
+        reply: Option<RpcReplyPort<Result<(), String>>>,
+    ) {
         let component = self.components[index].clone();
         self.statuses.set(index, Status::Starting);
-        match component.start(myself.get_cell()).await {
+        let (me, cell) = (myself.clone(), myself.get_cell());
+        tokio::spawn(async move {
+            let task = tokio::spawn(async move { component.start(cell).await });
+            let result = match task.await {
+                Ok(Ok(started)) => Ok(started),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(e) => Err(format!("its start panicked: {e}")),
+            };
+            let _ = me.cast(SupervisorMsg::Started {
+                index,
+                result,
+                reply,
+            });
+        });
+    }
+
+    fn started(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        index: usize,
+        result: Result<Option<ActorCell>, String>,
+        reply: Option<RpcReplyPort<Result<(), String>>>,
+    ) {
+        let name = self.components[index].name();
+        let restart = reply.is_none();
+        let outcome = match result {
+            Ok(Some(cell)) if self.draining => {
+                // Started while the node began to drain: nothing will drain it.
+                cell.kill();
+                self.statuses.set(index, Status::Stopped);
+                Ok(())
+            }
             Ok(Some(cell)) => {
                 self.watched.insert(cell.get_id(), index);
                 self.statuses.set(index, Status::Running);
+                if restart {
+                    tracing::info!(component = name, "component restarted");
+                }
+                // It may have ended before it was watched (otherwise its end, when it
+                // comes, finds it watched).
+                if let Some(why) = self.early.remove(&cell.get_id()) {
+                    self.watched.remove(&cell.get_id());
+                    self.crashed(myself, index, &why);
+                }
                 Ok(())
             }
             Ok(None) => {
                 self.statuses.set(index, Status::Done);
                 Ok(())
             }
+            Err(e) if restart => {
+                self.crashed(myself, index, &format!("restart failed: {e}"));
+                Ok(())
+            }
             Err(e) => {
                 self.statuses.set(index, Status::Failed);
-                Err(format!("{e:#}"))
+                Err(e)
             }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
         }
     }
 
@@ -222,7 +280,6 @@ impl SupervisorState {
             tracing::debug!(component = name, why, "component stopped while draining");
             return;
         }
-        metrics::counter!(m::COMPONENT_RESTARTS, "component" => name).increment(1);
         let now = Instant::now();
         let crashes = &mut self.crashes[index];
         crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
@@ -237,6 +294,7 @@ impl SupervisorState {
             self.fatal.send_replace(Some(reason));
             return;
         }
+        metrics::counter!(m::COMPONENT_RESTARTS, "component" => name).increment(1);
         let backoff = FIRST_BACKOFF * 2u32.pow(crashes.len() as u32 - 1);
         tracing::error!(
             component = name,
@@ -268,6 +326,7 @@ impl Actor for Supervisor {
             components,
             statuses,
             watched: HashMap::new(),
+            early: HashMap::new(),
             draining: false,
             fatal,
         })
@@ -280,19 +339,18 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Start(index, reply) => {
-                let result = state.start(&myself, index).await;
-                let _ = reply.send(result);
-            }
-            SupervisorMsg::Restart(index) if !state.draining => {
-                let name = state.components[index].name();
-                match state.start(&myself, index).await {
-                    Ok(()) => tracing::info!(component = name, "component restarted"),
-                    Err(e) => state.crashed(&myself, index, &format!("restart failed: {e}")),
-                }
-            }
+            SupervisorMsg::Start(index, reply) => state.start(&myself, index, Some(reply)),
+            SupervisorMsg::Restart(index) if !state.draining => state.start(&myself, index, None),
             SupervisorMsg::Restart(_) => {}
-            SupervisorMsg::Draining => state.draining = true,
+            SupervisorMsg::Started {
+                index,
+                result,
+                reply,
+            } => state.started(&myself, index, result, reply),
+            SupervisorMsg::Draining(reply) => {
+                state.draining = true;
+                let _ = reply.send(());
+            }
         }
         Ok(())
     }
@@ -311,8 +369,13 @@ impl Actor for Supervisor {
             ),
             _ => return Ok(()),
         };
-        if let Some(index) = state.watched.remove(&cell.get_id()) {
-            state.crashed(&myself, index, &why);
+        match state.watched.remove(&cell.get_id()) {
+            Some(index) => state.crashed(&myself, index, &why),
+            // Kept for its start's report (bounded: a start reports within moments).
+            None if state.early.len() < 64 => {
+                state.early.insert(cell.get_id(), why);
+            }
+            None => {}
         }
         Ok(())
     }
@@ -392,7 +455,11 @@ impl Node {
     /// Drains the started components in reverse order, then stops the supervisor (and
     /// with it any actor still running).
     pub async fn drain(mut self) {
-        let _ = self.supervisor.cast(SupervisorMsg::Draining);
+        // Before any component stops, so no stop is taken for a crash.
+        let _ = self
+            .supervisor
+            .call(SupervisorMsg::Draining, Some(Duration::from_secs(5)))
+            .await;
         for index in (0..self.started).rev() {
             let component = self.components[index].clone();
             tracing::info!(component = component.name(), "draining");
@@ -402,7 +469,10 @@ impl Node {
         }
         self.started = 0;
         // Kill, not stop: a start still running (a join when the drain began) ends too.
-        self.supervisor.kill();
+        let _ = self
+            .supervisor
+            .kill_and_wait(Some(Duration::from_secs(5)))
+            .await;
     }
 }
 

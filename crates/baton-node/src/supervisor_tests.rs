@@ -29,6 +29,9 @@ impl Component for Probe {
             if self.fail_start {
                 anyhow::bail!("cannot bind");
             }
+            if self.name == "panics" {
+                panic!("a bug in a start");
+            }
             let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
             let crashes = self.crashes;
             self.task
@@ -161,4 +164,23 @@ async fn a_failed_start_drains_what_started_and_names_the_component() {
     };
     assert_eq!(e.to_string(), "starting b: cannot bind");
     assert_eq!(*p.log.lock().unwrap(), ["start a", "start b", "drain a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_panics_is_an_error_not_a_dead_supervisor() {
+    let (components, p) = probes(&[("a", 0, false), ("panics", 0, false)]);
+    let (_stop_tx, mut stop) = watch::channel(false);
+    let Err(e) = Node::start(components, Statuses::default(), &mut stop).await else {
+        panic!("the second start panics");
+    };
+    assert!(
+        e.to_string()
+            .starts_with("starting panics: its start panicked"),
+        "{e}"
+    );
+    // The first component was drained: the supervisor lived to say so.
+    assert_eq!(
+        *p.log.lock().unwrap(),
+        ["start a", "start panics", "drain a"]
+    );
 }

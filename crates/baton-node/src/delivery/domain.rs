@@ -1,7 +1,7 @@
 //! DomainDelivery: one destination domain's backlog, retry timer and workers.
 //!
 //! The actor takes due messages from the scheduling index into its backlog (each one
-//! [`InFlight`]), starts workers for them (one connection each, up to the domain's
+//! [`InFlight`], in the node's in-flight registry), starts workers for them (one connection each, up to the domain's
 //! limit), and hands a job to a worker each time it asks ([`DomainMsg::Next`]). Workers
 //! are actors linked to this one: when one ends, or fails, its slot is freed; a failed
 //! worker's messages leave flight with it (their tokens are dropped) and are taken again.
@@ -9,8 +9,9 @@
 use super::worker::Worker;
 use super::{DeliveryContext, InFlight};
 use baton_queue::clock::now_ms;
+use baton_queue::types::HELD;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +39,6 @@ pub enum DomainMsg {
 pub struct DomainState {
     ctx: Arc<DeliveryContext>,
     domain: String,
-    /// Every message of the domain in flight here: in the backlog, with a worker, or
-    /// waiting for its outcome's commit.
-    in_flight: HashSet<String>,
     backlog: VecDeque<InFlight>,
     workers: usize,
     live: usize,
@@ -61,7 +59,6 @@ impl Actor for DomainDelivery {
         Ok(DomainState {
             ctx,
             domain,
-            in_flight: HashSet::new(),
             backlog: VecDeque::new(),
             workers: 0,
             live: 0,
@@ -77,10 +74,8 @@ impl Actor for DomainDelivery {
     ) -> Result<(), ActorProcessingErr> {
         let look = match msg {
             DomainMsg::Poke => true,
-            DomainMsg::Finished(id) => {
-                state.in_flight.remove(&id);
-                false
-            }
+            // Out of the registry already: only a chance to take more.
+            DomainMsg::Finished(_) => false,
             DomainMsg::Next(port) => {
                 let next = if state.ctx.allowed(&state.domain) {
                     state.backlog.pop_front()
@@ -117,10 +112,9 @@ impl Actor for DomainDelivery {
         match event {
             SupervisionEvent::ActorTerminated(..) => {}
             SupervisionEvent::ActorFailed(_, e) => {
+                // Its connection closed with it (and said so, through its guard).
                 metrics::counter!(crate::metrics::WORKER_CRASHES).increment(1);
                 tracing::error!(domain = %state.domain, error = %e, "delivery worker crashed; its messages are taken again");
-                // Its connection closed with it.
-                state.live = state.live.saturating_sub(1);
             }
             _ => return Ok(()),
         }
@@ -149,17 +143,8 @@ impl DomainState {
         // not on every finished message, which would rescan the in-flight set each time.
         if look || self.backlog.len() < WORK_LOW {
             let want = WORK_MAX.saturating_sub(self.backlog.len());
-            let (due, next) = self
-                .ctx
-                .reader
-                .shared
-                .with(|i| i.take_due(&self.domain, now, want, &self.in_flight));
-            if let Some(taken) = self.ctx.take(&self.domain, due, myself) {
-                for t in taken {
-                    self.in_flight.insert(t.id.clone());
-                    self.backlog.push_back(t);
-                }
-            }
+            let (taken, next) = self.ctx.take(&self.domain, now, want, myself);
+            self.backlog.extend(taken);
             if let Some(at) = next {
                 self.arm_timer(myself, at);
             }
@@ -186,7 +171,7 @@ impl DomainState {
     /// Stops when nothing is in flight, no worker runs, and there is nothing more to do
     /// here (the domain moved away or its queue is empty).
     fn stop_if_done(&self, myself: &ActorRef<DomainMsg>) {
-        if self.in_flight.is_empty()
+        if self.ctx.in_flight.count(&self.domain) == 0
             && self.workers == 0
             && (!self.ctx.owns(&self.domain)
                 || self.ctx.reader.shared.with(|i| i.queued(&self.domain)) == 0)
@@ -196,6 +181,10 @@ impl DomainState {
     }
 
     fn arm_timer(&mut self, myself: &ActorRef<DomainMsg>, at: u64) {
+        if at == HELD {
+            // Never due: an operator's retry announces itself as a change.
+            return;
+        }
         let now = now_ms();
         if let Some(t) = self.timer_at
             && t > now

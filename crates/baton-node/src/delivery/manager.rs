@@ -148,8 +148,11 @@ impl Actor for DeliveryManager {
         };
         state.domains.remove(&domain);
         if let Some(e) = failure {
+            // Started again by the next periodic look (within a second), not at once:
+            // a domain whose actor keeps failing does not spin.
             metrics::counter!(crate::metrics::DOMAIN_CRASHES).increment(1);
             tracing::error!(%domain, error = %e, "domain delivery crashed; restarting");
+            return Ok(());
         }
         // Work may have arrived while it was stopping.
         state.ensure(&myself, domain, true).await
@@ -164,7 +167,13 @@ async fn acknowledge_epochs(ctx: Arc<DeliveryContext>, writer: Writer) -> anyhow
     let mut in_flight = ctx.in_flight.activity.watch();
     loop {
         let view = ownership.borrow_and_update().clone();
-        if view.awaits_ack(me) && ctx.clean_for(&view) {
+        if !view.awaits_ack(me) {
+            ownership.changed().await?;
+            continue;
+        }
+        // Seen before the check, so a message leaving flight after it wakes us.
+        in_flight.borrow_and_update();
+        if ctx.clean_for(&view) {
             let ack = Request::AssignAck {
                 node: me,
                 epoch: view.epoch,
@@ -176,14 +185,9 @@ async fn acknowledge_epochs(ctx: Arc<DeliveryContext>, writer: Writer) -> anyhow
             // Applied (or failed): look again at the newest view.
             continue;
         }
-        if !view.awaits_ack(me) {
-            ownership.changed().await?;
-            continue;
-        }
         // Awaited, but something in flight forbids it: a message leaving flight, or a
-        // new view, may allow it. (Only then: the in-flight count changes twice per
-        // message sent.)
-        in_flight.borrow_and_update();
+        // new view, may allow it. (The in-flight count changes twice per message sent:
+        // it is watched only while an acknowledgement waits.)
         tokio::select! {
             changed = ownership.changed() => changed?,
             changed = in_flight.changed() => changed?,

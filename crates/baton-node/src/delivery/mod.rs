@@ -42,7 +42,7 @@ use baton_queue::Outcome;
 use baton_queue::ownership::Ownership;
 use baton_queue::state_machine::QueueReader;
 use ractor::ActorRef;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -61,8 +61,6 @@ pub struct DeliveryContext {
     pub outcomes: Slot<BatcherMsg<Outcome>>,
     /// False while this node must not start transactions (catching up, draining).
     pub may_deliver: watch::Receiver<bool>,
-    /// True once the node stops: outcome commits stop retrying.
-    pub stopping: watch::Receiver<bool>,
     /// This node, its lease and the replicated ownership table.
     pub me: u64,
     pub lease: Arc<Lease>,
@@ -86,31 +84,42 @@ impl DeliveryContext {
             && self.ownership.borrow().may_deliver(self.me, domain)
     }
 
-    /// Puts `ids` of `domain` in flight if the domain may be delivered now; each token
-    /// tells `actor` when it ends.
+    /// Takes up to `want` messages of `domain` due at `now_ms` into flight, if the
+    /// domain may be delivered now; each token tells `actor` when it ends. Also returns
+    /// when the next message not in flight is due. Under the registry's lock: a message
+    /// in flight is never taken again, whichever actor took it.
     fn take(
         &self,
         domain: &str,
-        ids: Vec<String>,
+        now_ms: u64,
+        want: usize,
         actor: &ActorRef<DomainMsg>,
-    ) -> Option<Vec<InFlight>> {
+    ) -> (Vec<InFlight>, Option<u64>) {
         let mut map = self.in_flight.lock();
-        if ids.is_empty() || !self.allowed(domain) {
-            return None;
+        if !self.allowed(domain) {
+            return (Vec::new(), None);
         }
-        *map.entry(domain.to_string()).or_default() += ids.len();
+        let taken = map.entry(domain.to_string()).or_default();
+        let (due, next) = self
+            .reader
+            .shared
+            .with(|i| i.take_due(domain, now_ms, want, taken));
+        taken.extend(due.iter().cloned());
+        if taken.is_empty() {
+            map.remove(domain);
+        }
         drop(map);
-        Some(
-            ids.into_iter()
-                .map(|id| InFlight {
-                    domain: domain.to_string(),
-                    id,
-                    actor: actor.clone(),
-                    registry: self.in_flight.clone(),
-                    _activity: self.in_flight.activity.begin(),
-                })
-                .collect(),
-        )
+        let tokens = due
+            .into_iter()
+            .map(|id| InFlight {
+                domain: domain.to_string(),
+                id,
+                actor: actor.clone(),
+                registry: self.in_flight.clone(),
+                _activity: self.in_flight.activity.begin(),
+            })
+            .collect();
+        (tokens, next)
     }
 
     /// Whether nothing in flight is forbidden by `view` (then this node may acknowledge
@@ -121,31 +130,31 @@ impl DeliveryContext {
     }
 }
 
-/// The messages in flight on this node, counted per domain; also the lock that orders
-/// taking work against acknowledging ownership epochs.
+/// The messages in flight on this node, by domain; also the lock that orders taking
+/// work against acknowledging ownership epochs.
 #[derive(Clone, Default)]
 pub struct InFlightRegistry {
-    domains: Arc<Mutex<HashMap<String, usize>>>,
+    domains: Arc<Mutex<HashMap<String, HashSet<String>>>>,
     /// One activity per message in flight: a drain waits for it to be idle.
     pub activity: Activity,
 }
 
 impl InFlightRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<String>>> {
         // Every change is one whole update under the lock.
         self.domains.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Messages of `domain` this node is sending now.
     pub fn count(&self, domain: &str) -> usize {
-        self.lock().get(domain).copied().unwrap_or(0)
+        self.lock().get(domain).map_or(0, HashSet::len)
     }
 
-    fn leave(&self, domain: &str) {
+    fn leave(&self, domain: &str, id: &str) {
         let mut map = self.lock();
-        if let Some(c) = map.get_mut(domain) {
-            *c -= 1;
-            if *c == 0 {
+        if let Some(ids) = map.get_mut(domain) {
+            ids.remove(id);
+            if ids.is_empty() {
                 map.remove(domain);
             }
         }
@@ -165,7 +174,7 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.registry.leave(&self.domain);
+        self.registry.leave(&self.domain, &self.id);
         let _ = self
             .actor
             .cast(DomainMsg::Finished(std::mem::take(&mut self.id)));

@@ -108,7 +108,6 @@ impl Rig {
             max_messages_per_connection: 10,
             outcomes,
             may_deliver,
-            stopping: stop,
             me: 1,
             lease,
             lease_margin: Duration::from_secs(1),

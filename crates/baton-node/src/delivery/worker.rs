@@ -59,10 +59,8 @@ impl Actor for Worker {
     ) -> Result<(), ActorProcessingErr> {
         let mut conn = Conn::default();
         let result = state.run(&mut conn).await;
-        // Whatever happened, the connection closes and the slot is freed.
-        if let Some(c) = conn.open.take() {
-            let _ = state.actor.cast(DomainMsg::Connection(false));
-            c.quit().await;
+        if let Some(open) = conn.open.take() {
+            open.conn.quit().await;
         }
         myself.stop(None);
         result
@@ -72,9 +70,34 @@ impl Actor for Worker {
 /// The worker's connection and what it knows of the domain's routes.
 #[derive(Default)]
 struct Conn {
-    open: Option<Connection>,
+    open: Option<Open>,
     sent: usize,
     targets: Option<Vec<Target>>,
+}
+
+/// An open connection, counted by the DomainDelivery while it lives: its guard, dropped
+/// with it (a quit, or a worker that fails or is killed), tells the actor it closed.
+struct Open {
+    conn: Connection,
+    _live: Live,
+}
+
+struct Live(ActorRef<DomainMsg>);
+
+impl Open {
+    fn new(conn: Connection, actor: &ActorRef<DomainMsg>) -> Open {
+        let _ = actor.cast(DomainMsg::Connection(true));
+        Open {
+            conn,
+            _live: Live(actor.clone()),
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.0.cast(DomainMsg::Connection(false));
+    }
 }
 
 impl WorkerState {
@@ -104,17 +127,23 @@ impl WorkerState {
                 release_later(token);
                 continue;
             };
-            let now = now_ms();
-            if let Some(attempt) = policy::expired(&job, &self.ctx.retry, now) {
+            // A held message is held before anything else: expiring it would bounce to
+            // the address that does not parse.
+            let prepared = policy::prepare(&job, |r| self.ctx.reader.is_suppressed(r));
+            if let Prepared::Decided(attempt) = &prepared
+                && attempt.held
+            {
+                tracing::error!(id = %job.id, sender = %job.meta.sender, "the stored sender does not parse: message held");
+                self.finish(&job, token, attempt.clone());
+                continue;
+            }
+            if let Some(attempt) = policy::expired(&job, &self.ctx.retry, now_ms()) {
                 self.finish(&job, token, attempt);
                 continue;
             }
-            let plan = match policy::prepare(&job, |r| self.ctx.reader.is_suppressed(r)) {
+            let plan = match prepared {
                 Prepared::Send(plan) => plan,
                 Prepared::Decided(attempt) => {
-                    if attempt.held {
-                        tracing::error!(id = %job.id, sender = %job.meta.sender, "the stored sender does not parse: message held");
-                    }
                     self.finish(&job, token, attempt);
                     continue;
                 }
@@ -128,12 +157,11 @@ impl WorkerState {
                     }
                 }
             }
-            if conn.open.as_ref().is_some_and(|c| !c.is_ready())
+            if conn.open.as_ref().is_some_and(|o| !o.conn.is_ready())
                 || conn.sent >= self.ctx.max_messages_per_connection
             {
-                if let Some(c) = conn.open.take() {
-                    let _ = self.actor.cast(DomainMsg::Connection(false));
-                    c.quit().await;
+                if let Some(open) = conn.open.take() {
+                    open.conn.quit().await;
                 }
                 conn.sent = 0;
             }
@@ -147,23 +175,20 @@ impl WorkerState {
                 )
                 .await;
                 match opened {
-                    Ok(c) => {
-                        let _ = self.actor.cast(DomainMsg::Connection(true));
-                        conn.open = Some(c);
-                    }
+                    Ok(c) => conn.open = Some(Open::new(c, &self.actor)),
                     Err((e, target)) => {
                         self.connect_failed(job, token, &e, target).await?;
                         return Ok(());
                     }
                 }
             }
-            let Some(c) = conn.open.as_mut() else {
+            let Some(open) = conn.open.as_mut() else {
                 return Ok(());
             };
             if let Some(previous) = unsettled.take() {
                 let _ = previous.await;
             }
-            unsettled = self.attempt(c, job, plan, token).await;
+            unsettled = self.attempt(&mut open.conn, job, plan, token).await;
             conn.sent += 1;
         }
         Ok(())
@@ -316,26 +341,23 @@ impl WorkerState {
     }
 }
 
-/// Commits `outcome`, retrying until it is committed or the node stops; then the
-/// message leaves flight (`token` is dropped). Releasing it earlier would let it be
-/// taken and sent again. Enqueue and outcomes are idempotent, so retrying is safe.
+/// Commits `outcome`, retrying until it is committed; then the message leaves flight
+/// (`token` is dropped). Releasing it earlier would let it be taken and sent again.
+/// Enqueue and outcomes are idempotent, so retrying is safe. Gives up only once the
+/// OutcomeBatcher is gone for good (drained at the end of a node's drain, when nothing
+/// takes the message again here): the record stays queued for the next owner.
 async fn commit(ctx: Arc<DeliveryContext>, outcome: Outcome, token: InFlight) {
     let mut wait = Duration::from_millis(200);
-    let mut stopping = ctx.stopping.clone();
     loop {
         match batcher::submit(&ctx.outcomes, outcome.clone(), COMMIT_TRY).await {
             Some(Ok(())) => break,
+            _ if ctx.outcomes.get().is_none() => {
+                tracing::warn!(id = %outcome.id, "outcome not committed: the node stopped");
+                break;
+            }
             result => {
-                if *stopping.borrow() {
-                    // The record stays queued; the next owner tries it again.
-                    tracing::warn!(id = %outcome.id, "outcome not committed: the node is stopping");
-                    break;
-                }
                 tracing::warn!(id = %outcome.id, result = ?result.map(|r| r.err()), "outcome not committed yet; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stopping.wait_for(|s| *s) => {}
-                }
+                tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
         }
