@@ -1,9 +1,9 @@
 //! Activity tokens: work a drain must wait for, counted while it is held.
 //!
-//! Ingress holds one from the end of a message's data until its commit is answered;
-//! delivery holds one per message from the moment it is taken until its outcome is
-//! committed. A drain waits for the count to reach zero ([`Activity::idle`]) instead
-//! of polling or sleeping.
+//! Ingress holds one from the end of a message's data until its commit is answered, and
+//! its drain waits for the count to reach zero ([`Activity::idle`]) instead of polling or
+//! sleeping. (Delivery counts its messages in flight in its in-flight registry, which
+//! the delivery drain waits on the same way.)
 
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -36,11 +36,6 @@ impl Activity {
         let mut rx = self.0.subscribe();
         // The sender lives as long as `self`, so the wait ends only at zero.
         let _ = rx.wait_for(|n| *n == 0).await;
-    }
-
-    /// A receiver that sees every change of the count.
-    pub fn watch(&self) -> watch::Receiver<usize> {
-        self.0.subscribe()
     }
 }
 

@@ -1,7 +1,6 @@
 //! The components a node is made of (the list is in [`crate::node::run`]), each with
 //! its start and its drain. What they share is in [`Shared`].
 
-use crate::activity::Activity;
 use crate::batcher::BatcherMsg;
 use crate::config::Config;
 use crate::delivery::{DeliveryContext, DeliveryManager, ManagerMsg};
@@ -40,8 +39,6 @@ pub struct Shared {
     pub deliver: watch::Sender<bool>,
     pub committer: Slot<BatcherMsg<NewMessage>>,
     pub outcomes: Slot<BatcherMsg<baton_queue::Outcome>>,
-    /// Messages between the end of their data and their commit's answer.
-    pub ingress_activity: Activity,
     /// Set by the delivery drain when nothing was left in flight: only then may the lease
     /// drain hand the domains back at once.
     pub delivery_drained: AtomicBool,
@@ -285,11 +282,11 @@ impl Delivery {
 
     async fn drain(&self) {
         self.shared.deliver.send_replace(false);
-        let in_flight = &self.ctx.in_flight.activity;
+        let in_flight = &self.ctx.in_flight;
         match tokio::time::timeout(DRAIN, in_flight.idle()).await {
             Ok(()) => self.shared.delivery_drained.store(true, Ordering::Release),
             Err(_) => tracing::warn!(
-                in_flight = in_flight.count(),
+                in_flight = in_flight.total(),
                 "deliveries still in flight at the end of the drain"
             ),
         }

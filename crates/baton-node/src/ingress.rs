@@ -63,7 +63,6 @@ impl IngressShared {
         committer: Slot<BatcherMsg<NewMessage>>,
         accepting: watch::Receiver<bool>,
         reader: QueueReader,
-        activity: Activity,
     ) -> Arc<IngressShared> {
         Arc::new(IngressShared {
             connections: Arc::new(Semaphore::new(smtp.max_connections)),
@@ -71,7 +70,7 @@ impl IngressShared {
             smtp,
             users,
             committer,
-            activity,
+            activity: Activity::default(),
             per_ip: Mutex::new(HashMap::new()),
             accepting,
             reader,

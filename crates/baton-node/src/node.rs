@@ -43,7 +43,6 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         deliver: watch::channel(false).0,
         committer: Default::default(),
         outcomes: Default::default(),
-        ingress_activity: Default::default(),
         delivery_drained: Default::default(),
         statuses: Statuses::default(),
         config,
@@ -58,7 +57,6 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         s.committer.clone(),
         s.ready.subscribe(),
         queue.reader.clone(),
-        s.ingress_activity.clone(),
     );
     let components: Vec<Arc<dyn Component>> = vec![
         Arc::new(Raft(s.clone(), Task::default())),

@@ -439,10 +439,6 @@ impl Node {
         Ok(node)
     }
 
-    pub fn statuses(&self) -> Statuses {
-        self.statuses.clone()
-    }
-
     /// Resolves when a component crashed too often; the reason.
     pub async fn failed(&mut self) -> String {
         match self.fatal.wait_for(|f| f.is_some()).await {

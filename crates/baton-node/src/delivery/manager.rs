@@ -164,7 +164,7 @@ impl Actor for DeliveryManager {
 async fn acknowledge_epochs(ctx: Arc<DeliveryContext>, writer: Writer) -> anyhow::Result<()> {
     let me = ctx.me;
     let mut ownership = ctx.ownership.clone();
-    let mut in_flight = ctx.in_flight.activity.watch();
+    let mut in_flight = ctx.in_flight.changes();
     loop {
         let view = ownership.borrow_and_update().clone();
         if !view.awaits_ack(me) {

@@ -30,7 +30,6 @@ mod tests;
 pub use domain::DomainMsg;
 pub use manager::{DeliveryManager, ManagerMsg};
 
-use crate::activity::{Activity, ActivityToken};
 use crate::batcher::BatcherMsg;
 use crate::supervisor::Slot;
 use baton_cluster::Lease;
@@ -108,6 +107,9 @@ impl DeliveryContext {
         if taken.is_empty() {
             map.remove(domain);
         }
+        if !due.is_empty() {
+            self.in_flight.total.send_modify(|n| *n += due.len());
+        }
         drop(map);
         let tokens = due
             .into_iter()
@@ -116,7 +118,6 @@ impl DeliveryContext {
                 id,
                 actor: actor.clone(),
                 registry: self.in_flight.clone(),
-                _activity: self.in_flight.activity.begin(),
             })
             .collect();
         (tokens, next)
@@ -132,11 +133,20 @@ impl DeliveryContext {
 
 /// The messages in flight on this node, by domain; also the lock that orders taking
 /// work against acknowledging ownership epochs.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct InFlightRegistry {
     domains: Arc<Mutex<HashMap<String, HashSet<String>>>>,
-    /// One activity per message in flight: a drain waits for it to be idle.
-    pub activity: Activity,
+    /// How many there are in all, changed under the lock: a drain waits for zero.
+    total: Arc<watch::Sender<usize>>,
+}
+
+impl Default for InFlightRegistry {
+    fn default() -> Self {
+        InFlightRegistry {
+            domains: Default::default(),
+            total: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 impl InFlightRegistry {
@@ -150,13 +160,31 @@ impl InFlightRegistry {
         self.lock().get(domain).map_or(0, HashSet::len)
     }
 
+    /// Messages in flight, all domains.
+    pub fn total(&self) -> usize {
+        *self.total.borrow()
+    }
+
+    /// Waits until nothing is in flight.
+    pub async fn idle(&self) {
+        // The sender lives as long as `self`, so the wait ends only at zero.
+        let _ = self.total.subscribe().wait_for(|n| *n == 0).await;
+    }
+
+    /// A receiver that sees every change of the total.
+    pub fn changes(&self) -> watch::Receiver<usize> {
+        self.total.subscribe()
+    }
+
     fn leave(&self, domain: &str, id: &str) {
         let mut map = self.lock();
-        if let Some(ids) = map.get_mut(domain) {
-            ids.remove(id);
+        if let Some(ids) = map.get_mut(domain)
+            && ids.remove(id)
+        {
             if ids.is_empty() {
                 map.remove(domain);
             }
+            self.total.send_modify(|n| *n -= 1);
         }
     }
 }
@@ -169,7 +197,6 @@ pub struct InFlight {
     pub id: String,
     actor: ActorRef<DomainMsg>,
     registry: InFlightRegistry,
-    _activity: ActivityToken,
 }
 
 impl Drop for InFlight {

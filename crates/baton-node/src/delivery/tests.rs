@@ -171,7 +171,7 @@ async fn a_worker_that_panics_frees_its_slot_and_its_message() {
     let reply = rig.deferred("M1").await;
     assert!(reply.contains("refused"), "{reply}");
     assert_eq!(PANICKED.load(Ordering::SeqCst), 1, "the fault was injected");
-    tokio::time::timeout(Duration::from_secs(10), rig.ctx.in_flight.activity.idle())
+    tokio::time::timeout(Duration::from_secs(10), rig.ctx.in_flight.idle())
         .await
         .expect("nothing left in flight");
     assert_eq!(rig.ctx.in_flight.count("crash.test"), 0);

@@ -127,26 +127,20 @@ impl WorkerState {
                 release_later(token);
                 continue;
             };
-            // A held message is held before anything else: expiring it would bounce to
-            // the address that does not parse.
             let prepared = policy::prepare(&job, |r| self.ctx.reader.is_suppressed(r));
-            if let Prepared::Decided(attempt) = &prepared
-                && attempt.held
-            {
-                tracing::error!(id = %job.id, sender = %job.meta.sender, "the stored sender does not parse: message held");
-                self.finish(&job, token, attempt.clone());
-                continue;
-            }
-            if let Some(attempt) = policy::expired(&job, &self.ctx.retry, now_ms()) {
-                self.finish(&job, token, attempt);
-                continue;
-            }
-            let plan = match prepared {
-                Prepared::Send(plan) => plan,
-                Prepared::Decided(attempt) => {
+            let plan = match (prepared, policy::expired(&job, &self.ctx.retry, now_ms())) {
+                // Held before anything else: expiring it would bounce to the address
+                // that does not parse.
+                (Prepared::Decided(attempt), _) if attempt.held => {
+                    tracing::error!(id = %job.id, sender = %job.meta.sender, "the stored sender does not parse: message held");
                     self.finish(&job, token, attempt);
                     continue;
                 }
+                (_, Some(attempt)) | (Prepared::Decided(attempt), None) => {
+                    self.finish(&job, token, attempt);
+                    continue;
+                }
+                (Prepared::Send(plan), None) => plan,
             };
             if conn.targets.is_none() {
                 match self.ctx.router.route(&self.domain).await {
