@@ -48,6 +48,7 @@ max_connections_per_ip = 0
 [[smtp.listener]]
 address = "127.0.0.1:$((2600 + i))"
 proxy_protocol = true
+proxy_trusted = ["127.0.0.0/8"]
 relay_networks = ["127.0.0.0/8"]
 
 [delivery]

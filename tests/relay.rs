@@ -243,7 +243,7 @@ fn proxy_v2_client_address_drives_policy_and_received() {
     let sink = Sink::start(at("127.0.0.12", port));
     let node = Node::start(NodeOptions {
         smarthost: Some(at("127.0.0.12", port)),
-        listener: "proxy_protocol = true\nrelay_networks = [\"192.0.2.0/24\"]".into(),
+        listener: "proxy_protocol = true\nproxy_trusted = [\"127.0.0.0/8\"]\nrelay_networks = [\"192.0.2.0/24\"]".into(),
         ..Default::default()
     });
     // 192.0.2.7 is in relay_networks (the header is only data: no traffic leaves loopback).

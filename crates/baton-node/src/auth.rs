@@ -81,6 +81,7 @@ mod tests {
         let users = Users::new(&[UserConfig {
             name: "app1".into(),
             password_hash: hash,
+            allowed_from: Vec::new(),
         }]);
         assert!(users.verify("app1", "s3cret").await);
         assert!(!users.verify("app1", "wrong").await);

@@ -161,6 +161,10 @@ pub struct ListenerConfig {
     /// Expect a PROXY v1 or v2 header first.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Peers whose PROXY header is believed; required when `proxy_protocol` is on. Any
+    /// other peer is refused before the greeting.
+    #[serde(default)]
+    pub proxy_trusted: Vec<IpNet>,
     /// Clients that may relay without AUTH.
     #[serde(default)]
     pub relay_networks: Vec<IpNet>,
@@ -181,6 +185,10 @@ pub struct UserConfig {
     pub name: String,
     /// PHC string from `batonctl hash-password` (argon2id).
     pub password_hash: String,
+    /// Domains the user may send as, in the envelope sender and the `From:` header:
+    /// `example.com`, or `*.example.com` for its subdomains. Empty: any.
+    #[serde(default)]
+    pub allowed_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +216,13 @@ pub struct SmtpConfig {
     /// reply: a `451` would make the client send again a message that may yet commit.
     #[serde(with = "humantime_serde")]
     pub commit_timeout: Duration,
+    /// After the first `data_timeout` of a DATA or BDAT phase, the client must keep this
+    /// average rate (bytes per second; 0: no minimum).
+    #[serde(deserialize_with = "byte_rate")]
+    pub data_min_rate: u64,
+    /// Connections of `max_connections` that only relay_networks clients and
+    /// submission/implicit-TLS listeners may use. Default: a tenth of `max_connections`.
+    pub reserved_connections: Option<usize>,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "user")]
@@ -226,6 +241,8 @@ impl Default for SmtpConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             commit_timeout: Duration::from_secs(600),
+            data_min_rate: 1024,
+            reserved_connections: None,
             listeners: Vec::new(),
             users: Vec::new(),
         }
@@ -280,6 +297,44 @@ impl Default for DeliveryConfig {
             max_messages_per_connection: 100,
             connect_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// `"1KiB/s"`, `"500B/s"`, `"2MiB/s"`, `"10kB/s"` or `"0"` (off), in bytes per second.
+fn byte_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_byte_rate(&s).map_err(serde::de::Error::custom)
+}
+
+pub fn parse_byte_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(0);
+    }
+    let bad = || format!("{s:?} is not a rate like \"1KiB/s\" (or \"0\" for none)");
+    let amount = t.strip_suffix("/s").ok_or_else(bad)?.trim();
+    let split = amount
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(amount.len());
+    let (num, unit) = amount.split_at(split);
+    let num: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1_000_000,
+        "MiB" => 1024 * 1024,
+        _ => return Err(bad()),
+    };
+    num.checked_mul(mult).ok_or_else(bad)
+}
+
+impl SmtpConfig {
+    /// Connections anonymous peers cannot take (see `reserved_connections`).
+    pub fn reserved(&self) -> usize {
+        self.reserved_connections
+            .unwrap_or(self.max_connections / 10)
+            .min(self.max_connections)
     }
 }
 
@@ -521,6 +576,20 @@ impl Config {
                     err(key(k), format!("file {} not found", p.display()));
                 }
             }
+            if l.proxy_protocol && l.proxy_trusted.is_empty() {
+                err(
+                    key("proxy_trusted"),
+                    "proxy_protocol is on: list the load balancers whose PROXY header is \
+                     believed (e.g. [\"10.0.0.0/8\"])"
+                        .into(),
+                );
+            }
+            if !l.proxy_protocol && !l.proxy_trusted.is_empty() {
+                err(
+                    key("proxy_trusted"),
+                    "is set but proxy_protocol is off".into(),
+                );
+            }
             if l.mode == ListenerMode::ImplicitTls && l.tls_cert.is_none() {
                 err(
                     key("tls_cert"),
@@ -552,6 +621,25 @@ impl Config {
                     "not a PHC password hash; make one with `batonctl hash-password`".into(),
                 );
             }
+            for (j, d) in u.allowed_from.iter().enumerate() {
+                if !valid_domain_pattern(d) {
+                    err(
+                        format!("smtp.user[{i}].allowed_from[{j}]"),
+                        format!("{d:?} is not a domain or *.domain"),
+                    );
+                }
+            }
+        }
+        if let Some(r) = self.smtp.reserved_connections
+            && r >= self.smtp.max_connections
+        {
+            err(
+                "smtp.reserved_connections".into(),
+                format!(
+                    "must be less than smtp.max_connections ({})",
+                    self.smtp.max_connections
+                ),
+            );
         }
         let d = &self.delivery;
         if !d.smarthost.is_empty() && !d.smarthost.contains(':') {
@@ -619,6 +707,20 @@ impl Config {
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// `example.com` or `*.example.com`.
+fn valid_domain_pattern(p: &str) -> bool {
+    let d = p.strip_prefix("*.").unwrap_or(p);
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
 }
 
 #[cfg(test)]
@@ -690,5 +792,27 @@ webhook_batch = 0
             vec![Duration::from_secs(30), Duration::from_secs(120)]
         );
         assert_eq!(c.delivery.max_age, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn byte_rates_parse() {
+        assert_eq!(parse_byte_rate("1KiB/s"), Ok(1024));
+        assert_eq!(parse_byte_rate("500B/s"), Ok(500));
+        assert_eq!(parse_byte_rate("2 MiB/s"), Ok(2 * 1024 * 1024));
+        assert_eq!(parse_byte_rate("0"), Ok(0));
+        assert!(parse_byte_rate("fast").is_err());
+        assert!(parse_byte_rate("1KiB").is_err());
+        let c = Config::parse("[smtp]\ndata_min_rate = \"10kB/s\"\n").unwrap();
+        assert_eq!(c.smtp.data_min_rate, 10_000);
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_peers() {
+        let mut c = Config::dev(None);
+        c.smtp.listeners[0].proxy_protocol = true;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("smtp.listener[0].proxy_trusted"), "{e}");
+        c.smtp.listeners[0].proxy_trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        c.validate().unwrap();
     }
 }
