@@ -12,6 +12,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Users {
     hashes: Arc<HashMap<String, String>>,
+    /// Each user's `allowed_from` (absent or empty: any sender domain).
+    allowed_from: Arc<HashMap<String, Vec<String>>>,
     dummy: Arc<String>,
     /// Argon2 checks at once (each takes ~19 MiB and a core for tens of ms).
     checks: Arc<tokio::sync::Semaphore>,
@@ -23,6 +25,10 @@ impl Users {
             .iter()
             .map(|u| (u.name.clone(), u.password_hash.clone()))
             .collect();
+        let allowed_from = users
+            .iter()
+            .map(|u| (u.name.clone(), u.allowed_from.clone()))
+            .collect();
         let salt = SaltString::from_b64("YmF0b25kdW1teXNhbHQ").expect("valid fixed salt");
         let dummy = Argon2::default()
             .hash_password(b"baton-dummy-password", &salt)
@@ -30,6 +36,7 @@ impl Users {
             .unwrap_or_default();
         Users {
             hashes: Arc::new(hashes),
+            allowed_from: Arc::new(allowed_from),
             dummy: Arc::new(dummy),
             checks: Arc::new(tokio::sync::Semaphore::new(4)),
         }
@@ -37,6 +44,28 @@ impl Users {
 
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
+    }
+
+    /// Logs a warning for each user that may send as any domain.
+    pub fn warn_unrestricted(&self) {
+        let mut open: Vec<&String> = self
+            .allowed_from
+            .iter()
+            .filter(|(_, domains)| domains.is_empty())
+            .map(|(name, _)| name)
+            .collect();
+        open.sort();
+        for name in open {
+            tracing::warn!(
+                user = %name,
+                "smtp.user {name:?} has no allowed_from: once authenticated it may send as any domain"
+            );
+        }
+    }
+
+    /// The sender domains `name` may use (empty: any).
+    pub fn allowed_from(&self, name: &str) -> Vec<String> {
+        self.allowed_from.get(name).cloned().unwrap_or_default()
     }
 
     /// Checks a name and password off the async threads (argon2 is deliberately slow).

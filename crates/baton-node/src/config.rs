@@ -220,6 +220,9 @@ pub struct SmtpConfig {
     /// average rate (bytes per second; 0: no minimum).
     #[serde(deserialize_with = "byte_rate")]
     pub data_min_rate: u64,
+    /// AUTH failures from one client address (IPv6: its /64) within 5 minutes, across
+    /// connections, before AUTH is refused with `421 4.7.0`; 0: no limit.
+    pub max_auth_failures_per_ip: usize,
     /// Connections of `max_connections` that only relay_networks clients and
     /// submission/implicit-TLS listeners may use. Default: a tenth of `max_connections`.
     pub reserved_connections: Option<usize>,
@@ -242,6 +245,7 @@ impl Default for SmtpConfig {
             data_timeout: Duration::from_secs(180),
             commit_timeout: Duration::from_secs(600),
             data_min_rate: 1024,
+            max_auth_failures_per_ip: 10,
             reserved_connections: None,
             listeners: Vec::new(),
             users: Vec::new(),

@@ -36,6 +36,11 @@
 //! | `baton_delivery_domain_crashes_total` | counter | domain delivery actors that crashed (and were started again) |
 //! | `baton_delivery_worker_crashes_total` | counter | delivery workers that crashed (their messages are taken again) |
 //! | `baton_smtp_session_crashes_total` | counter | inbound SMTP sessions that panicked (the session ends, nothing else) |
+//! | `baton_smtp_refused_connections_total{reason}` | counter | connections refused before the greeting: `proxy_untrusted`, `capacity`, `per_ip` |
+//! | `baton_smtp_timeouts_total{phase}` | counter | sessions cut with `421 4.4.2` at a deadline: `command`, `data` |
+//! | `baton_smtp_stressed_sessions_total` | counter | sessions started with nine in ten general slots taken (short timeouts) |
+//! | `baton_smtp_auth_throttled_total` | counter | AUTH refused unchecked: too many failures from the client address |
+//! | `baton_smtp_refused_messages_total` | counter | messages or senders refused for their bytes, lines or `allowed_from` |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -73,6 +78,11 @@ pub const COMPONENT_RESTARTS: &str = "baton_component_restarts_total";
 pub const DOMAIN_CRASHES: &str = "baton_delivery_domain_crashes_total";
 pub const WORKER_CRASHES: &str = "baton_delivery_worker_crashes_total";
 pub const SESSION_CRASHES: &str = "baton_smtp_session_crashes_total";
+pub const SMTP_REFUSED_CONNECTIONS: &str = "baton_smtp_refused_connections_total";
+pub const SMTP_TIMEOUTS: &str = "baton_smtp_timeouts_total";
+pub const SMTP_STRESSED: &str = "baton_smtp_stressed_sessions_total";
+pub const SMTP_AUTH_THROTTLED: &str = "baton_smtp_auth_throttled_total";
+pub const SMTP_REFUSED_MESSAGES: &str = "baton_smtp_refused_messages_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -164,6 +174,26 @@ fn describe() {
     describe_counter!(DOMAIN_CRASHES, "Domain delivery actors that crashed.");
     describe_counter!(WORKER_CRASHES, "Delivery workers that crashed.");
     describe_counter!(SESSION_CRASHES, "Inbound SMTP sessions that panicked.");
+    describe_counter!(
+        SMTP_REFUSED_CONNECTIONS,
+        "Inbound connections refused before the greeting, by reason (proxy_untrusted, capacity, per_ip)."
+    );
+    describe_counter!(
+        SMTP_TIMEOUTS,
+        "Sessions cut with 421 4.4.2 at a deadline, by phase (command, data)."
+    );
+    describe_counter!(
+        SMTP_STRESSED,
+        "Sessions started while nine in ten general connection slots were taken (short timeouts)."
+    );
+    describe_counter!(
+        SMTP_AUTH_THROTTLED,
+        "AUTH attempts refused unchecked: too many failures from the client address."
+    );
+    describe_counter!(
+        SMTP_REFUSED_MESSAGES,
+        "Messages or senders refused for their content or sender (bytes, lines, allowed_from)."
+    );
     // Register every contract name so /metrics carries them from the start.
     for c in [
         RECEIVED,
@@ -175,6 +205,9 @@ fn describe() {
         DOMAIN_CRASHES,
         WORKER_CRASHES,
         SESSION_CRASHES,
+        SMTP_STRESSED,
+        SMTP_AUTH_THROTTLED,
+        SMTP_REFUSED_MESSAGES,
     ] {
         metrics::counter!(c).increment(0);
     }

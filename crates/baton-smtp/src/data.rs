@@ -5,9 +5,13 @@
 //! Policy, chosen against SMTP smuggling: only `<CRLF>.<CRLF>` ends DATA (the start of
 //! the body counts as following a CRLF). A bare CR or LF anywhere marks the message
 //! rejected ([`DataError::BareLineEnding`]) but decoding continues to the real end, so
-//! the session stays in step with the client. BDAT chunks are taken as-is: their end is
-//! given by a byte count, so bare line endings cannot smuggle anything, and BDAT is
-//! allowed to carry them.
+//! the session stays in step with the client.
+//!
+//! DATA and BDAT share one byte policy (BINARYMIME is not offered, so a BDAT body is
+//! text too): bare CR, bare LF and NUL are refused, and so is a line over 1000 bytes
+//! including its CRLF, not counting a dot added for transparency (RFC 5321 §4.5.3.1.6).
+//! [`LineCheck`] applies it to BDAT chunks, which end by byte count, across chunk
+//! boundaries.
 
 /// Longest body line including CRLF (RFC 5321 §4.5.3.1.6).
 pub const MAX_DATA_LINE: usize = 1000;
@@ -24,6 +28,9 @@ pub enum DataError {
     /// A CR or LF not part of CRLF.
     #[error("bare CR or LF in message")]
     BareLineEnding,
+    /// A NUL byte (RFC 5322 §2.3 and §3.5 allow none).
+    #[error("NUL byte in message")]
+    Nul,
     /// A line over 1000 bytes including CRLF.
     #[error("line too long")]
     LineTooLong,
@@ -63,6 +70,7 @@ pub struct DataDecoder {
     max: u64,
     too_large: bool,
     bare: bool,
+    nul: bool,
     long: bool,
 }
 
@@ -76,6 +84,7 @@ impl DataDecoder {
             max: max_size,
             too_large: false,
             bare: false,
+            nul: false,
             long: false,
         }
     }
@@ -87,10 +96,7 @@ impl DataDecoder {
         while i < input.len() && self.st != St::Done {
             if self.st == St::Mid {
                 let rest = &input[i..];
-                let n = rest
-                    .iter()
-                    .position(|&c| c == b'\r' || c == b'\n')
-                    .unwrap_or(rest.len());
+                let n = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
                 if n > 0 {
                     self.count(n);
                     self.emit(&rest[..n], out);
@@ -100,7 +106,10 @@ impl DataDecoder {
             }
             let b = input[i];
             i += 1;
-            self.count(1);
+            // A dot at line start is either the end or transparency: not line content.
+            if !(self.st == St::LineStart && b == b'.') {
+                self.count(1);
+            }
             match self.st {
                 St::LineStart | St::Mid => match b {
                     b'.' if self.st == St::LineStart => self.st = St::Dot,
@@ -146,6 +155,10 @@ impl DataDecoder {
                 self.bare = true;
                 self.st = St::Mid;
             }
+            0 => {
+                self.nul = true;
+                self.st = St::Mid;
+            }
             _ => self.st = St::Mid,
         }
         self.emit(&[b], out);
@@ -179,12 +192,93 @@ impl DataDecoder {
         self.size
     }
 
-    /// The verdict, meaningful once done. Size beats bare line endings beats long lines.
+    /// The verdict, meaningful once done. Size beats bare line endings beats NUL beats
+    /// long lines.
     pub fn result(&self) -> Result<(), DataError> {
         if self.too_large {
             Err(DataError::TooLarge)
         } else if self.bare {
             Err(DataError::BareLineEnding)
+        } else if self.nul {
+            Err(DataError::Nul)
+        } else if self.long {
+            Err(DataError::LineTooLong)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// DATA's byte policy for a body that arrives without dot-stuffing (BDAT): bare CR,
+/// bare LF, NUL and lines over [`MAX_DATA_LINE`] are noted; feed the chunks in order.
+#[derive(Debug, Clone, Default)]
+pub struct LineCheck {
+    cr: bool,
+    line_len: usize,
+    bare: bool,
+    nul: bool,
+    long: bool,
+}
+
+impl LineCheck {
+    /// Scan the next bytes of the body.
+    pub fn scan(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let k = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
+            if k > 0 {
+                self.text(k);
+            }
+            let Some(&b) = rest.get(k) else { break };
+            match b {
+                b'\r' => {
+                    if self.cr {
+                        self.bare = true;
+                    }
+                    self.cr = true;
+                    self.add(1);
+                }
+                b'\n' if self.cr => {
+                    self.cr = false;
+                    self.add(1);
+                    self.line_len = 0;
+                }
+                b'\n' => {
+                    self.bare = true;
+                    self.add(1);
+                }
+                _ => {
+                    self.nul = true;
+                    self.text(1);
+                }
+            }
+            rest = &rest[k + 1..];
+        }
+    }
+
+    /// `n` bytes that are not CR or LF.
+    fn text(&mut self, n: usize) {
+        if self.cr {
+            self.bare = true;
+            self.cr = false;
+        }
+        self.add(n);
+    }
+
+    fn add(&mut self, n: usize) {
+        self.line_len += n;
+        if self.line_len > MAX_DATA_LINE {
+            self.long = true;
+        }
+    }
+
+    /// The verdict for the body scanned so far, as its end: bare line endings beat NUL
+    /// beats long lines.
+    pub fn result(&self) -> Result<(), DataError> {
+        if self.bare || self.cr {
+            Err(DataError::BareLineEnding)
+        } else if self.nul {
+            Err(DataError::Nul)
         } else if self.long {
             Err(DataError::LineTooLong)
         } else {
@@ -339,6 +433,8 @@ mod tests {
         use DataError::*;
         let long = [vec![b'x'; 999], b"\r\n.\r\n".to_vec()].concat();
         let ok_long = [vec![b'x'; 998], b"\r\n.\r\n".to_vec()].concat();
+        let dot_long = [b"..".to_vec(), vec![b'x'; 997], b"\r\n.\r\n".to_vec()].concat();
+        let dot_too_long = [b"..".to_vec(), vec![b'x'; 998], b"\r\n.\r\n".to_vec()].concat();
         type Case<'a> = (&'a [u8], &'a [u8], bool, Result<(), DataError>);
         let cases: Vec<Case> = vec![
             (b".\r\n", b"", true, Ok(())),
@@ -389,6 +485,19 @@ mod tests {
             (b"a\r\n", b"a\r\n", false, Ok(())),
             (&long, &long[..1001], true, Err(LineTooLong)),
             (&ok_long, &ok_long[..1000], true, Ok(())),
+            // A 998-octet line starting with a dot travels as 999 octets + CRLF: the
+            // transparency dot does not count (RFC 5321 §4.5.3.1.6).
+            (&dot_long, &dot_long[1..1001], true, Ok(())),
+            (
+                &dot_too_long,
+                &dot_too_long[1..1002],
+                true,
+                Err(LineTooLong),
+            ),
+            (b"a\0b\r\n.\r\n", b"a\0b\r\n", true, Err(Nul)),
+            (b"\0\r\n.\r\n", b"\0\r\n", true, Err(Nul)),
+            (b".\0\r\n.\r\n", b"\0\r\n", true, Err(Nul)),
+            (b"a\r\0\r\n.\r\n", b"a\r\0\r\n", true, Err(BareLineEnding)),
         ];
         for (input, body, done, result) in cases {
             let (out, consumed, d, r) = decode_all_splits(input, 1 << 20);
@@ -455,6 +564,43 @@ mod tests {
                 done: true
             }
         );
+    }
+
+    /// Scan `body` split at every position; all splits must agree.
+    fn check_all_splits(body: &[u8]) -> Result<(), DataError> {
+        let mut whole = LineCheck::default();
+        whole.scan(body);
+        for split in 0..=body.len() {
+            let mut c = LineCheck::default();
+            c.scan(&body[..split]);
+            c.scan(&body[split..]);
+            assert_eq!(c.result(), whole.result(), "split {split} of {body:?}");
+        }
+        whole.result()
+    }
+
+    #[test]
+    fn line_check_table() {
+        use DataError::*;
+        let ok_long = [vec![b'x'; 998], b"\r\n".to_vec()].concat();
+        let long = [vec![b'x'; 999], b"\r\n".to_vec()].concat();
+        let cases: [(&[u8], Result<(), DataError>); 12] = [
+            (b"", Ok(())),
+            (b"a\r\nb\r\n", Ok(())),
+            (b"a\r\n\r\nbody\r\n", Ok(())),
+            (b"a\nb\r\n", Err(BareLineEnding)),
+            (b"a\rb\r\n", Err(BareLineEnding)),
+            (b"a\r\r\n", Err(BareLineEnding)),
+            (b"a\r", Err(BareLineEnding)),
+            (b"a\0b\r\n", Err(Nul)),
+            (b"\0", Err(Nul)),
+            (b"a\r\0\r\n", Err(BareLineEnding)),
+            (&ok_long, Ok(())),
+            (&long, Err(LineTooLong)),
+        ];
+        for (body, want) in cases {
+            assert_eq!(check_all_splits(body), want, "{body:?}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod header;
 pub mod line;
 pub mod proxy;
 pub mod replies;

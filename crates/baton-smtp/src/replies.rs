@@ -167,10 +167,36 @@ pub fn data_error(e: DataError) -> Reply {
             "5.6.0",
             "Bare CR or LF not allowed, lines must end with CRLF (RFC 5321 2.3.8)",
         ),
+        DataError::Nul => Reply::new(
+            550,
+            "5.6.0",
+            "NUL characters not allowed in a message (RFC 5322 2.3)",
+        ),
         DataError::LineTooLong => {
             Reply::new(550, "5.6.0", "Line too long (RFC 5321 limit is 1000 bytes)")
         }
     }
+}
+
+/// An authenticated user's envelope sender outside its `allowed_from`.
+pub fn sender_not_allowed(domain: &str) -> Reply {
+    Reply::new(
+        550,
+        "5.7.1",
+        format!("Sender domain {domain} not allowed for this user"),
+    )
+}
+/// An authenticated user's `From:` header outside its `allowed_from`.
+pub fn from_header_not_allowed(domain: &str) -> Reply {
+    Reply::new(
+        550,
+        "5.7.1",
+        format!("From: header domain {domain} not allowed for this user"),
+    )
+}
+/// An authenticated user's `From:` header that cannot be checked.
+pub fn from_header_unusable(e: crate::header::FromError) -> Reply {
+    Reply::new(550, "5.7.1", format!("Message refused: {e}"))
 }
 
 // ---------------------------------------------------------------- AUTH
@@ -181,6 +207,16 @@ pub fn auth_ok() -> Reply {
 /// AUTH with bad credentials.
 pub fn auth_failed() -> Reply {
     Reply::new(535, "5.7.8", "Authentication credentials invalid")
+}
+/// Too many AUTH failures from this client address, across connections.
+pub fn auth_throttled(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!(
+            "{host} Error: too many authentication failures from your address, try again later"
+        ),
+    )
 }
 /// AUTH where no users are configured.
 pub fn auth_disabled() -> Reply {
@@ -433,6 +469,11 @@ mod tests {
             data_error(DataError::TooLarge),
             data_error(DataError::BareLineEnding),
             data_error(DataError::LineTooLong),
+            data_error(DataError::Nul),
+            sender_not_allowed("x"),
+            from_header_not_allowed("x"),
+            from_header_unusable(crate::header::FromError::Several),
+            auth_throttled("h"),
             auth_ok(),
             auth_failed(),
             auth_disabled(),

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use baton_smtp::data::DataDecoder;
-use baton_smtp::server::{Action, Event, ServerConfig, ServerSession};
+use baton_smtp::server::{Action, AuthResult, Event, ServerConfig, ServerSession};
 use baton_smtp::{address, proxy, reply};
 
 #[path = "../fuzz/src/lib.rs"]
@@ -94,7 +94,7 @@ fn transcript(input: &[u8], cuts: &[usize]) -> Vec<u8> {
                     wire.extend(r.to_bytes());
                     None
                 }
-                Action::CheckAuth { .. } => Some(Event::AuthChecked { ok: true }),
+                Action::CheckAuth { .. } => Some(Event::AuthChecked(AuthResult::valid())),
                 Action::CheckRcpt { .. } => Some(Event::RcptChecked(Ok(()))),
                 Action::Enqueue(env) => {
                     wire.extend(b"<enqueued ");
@@ -102,7 +102,7 @@ fn transcript(input: &[u8], cuts: &[usize]) -> Vec<u8> {
                     wire.extend(b">");
                     Some(Event::Enqueued(Ok("ID".into())))
                 }
-                Action::StartTls | Action::Close => None,
+                Action::StartTls | Action::Close | Action::Refused(_) => None,
             };
             if let Some(ev) = ev {
                 actions.extend(s.handle(ev));

@@ -3,7 +3,7 @@
 use baton_smtp::address::{Mailbox, ReversePath};
 use baton_smtp::command::BodyType;
 use baton_smtp::reply::Reply;
-use baton_smtp::server::{Action, Envelope, Event, Phase, ServerConfig, ServerSession};
+use baton_smtp::server::{Action, AuthResult, Envelope, Event, Phase, ServerConfig, ServerSession};
 
 fn relay_cfg() -> ServerConfig {
     ServerConfig {
@@ -366,7 +366,7 @@ fn submission_requires_tls_then_auth() {
         password: "secret".into(),
     }));
     assert!(t.s.waiting());
-    t.event(Event::AuthChecked { ok: true })
+    t.event(Event::AuthChecked(AuthResult::valid()))
         .expect("235 2.7.0 Authentication succeeded");
     assert_eq!(t.s.authenticated(), Some("bob"));
     t.send("AUTH PLAIN AGJvYgBzZWNyZXQ=").expect("503 5.5.1");
@@ -395,7 +395,7 @@ fn auth_exchanges() {
     t.send("AUTH PLAIN").expect("334 \r\n");
     let step = t.send("AGJvYgBzZWNyZXQ=");
     assert!(matches!(&step.0[..], [Action::CheckAuth { username, .. }] if username == "bob"));
-    t.event(Event::AuthChecked { ok: false })
+    t.event(Event::AuthChecked(AuthResult::Invalid))
         .expect("535 5.7.8 Authentication credentials invalid");
     assert_eq!(t.s.authenticated(), None);
 
@@ -409,12 +409,14 @@ fn auth_exchanges() {
         username: "bob".into(),
         password: "secret".into(),
     }));
-    t.event(Event::AuthChecked { ok: false }).expect("535");
+    t.event(Event::AuthChecked(AuthResult::Invalid))
+        .expect("535");
     t.send("auth login Ym9i").expect("334 UGFzc3dvcmQ6");
     t.send("=").0.iter().for_each(|a| {
         assert!(matches!(a, Action::CheckAuth { password, .. } if password.is_empty()))
     });
-    t.event(Event::AuthChecked { ok: true }).expect("235");
+    t.event(Event::AuthChecked(AuthResult::valid()))
+        .expect("235");
 }
 
 #[test]
@@ -453,7 +455,8 @@ fn auth_without_tls_from_relay_network() {
     let ehlo = t.send("EHLO c").replies().join("");
     assert!(ehlo.contains("AUTH PLAIN LOGIN"));
     t.send("AUTH PLAIN AGJvYgBzZWNyZXQ=");
-    t.event(Event::AuthChecked { ok: true }).expect("235");
+    t.event(Event::AuthChecked(AuthResult::valid()))
+        .expect("235");
 }
 
 #[test]
@@ -483,7 +486,11 @@ fn recipient_checks_wait_and_buffer() {
     let step = t.event(Event::RcptChecked(Ok(())));
     assert_eq!(step.codes(), vec!["250 2.1.5", "354"]);
     // A stray event is ignored.
-    assert!(t.event(Event::AuthChecked { ok: true }).0.is_empty());
+    assert!(
+        t.event(Event::AuthChecked(AuthResult::valid()))
+            .0
+            .is_empty()
+    );
 }
 
 #[test]
@@ -492,11 +499,12 @@ fn bdat() {
     t.ehlo();
     t.send("MAIL FROM:<a@b>").expect("250");
     t.send("RCPT TO:<x@y>").expect("250");
-    let step = t.raw(b"BDAT 5\r\nab\ncdBDAT 3 LAST\r\nxyz");
+    // A chunk may end inside a CRLF.
+    let step = t.raw(b"BDAT 5\r\nab\r\ncBDAT 4 LAST\r\nd\r\nz");
     assert_eq!(step.codes(), vec!["250 2.0.0"]);
     assert_eq!(step.replies()[0], "250 2.0.0 5 bytes received\r\n");
     match &step.0[..] {
-        [_, Action::Enqueue(env)] => assert_eq!(env.body, b"ab\ncdxyz"),
+        [_, Action::Enqueue(env)] => assert_eq!(env.body, b"ab\r\ncd\r\nz"),
         other => panic!("{other:?}"),
     }
     t.event(Event::Enqueued(Ok("B1".into())))
@@ -608,4 +616,232 @@ fn buffered_input_is_bounded_while_waiting() {
         Some(std::time::Duration::from_secs(180))
     );
     assert_eq!(Phase::Waiting.timeout(), None);
+}
+
+fn big_cfg() -> ServerConfig {
+    ServerConfig {
+        max_message_size: 100_000,
+        ..relay_cfg()
+    }
+}
+
+/// Bare CR, bare LF and NUL are refused alike in DATA and in BDAT, with one reply, and
+/// the refusal is reported for the log; the session goes on.
+#[test]
+fn one_byte_policy_for_data_and_bdat() {
+    let cases: [(&[u8], &str); 3] = [
+        (b"Subject: a\rb\r\n\r\nx\r\n", "550 5.6.0 Bare CR or LF"),
+        (b"Subject: a\nb\r\n\r\nx\r\n", "550 5.6.0 Bare CR or LF"),
+        (b"Subject: a\0b\r\n\r\nx\r\n", "550 5.6.0 NUL"),
+    ];
+    for (body, want) in cases {
+        for bdat in [false, true] {
+            let mut t = T::new(big_cfg());
+            t.ehlo();
+            t.send("MAIL FROM:<a@b.test>").expect("250");
+            t.send("RCPT TO:<x@y.test>").expect("250");
+            let step = if bdat {
+                let mut wire = format!("BDAT {} LAST\r\n", body.len()).into_bytes();
+                wire.extend_from_slice(body);
+                t.raw(&wire)
+            } else {
+                t.send("DATA").expect("354");
+                let mut wire = body.to_vec();
+                wire.extend_from_slice(b".\r\n");
+                t.raw(&wire)
+            };
+            let step = step.expect(want);
+            assert!(
+                step.0
+                    .iter()
+                    .any(|a| matches!(a, Action::Refused(r) if r.reply.code == 550)),
+                "{body:?} bdat={bdat}: refusal not reported: {step:?}"
+            );
+            assert!(t.enqueued.is_empty(), "{body:?} bdat={bdat}");
+            t.send("NOOP").expect("250");
+        }
+    }
+}
+
+/// RFC 5321 §4.5.3.1.6: a 998-octet line that starts with a dot is sent as 999 octets
+/// plus CRLF; the transparency dot does not count. BDAT counts the same line as is.
+#[test]
+fn dot_stuffed_998_octet_line_is_accepted() {
+    let line = [b".".to_vec(), vec![b'x'; 997]].concat();
+    let mut t = T::new(big_cfg());
+    t.ehlo();
+    t.send("MAIL FROM:<a@b.test>").expect("250");
+    t.send("RCPT TO:<x@y.test>").expect("250");
+    t.send("DATA").expect("354");
+    let wire = [
+        b"Subject: s\r\n\r\n.".to_vec(),
+        line.clone(),
+        b"\r\n.\r\n".to_vec(),
+    ]
+    .concat();
+    match &t.raw(&wire).0[..] {
+        [Action::Enqueue(env)] => {
+            assert_eq!(
+                env.body,
+                [
+                    b"Subject: s\r\n\r\n".to_vec(),
+                    line.clone(),
+                    b"\r\n".to_vec()
+                ]
+                .concat()
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    t.event(Event::Enqueued(Ok("Q".into()))).expect("250");
+
+    // One octet more is over the limit, in DATA and in BDAT.
+    let long = [line.clone(), b"y".to_vec()].concat();
+    t.send("MAIL FROM:<a@b.test>").expect("250");
+    t.send("RCPT TO:<x@y.test>").expect("250");
+    t.send("DATA").expect("354");
+    let wire = [b".".to_vec(), long.clone(), b"\r\n.\r\n".to_vec()].concat();
+    t.raw(&wire).expect("550 5.6.0 Line too long");
+    t.send("MAIL FROM:<a@b.test>").expect("250");
+    t.send("RCPT TO:<x@y.test>").expect("250");
+    let wire = [
+        format!("BDAT {} LAST\r\n", long.len() + 2).into_bytes(),
+        long,
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    t.raw(&wire).expect("550 5.6.0 Line too long");
+}
+
+/// Refused recipients count as errors: probing addresses ends the session.
+#[test]
+fn relay_denied_recipients_end_the_session() {
+    let mut t = T::new(ServerConfig {
+        relay_allowed: false,
+        max_errors: 10,
+        ..relay_cfg()
+    });
+    t.ehlo();
+    t.send("MAIL FROM:<a@b.test>").expect("250");
+    let mut wire = String::new();
+    for i in 0..20 {
+        wire.push_str(&format!("RCPT TO:<u{i}@y.test>\r\n"));
+    }
+    let step = t.raw(wire.as_bytes());
+    let codes = step.codes();
+    assert_eq!(codes.len(), 11, "{codes:?}");
+    assert!(codes[..10].iter().all(|c| c == "554 5.7.1"), "{codes:?}");
+    assert_eq!(codes[10], "421 4.7.0");
+    assert!(step.closes());
+}
+
+/// Over max_recipients: 452 for as many again (a client may send the rest in another
+/// transaction), then each one is an error.
+#[test]
+fn recipients_over_the_limit_count_after_an_overshoot() {
+    let mut t = T::new(ServerConfig {
+        max_recipients: 2,
+        max_errors: 3,
+        ..relay_cfg()
+    });
+    t.ehlo();
+    t.send("MAIL FROM:<a@b.test>").expect("250");
+    let mut wire = String::new();
+    for i in 0..10 {
+        wire.push_str(&format!("RCPT TO:<u{i}@y.test>\r\n"));
+    }
+    let codes = t.raw(wire.as_bytes()).codes();
+    assert_eq!(
+        codes,
+        [
+            "250 2.1.5",
+            "250 2.1.5",
+            "452 4.5.3",
+            "452 4.5.3",
+            "452 4.5.3",
+            "452 4.5.3",
+            "452 4.5.3",
+            "421 4.7.0"
+        ]
+    );
+}
+
+fn restricted(t: &mut T) {
+    t.ehlo();
+    let step = t.send("AUTH PLAIN AGFsaWNlAHB3");
+    assert!(step.has(&Action::CheckAuth {
+        mechanism: "PLAIN".into(),
+        authzid: String::new(),
+        username: "alice".into(),
+        password: "pw".into(),
+    }));
+    t.event(Event::AuthChecked(AuthResult::Valid {
+        allowed_from: vec!["example.com".into(), "*.example.com".into()],
+    }))
+    .expect("235");
+}
+
+fn auth_cfg() -> ServerConfig {
+    ServerConfig {
+        relay_allowed: false,
+        tls_active: true,
+        auth_enabled: true,
+        max_message_size: 10_000,
+        ..relay_cfg()
+    }
+}
+
+/// An authenticated user restricted by allowed_from: the envelope sender at MAIL and
+/// the From: header at the end of the data.
+#[test]
+fn allowed_from_envelope_and_header() {
+    let mut t = T::new(auth_cfg());
+    restricted(&mut t);
+    let step = t.send("MAIL FROM:<ceo@bank.test>").expect("550 5.7.1");
+    assert!(step.0.iter().any(|a| matches!(a, Action::Refused(_))));
+    t.send("MAIL FROM:<news@mail.example.com>").expect("250");
+    t.send("RCPT TO:<x@y.test>").expect("250");
+    t.send("DATA").expect("354");
+    t.raw(b"From: CEO <ceo@bank.test>\r\n\r\nx\r\n.\r\n")
+        .expect("550 5.7.1 From: header domain bank.test");
+    assert!(t.enqueued.is_empty());
+
+    for (from, want) in [
+        ("From: a@example.com, b@bank.test", "550 5.7.1"),
+        (
+            "From: a@example.com\r\nFrom: b@bank.test",
+            "550 5.7.1 Message refused: more than one From",
+        ),
+        ("From: <a@example.com", "550 5.7.1 Message refused"),
+    ] {
+        t.send("MAIL FROM:<a@example.com>").expect("250");
+        t.send("RCPT TO:<x@y.test>").expect("250");
+        t.send("DATA").expect("354");
+        t.raw(format!("{from}\r\n\r\nx\r\n.\r\n").as_bytes())
+            .expect(want);
+    }
+    assert!(t.enqueued.is_empty());
+
+    t.send("MAIL FROM:<a@example.com>").expect("250");
+    t.send("RCPT TO:<x@y.test>").expect("250");
+    t.send("DATA").expect("354");
+    t.raw(b"From: \"Bank <ceo@bank.test>\" <a@EXAMPLE.com>\r\n\r\nx\r\n.\r\n");
+    assert_eq!(t.enqueued.len(), 1);
+}
+
+/// An IO layer refusing to check credentials (throttled) closes the session with its
+/// 421.
+#[test]
+fn auth_refused_by_the_io_layer_closes() {
+    let mut t = T::new(auth_cfg());
+    t.ehlo();
+    t.send("AUTH PLAIN AGFsaWNlAHB3");
+    let step = t
+        .event(Event::AuthChecked(AuthResult::Refused(Reply::new(
+            421,
+            "4.7.0",
+            "too many failures",
+        ))))
+        .expect("421 4.7.0");
+    assert!(step.closes());
 }

@@ -6,7 +6,7 @@
 use baton_smtp::command;
 use baton_smtp::data::{DataDecoder, DataError};
 use baton_smtp::reply::{Reply, ReplyParser};
-use baton_smtp::server::{Action, Event, ServerConfig, ServerSession};
+use baton_smtp::server::{Action, AuthResult, Event, ServerConfig, ServerSession};
 
 /// Parse one arbitrary command line; a reply must be a well-formed error.
 pub fn command(data: &[u8]) {
@@ -103,9 +103,12 @@ fn answer(s: &mut ServerSession, mut actions: Vec<Action>, enqueued: &mut u32) -
                 None
             }
             Action::StartTls => Some(Event::TlsEstablished),
-            Action::CheckAuth { password, .. } => Some(Event::AuthChecked {
-                ok: password == "ok",
-            }),
+            Action::CheckAuth { password, .. } => Some(Event::AuthChecked(if password == "ok" {
+                AuthResult::valid()
+            } else {
+                AuthResult::Invalid
+            })),
+            Action::Refused(_) => None,
             Action::CheckRcpt { to, .. } => {
                 Some(Event::RcptChecked(if to.local.starts_with('s') {
                     Err(Reply::new(550, "5.1.1", "suppressed"))

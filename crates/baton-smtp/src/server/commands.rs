@@ -1,10 +1,12 @@
 //! Command handlers: EHLO/HELO, MAIL, RCPT, DATA, BDAT and the simple verbs.
 
-use super::{Action, Envelope, ServerSession, State, Txn, Wait};
+use super::{Action, Envelope, Refusal, ServerSession, State, Txn, Wait};
 use crate::address::{Mailbox, ReversePath};
 use crate::command::{self, BodyType, Command, MailParams};
-use crate::data::{BdatDecoder, DataDecoder, DataError};
+use crate::data::{BdatDecoder, DataDecoder, DataError, LineCheck};
+use crate::header::{self, FromError};
 use crate::replies;
+use crate::reply::Reply;
 
 impl ServerSession {
     /// Handle one command line.
@@ -81,12 +83,22 @@ impl ServerSession {
         if from.needs_smtputf8() && !params.smtputf8 {
             return self.reply(replies::need_smtputf8());
         }
+        if !self.allowed_from.is_empty()
+            && let Some(sender) = from.mailbox()
+            && !header::domain_allowed(&sender.domain, &self.allowed_from)
+        {
+            let reply = replies::sender_not_allowed(&sender.domain);
+            self.refused(from.to_string(), 0, 0, reply.clone());
+            return self.error(reply);
+        }
         self.txn = Some(Txn {
             from,
             params,
             rcpts: Vec::new(),
+            over_limit: 0,
             body: Vec::new(),
             bdat: false,
+            check: LineCheck::default(),
         });
         self.reply(replies::mail_ok());
     }
@@ -99,7 +111,17 @@ impl ServerSession {
             return self.error(replies::rcpt_after_bdat());
         }
         if txn.rcpts.len() >= self.cfg.max_recipients {
-            return self.reply(replies::too_many_rcpts());
+            // Like Postfix's recipient overshoot: a client that ignores the limit for
+            // as many recipients again is probing, and each further one is an error.
+            let over = txn.over_limit + 1;
+            if let Some(t) = self.txn.as_mut() {
+                t.over_limit = over;
+            }
+            return if over > self.cfg.max_recipients {
+                self.error(replies::too_many_rcpts())
+            } else {
+                self.reply(replies::too_many_rcpts())
+            };
         }
         if to.needs_smtputf8() && !txn.params.smtputf8 {
             return self.reply(replies::need_smtputf8());
@@ -108,7 +130,7 @@ impl ServerSession {
             // <postmaster> must always be accepted (RFC 5321 §4.5.1).
             to.domain = self.cfg.hostname.clone();
         } else if !self.cfg.relay_allowed && self.auth_user.is_none() {
-            return self.reply(replies::relay_denied());
+            return self.error(replies::relay_denied());
         }
         if txn.rcpts.iter().any(|r| r.same_as(&to)) {
             return self.reply(replies::rcpt_ok());
@@ -184,7 +206,10 @@ impl ServerSession {
         }
         match dec.result() {
             Err(e) => self.end_of_message(Err(e)),
-            Ok(()) if last => self.end_of_message(Ok(())),
+            Ok(()) if last => {
+                let check = self.txn.as_ref().map_or(Ok(()), |t| t.check.result());
+                self.end_of_message(check)
+            }
             Ok(()) => self.reply(replies::bdat_ok(size)),
         }
     }
@@ -194,8 +219,15 @@ impl ServerSession {
         let Some(txn) = self.txn.take() else {
             return self.reply(replies::need_mail());
         };
-        if let Err(e) = result {
-            return self.reply(replies::data_error(e));
+        let refusal = match result {
+            Err(e) => Some(replies::data_error(e)),
+            Ok(()) if !self.allowed_from.is_empty() => self.check_from_header(&txn.body),
+            Ok(()) => None,
+        };
+        if let Some(reply) = refusal {
+            let size = txn.body.len() as u64;
+            self.refused(txn.from.to_string(), txn.rcpts.len(), size, reply.clone());
+            return self.reply(reply);
         }
         let env = Envelope {
             helo: self.helo.clone().unwrap_or_default(),
@@ -210,6 +242,29 @@ impl ServerSession {
         };
         self.out.push(Action::Enqueue(env));
         self.wait = Wait::Enqueue;
+    }
+
+    /// The `From:` header of an authenticated user restricted by `allowed_from`: every
+    /// address's domain must be allowed. No `From:` at all is left to the receiver.
+    fn check_from_header(&self, body: &[u8]) -> Option<Reply> {
+        match header::from_domains(body) {
+            Ok(domains) => domains
+                .iter()
+                .find(|d| !header::domain_allowed(d, &self.allowed_from))
+                .map(|d| replies::from_header_not_allowed(d)),
+            Err(FromError::Missing) => None,
+            Err(e) => Some(replies::from_header_unusable(e)),
+        }
+    }
+
+    /// Tell the IO layer, for its log, what was refused.
+    fn refused(&mut self, from: String, rcpts: usize, size: u64, reply: Reply) {
+        self.out.push(Action::Refused(Refusal {
+            from,
+            rcpts,
+            size,
+            reply,
+        }));
     }
 
     fn starttls(&mut self) {

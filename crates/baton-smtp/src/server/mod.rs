@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::address::{Mailbox, ReversePath};
 use crate::command::{BodyType, MailParams};
-use crate::data::{BdatDecoder, DataDecoder};
+use crate::data::{BdatDecoder, DataDecoder, LineCheck};
 use crate::line::{LineEvent, LineReader};
 use crate::replies;
 use crate::reply::Reply;
@@ -83,10 +83,7 @@ pub enum Event<'a> {
     /// The TLS handshake asked for by [`Action::StartTls`] finished.
     TlsEstablished,
     /// Result of [`Action::CheckAuth`].
-    AuthChecked {
-        /// Credentials valid.
-        ok: bool,
-    },
+    AuthChecked(AuthResult),
     /// Result of [`Action::CheckRcpt`]: accept, or the reply to refuse with.
     RcptChecked(Result<(), Reply>),
     /// Result of [`Action::Enqueue`]: the queue id, or the reply to refuse with
@@ -94,6 +91,31 @@ pub enum Event<'a> {
     Enqueued(Result<String, Reply>),
     /// The phase timeout ([`ServerSession::phase`]) expired.
     Timeout,
+}
+
+/// The IO layer's verdict on credentials ([`Action::CheckAuth`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// Valid. The user may use only these domains in the envelope sender and the
+    /// `From:` header (`example.com`, `*.example.com`); empty: any.
+    Valid {
+        /// Domain patterns, see [`crate::header::domain_allowed`].
+        allowed_from: Vec<String>,
+    },
+    /// Not valid: `535 5.7.8`, counted as an error.
+    Invalid,
+    /// Not checked, refused with this reply (too many failures from this client, say).
+    /// A `421` closes the session.
+    Refused(Reply),
+}
+
+impl AuthResult {
+    /// Valid, with no restriction on sender domains.
+    pub fn valid() -> AuthResult {
+        AuthResult::Valid {
+            allowed_from: Vec::new(),
+        }
+    }
 }
 
 /// Something the IO layer must do, in order.
@@ -126,8 +148,24 @@ pub enum Action {
     },
     /// Store this message durably, then send [`Event::Enqueued`].
     Enqueue(Envelope),
+    /// Only to log: a message or sender was refused for its content or its sender (the
+    /// reply follows as its own [`Action::Reply`]).
+    Refused(Refusal),
     /// Close the connection (after writing the replies before this).
     Close,
+}
+
+/// What was refused, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The envelope sender (`<>` for the null path).
+    pub from: String,
+    /// Recipients accepted so far.
+    pub rcpts: usize,
+    /// Body bytes received (0 when refused at MAIL).
+    pub size: u64,
+    /// The reply sent.
+    pub reply: Reply,
 }
 
 /// A received message. The caller prepends its own `Received:` header.
@@ -214,8 +252,12 @@ struct Txn {
     from: ReversePath,
     params: MailParams,
     rcpts: Vec<Mailbox>,
+    /// RCPTs refused for exceeding `max_recipients`.
+    over_limit: usize,
     body: Vec<u8>,
     bdat: bool,
+    /// DATA's byte policy over the BDAT chunks.
+    check: LineCheck,
 }
 
 /// One inbound SMTP session. Create it per connection, send [`Event::Connected`], then
@@ -230,6 +272,8 @@ pub struct ServerSession {
     helo: Option<String>,
     esmtp: bool,
     auth_user: Option<String>,
+    /// Sender domains the authenticated user may use (empty: any).
+    allowed_from: Vec<String>,
     tls: bool,
     txn: Option<Txn>,
     errors: usize,
@@ -249,6 +293,7 @@ impl ServerSession {
             helo: None,
             esmtp: false,
             auth_user: None,
+            allowed_from: Vec::new(),
             tls,
             txn: None,
             errors: 0,
@@ -347,19 +392,29 @@ impl ServerSession {
                 self.helo = None;
                 self.esmtp = false;
                 self.auth_user = None;
+                self.allowed_from.clear();
                 self.txn = None;
                 self.wait = Wait::None;
                 self.lines.clear();
                 self.inbuf.clear();
                 self.state = State::Command;
             }
-            Event::AuthChecked { ok } => {
+            Event::AuthChecked(result) => {
                 if let Wait::Auth { user } = std::mem::replace(&mut self.wait, Wait::None) {
-                    if ok {
-                        self.auth_user = Some(user);
-                        self.reply(replies::auth_ok());
-                    } else {
-                        self.error(replies::auth_failed());
+                    match result {
+                        AuthResult::Valid { allowed_from } => {
+                            self.auth_user = Some(user);
+                            self.allowed_from = allowed_from;
+                            self.reply(replies::auth_ok());
+                        }
+                        AuthResult::Invalid => self.error(replies::auth_failed()),
+                        AuthResult::Refused(r) => {
+                            let closing = r.code == 421;
+                            self.reply(r);
+                            if closing {
+                                return self.close();
+                            }
+                        }
                     }
                     self.process();
                 }
@@ -421,11 +476,14 @@ impl ServerSession {
                 }
                 State::Bdat { dec, .. } => {
                     let mut scratch = Vec::new();
-                    let body = match self.txn.as_mut() {
-                        Some(t) => &mut t.body,
-                        None => &mut scratch,
+                    let p = match self.txn.as_mut() {
+                        Some(t) => {
+                            let p = dec.feed(input, &mut t.body);
+                            t.check.scan(&input[..p.consumed]);
+                            p
+                        }
+                        None => dec.feed(input, &mut scratch),
                     };
-                    let p = dec.feed(input, body);
                     pos += p.consumed;
                     if p.done {
                         self.bdat_chunk_done();

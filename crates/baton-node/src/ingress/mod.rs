@@ -6,6 +6,11 @@
 //! results back. A message is answered 250 only after the Committer reports its `Enqueue`
 //! committed and flushed; from the end of its data until then, the session holds an
 //! activity token, so a drain waits for it.
+//!
+//! `limits.rs` holds what protects the node from its clients: connection capacity with
+//! a reserved share, per-IP counts, AUTH failures per address, and deadlines.
+
+mod limits;
 
 use crate::activity::Activity;
 use crate::auth::Users;
@@ -19,16 +24,19 @@ use baton_queue::state_machine::QueueReader;
 use baton_queue::{NewMessage, QueueError};
 use baton_smtp::command::BodyType;
 use baton_smtp::reply::Reply;
-use baton_smtp::server::{Action, Envelope, Event, Phase, ServerConfig, ServerSession};
+use baton_smtp::server::{
+    Action, AuthResult, Envelope, Event, Phase, Refusal, ServerConfig, ServerSession,
+};
 use baton_smtp::{proxy, replies};
 use ipnet::IpNet;
+use limits::{AuthFailures, Capacity, Deadlines, Timeouts};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -43,7 +51,8 @@ pub struct IngressShared {
     pub smtp: SmtpConfig,
     pub users: Users,
     pub committer: Slot<BatcherMsg<NewMessage>>,
-    pub connections: Arc<Semaphore>,
+    capacity: Capacity,
+    auth_failures: AuthFailures,
     /// Messages between the end of their data and their commit's answer.
     pub activity: Activity,
     /// KiB of message bodies handed to the Committer and not yet committed: a burst of
@@ -64,8 +73,10 @@ impl IngressShared {
         accepting: watch::Receiver<bool>,
         reader: QueueReader,
     ) -> Arc<IngressShared> {
+        users.warn_unrestricted();
         Arc::new(IngressShared {
-            connections: Arc::new(Semaphore::new(smtp.max_connections)),
+            capacity: Capacity::new(smtp.max_connections, smtp.reserved()),
+            auth_failures: AuthFailures::new(smtp.max_auth_failures_per_ip),
             commit_budget: Arc::new(Semaphore::new(COMMIT_BUDGET_KIB as usize)),
             smtp,
             users,
@@ -242,16 +253,16 @@ async fn serve(
     let _ = tcp.set_nodelay(true);
     let _gauge = SessionGauge::new();
     let hostname = shared.smtp.hostname.clone();
-    let Ok(_permit): Result<OwnedSemaphorePermit, _> =
-        shared.connections.clone().try_acquire_owned()
-    else {
-        let reply = replies::too_many_connections(&hostname);
-        tcp.write_all(&reply.to_bytes()).await?;
-        return Ok(());
-    };
 
-    // The PROXY header, if the listener expects one, names the real client.
+    // The PROXY header, if the listener expects one, names the real client; only the
+    // load balancers in proxy_trusted may send one.
     let client = if listener.proxy_protocol {
+        if !in_networks(&listener.proxy_trusted, peer.ip()) {
+            metrics::counter!(m::SMTP_REFUSED_CONNECTIONS, "reason" => "proxy_untrusted")
+                .increment(1);
+            tracing::warn!(peer = %peer, "PROXY listener: peer not in proxy_trusted, connection closed");
+            return Ok(());
+        }
         match read_proxy_header(&mut tcp).await? {
             Some(addr) => addr,
             None => peer,
@@ -260,7 +271,17 @@ async fn serve(
         peer
     };
     tracing::Span::current().record("client", tracing::field::display(client));
+    let relay_allowed = in_networks(&listener.relay_networks, client.ip());
+    let privileged = relay_allowed || listener.mode != ListenerMode::Relay;
+    let stressed = shared.capacity.stressed();
+    let Some(_slot) = shared.capacity.enter(privileged) else {
+        metrics::counter!(m::SMTP_REFUSED_CONNECTIONS, "reason" => "capacity").increment(1);
+        let reply = replies::too_many_connections(&hostname);
+        tcp.write_all(&reply.to_bytes()).await?;
+        return Ok(());
+    };
     let Some(_ip_guard) = shared.per_ip_enter(client.ip()) else {
+        metrics::counter!(m::SMTP_REFUSED_CONNECTIONS, "reason" => "per_ip").increment(1);
         let reply = replies::too_many_from_address(&hostname);
         tcp.write_all(&reply.to_bytes()).await?;
         return Ok(());
@@ -270,15 +291,18 @@ async fn serve(
         tcp.write_all(&reply.to_bytes()).await?;
         return Ok(());
     }
+    if stressed {
+        metrics::counter!(m::SMTP_STRESSED).increment(1);
+    }
+    let timeouts = Timeouts::new(&shared.smtp, stressed);
 
-    let relay_allowed = in_networks(&listener.relay_networks, client.ip());
     let implicit = listener.mode == ListenerMode::ImplicitTls;
     let mut conn = Conn::Plain(tcp);
     if implicit {
         let Some(acceptor) = &tls else {
             return Ok(());
         };
-        conn = upgrade(conn, acceptor, shared.smtp.command_timeout).await?;
+        conn = upgrade(conn, acceptor, timeouts.command).await?;
     }
     let mut session = ServerSession::new(ServerConfig {
         hostname: hostname.clone(),
@@ -297,6 +321,7 @@ async fn serve(
     let mut out = Vec::with_capacity(1024);
     let mut actions: VecDeque<Action> = session.handle(Event::Connected).into();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut deadlines = Deadlines::default();
     loop {
         while let Some(action) = actions.pop_front() {
             match action {
@@ -313,7 +338,7 @@ async fn serve(
                     let Some(acceptor) = &tls else {
                         return Ok(());
                     };
-                    conn = upgrade(conn, acceptor, shared.smtp.command_timeout).await?;
+                    conn = upgrade(conn, acceptor, timeouts.command).await?;
                     actions.extend(session.handle(Event::TlsEstablished));
                 }
                 Action::CheckAuth {
@@ -323,12 +348,8 @@ async fn serve(
                     ..
                 } => {
                     flush(&mut conn, &mut out).await?;
-                    let ok = (authzid.is_empty() || authzid == username)
-                        && shared.users.verify(&username, &password).await;
-                    if !ok {
-                        tracing::info!(user = %username, client = %client, "authentication failed");
-                    }
-                    actions.extend(session.handle(Event::AuthChecked { ok }));
+                    let result = check_auth(&shared, client, &username, &password, &authzid).await;
+                    actions.extend(session.handle(Event::AuthChecked(result)));
                 }
                 Action::CheckRcpt { to, .. } => {
                     let address = to.to_string();
@@ -342,6 +363,7 @@ async fn serve(
                     };
                     actions.extend(session.handle(Event::RcptChecked(verdict)));
                 }
+                Action::Refused(refusal) => log_refusal(&refusal, client, session.authenticated()),
                 Action::Enqueue(envelope) => {
                     flush(&mut conn, &mut out).await?;
                     match commit(&shared, envelope, client, matches!(conn, Conn::Tls(_))).await {
@@ -365,18 +387,20 @@ async fn serve(
             }
         }
         flush(&mut conn, &mut out).await?;
-        let timeout = match session.phase() {
-            Phase::Data => shared.smtp.data_timeout,
-            Phase::Closed => return Ok(()),
-            _ => shared.smtp.command_timeout,
-        };
+        let phase = session.phase();
+        if phase == Phase::Closed {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        deadlines.update(now, phase == Phase::Data, session.buffered() > 0, 0);
+        let deadline = deadlines.next(now, &timeouts);
         // Draining: a session between commands is told to come back later; one in the
         // middle of DATA finishes its message first.
-        let may_stop = session.phase() != Phase::Data;
+        let may_stop = phase != Phase::Data;
         let read = {
             let io = conn.io()?;
             tokio::select! {
-                r = tokio::time::timeout(timeout, io.read(&mut buf)) => Some(r),
+                r = tokio::time::timeout_at(deadline, io.read(&mut buf)) => Some(r),
                 _ = async { let _ = stop.wait_for(|s| *s).await; }, if may_stop => None,
             }
         };
@@ -386,12 +410,68 @@ async fn serve(
                 flush(&mut conn, &mut out).await?;
                 return Ok(());
             }
-            Some(Err(_)) => actions.extend(session.handle(Event::Timeout)),
+            Some(Err(_)) => {
+                let phase = if phase == Phase::Data {
+                    "data"
+                } else {
+                    "command"
+                };
+                metrics::counter!(m::SMTP_TIMEOUTS, "phase" => phase).increment(1);
+                tracing::info!(client = %client, phase, "deadline passed: 421 4.4.2 and close");
+                actions.extend(session.handle(Event::Timeout));
+            }
             Some(Ok(Ok(0))) => return Ok(()),
-            Some(Ok(Ok(n))) => actions.extend(session.handle(Event::Input(&buf[..n]))),
+            Some(Ok(Ok(n))) => {
+                if phase == Phase::Data {
+                    deadlines.update(tokio::time::Instant::now(), true, false, n);
+                }
+                actions.extend(session.handle(Event::Input(&buf[..n])));
+            }
             Some(Ok(Err(e))) => return Err(e),
         }
     }
+}
+
+/// Checks credentials, unless the client address has failed too often lately.
+async fn check_auth(
+    shared: &IngressShared,
+    client: SocketAddr,
+    username: &str,
+    password: &str,
+    authzid: &str,
+) -> AuthResult {
+    let now = tokio::time::Instant::now();
+    if shared.auth_failures.throttled(client.ip(), now) {
+        metrics::counter!(m::SMTP_AUTH_THROTTLED).increment(1);
+        tracing::warn!(client = %client, user = %username, "authentication refused: too many failures from this address");
+        return AuthResult::Refused(replies::auth_throttled(&shared.smtp.hostname));
+    }
+    let ok = (authzid.is_empty() || authzid == username)
+        && shared.users.verify(username, password).await;
+    if ok {
+        return AuthResult::Valid {
+            allowed_from: shared.users.allowed_from(username),
+        };
+    }
+    shared
+        .auth_failures
+        .failed(client.ip(), tokio::time::Instant::now());
+    tracing::info!(user = %username, client = %client, "authentication failed");
+    AuthResult::Invalid
+}
+
+/// One line per refused message or sender.
+fn log_refusal(r: &Refusal, client: SocketAddr, user: Option<&str>) {
+    metrics::counter!(m::SMTP_REFUSED_MESSAGES).increment(1);
+    tracing::info!(
+        from = %r.from,
+        nrcpt = r.rcpts,
+        size = r.size,
+        client = %client,
+        user = user.unwrap_or(""),
+        reply = %r.reply.to_string().trim_end(),
+        "message refused"
+    );
 }
 
 /// Writes the pending replies; a client that stops reading is dropped after a while.
@@ -476,7 +556,15 @@ async fn commit(
     // From the end of the data until the answer: a drain waits for this.
     let _activity = shared.activity.begin();
     let id = ulid::Ulid::new().to_string();
+    // The tenant: the AUTH user, else the sender's domain (CONTRACT, "Reputation").
+    let tenant = match (&envelope.authenticated, envelope.from.mailbox()) {
+        (Some(user), _) => user.clone(),
+        (None, Some(sender)) => sender.domain.to_ascii_lowercase(),
+        (None, None) => String::new(),
+    };
+    let from = envelope.from.to_string();
     let message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
+    let (size, nrcpt) = (message.body.len(), message.recipients.len());
     let kib = (message.body.len() / 1024).clamp(1, COMMIT_BUDGET_KIB as usize) as u32;
     let budget = tokio::time::timeout(
         Duration::from_secs(30),
@@ -489,7 +577,7 @@ async fn commit(
     match batcher::submit(&shared.committer, message, shared.smtp.commit_timeout).await? {
         Ok(()) => {
             metrics::counter!(m::RECEIVED).increment(1);
-            tracing::info!(id = %id, "queued");
+            tracing::info!(id = %id, from = %from, size, nrcpt, client = %client, tenant = %tenant, tls, "received");
             Some(Ok(id))
         }
         // Not stored: the client may try again, here or elsewhere.
