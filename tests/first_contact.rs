@@ -370,3 +370,83 @@ fn allowed_from_is_enforced_for_envelope_and_header() {
     assert_eq!(subjects, ["own", "relay"]);
     assert_eq!(node.log().matches("message refused").count(), 2);
 }
+
+/// The log has one line per received message and one per recipient outcome, with what
+/// an operator greps for, route failures included; events name the receiving node.
+#[test]
+fn logs_have_a_line_per_message_and_per_recipient_outcome() {
+    let port = free_port();
+    let sink = Sink::start(at("127.0.0.44", port));
+    let dns = Dns::start(
+        &Zone::new()
+            .mx("dst.test", 10, "mx.dst.test")
+            .a("mx.dst.test", "127.0.0.44"),
+    );
+    let node = Node::start(NodeOptions {
+        dns: Some(dns.addr),
+        mx_port: port,
+        ..Default::default()
+    });
+    let mut c = node.smtp();
+    c.hello();
+    let reply = c.send_mail(
+        "s@src.test",
+        &["u@dst.test", "v@nowhere.test"],
+        "Subject: logs\r\n\r\nx",
+    );
+    let id = queue_id(&reply);
+    sink.wait_for(1, WAIT);
+    let log = wait_until("both outcome lines", WAIT, || {
+        let log = node.log();
+        (log.matches("outcome").count() >= 2).then_some(log)
+    });
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file");
+    let received = log
+        .lines()
+        .find(|l| l.contains(" received") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no received line in\n{log}"));
+    for want in [
+        "from=<s@src.test>",
+        "nrcpt=2",
+        "client=127.0.0.1",
+        "tenant=src.test",
+        "tls=false",
+        "size=",
+    ] {
+        assert!(received.contains(want), "{want} not in {received}");
+    }
+    let sent = log
+        .lines()
+        .find(|l| l.contains("outcome") && l.contains("to=<u@dst.test>"))
+        .unwrap_or_else(|| panic!("no outcome line for u@dst.test in\n{log}"));
+    for want in [
+        &format!("id={id}") as &str,
+        "relay=mx.dst.test[127.0.0.44]",
+        "status=sent",
+        "dsn=2.0.0",
+        "delay=",
+    ] {
+        assert!(sent.contains(want), "{want} not in {sent}");
+    }
+    let bounced = log
+        .lines()
+        .find(|l| l.contains("outcome") && l.contains("to=<v@nowhere.test>"))
+        .unwrap_or_else(|| panic!("no outcome line for v@nowhere.test in\n{log}"));
+    assert!(bounced.contains("status=bounced"), "{bounced}");
+    assert!(bounced.contains("relay=none"), "{bounced}");
+
+    let events = Command::new(bin("batonctl"))
+        .args([
+            "--server",
+            &format!("http://{}", node.admin),
+            "--json",
+            "events",
+            "--kind",
+            "received",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&events.stdout);
+    assert!(text.contains(&id), "{text}");
+    assert!(!text.contains("\"node\":0"), "{text}");
+}

@@ -111,11 +111,12 @@ fn queue_options(config: &Config) -> QueueOptions {
 /// The Committer: messages from every session, group-committed into `Enqueue` entries.
 fn committer(s: &Arc<Shared>) -> BatcherComponent<NewMessage> {
     let w = s.writer.clone();
+    let node = s.config.node.id;
     let write: WriteFn<NewMessage> = Arc::new(move |messages| {
         let w = w.clone();
         Box::pin(async move {
             let started = tokio::time::Instant::now();
-            let result = w.write(Request::Enqueue { messages }).await;
+            let result = w.write(Request::EnqueueFrom { node, messages }).await;
             metrics::histogram!(crate::metrics::RAFT_APPEND)
                 .record(started.elapsed().as_secs_f64());
             result.map(|_| ())

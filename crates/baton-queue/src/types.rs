@@ -209,6 +209,12 @@ pub enum Request {
     WebhookSent {
         position: u64,
     },
+    /// Accept messages received by `node` (its id goes into their `received` events).
+    /// Ingress writes this; `Enqueue` stays for entries already in logs.
+    EnqueueFrom {
+        node: NodeId,
+        messages: Vec<NewMessage>,
+    },
 }
 
 /// What applying a command produced.

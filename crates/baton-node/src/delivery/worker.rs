@@ -317,6 +317,7 @@ impl WorkerState {
     fn finish(&self, job: &Job, token: InFlight, attempt: Attempt) -> JoinHandle<()> {
         let now = now_ms();
         count(&self.domain, job, &attempt, now);
+        log_outcomes(job, &attempt, now);
         let ctx = policy::Context {
             hostname: &self.ctx.hostname,
             retry: &self.ctx.retry,
@@ -369,6 +370,73 @@ fn release_later(token: InFlight) {
 }
 
 /// The metrics of one attempt.
+/// One line per recipient, for an operator who greps like Postfix's log:
+/// `id to relay delay dsn status tls reply`.
+fn log_outcomes(job: &Job, a: &Attempt, now: u64) {
+    let relay = match (a.remote.host.as_str(), a.remote.ip.as_str()) {
+        ("", "") => "none".to_string(),
+        (host, "") => host.to_string(),
+        (host, ip) => format!("{host}[{ip}]"),
+    };
+    let delay = format!(
+        "{:.1}",
+        now.saturating_sub(job.meta.received_at_ms) as f64 / 1000.0
+    );
+    let tls = if a.remote.tls.is_empty() {
+        "none"
+    } else {
+        a.remote.tls.as_str()
+    };
+    let line = |to: &str, dsn: &str, status: &str, reply: &str| {
+        tracing::info!(
+            id = %job.id, to = %format_args!("<{to}>"), relay = %relay, delay = %delay,
+            dsn = %dsn, status = %status, tls = %tls, reply = %reply, "outcome"
+        );
+    };
+    let last = a.last_reply.as_deref().unwrap_or("");
+    for to in &a.delivered {
+        line(to, enhanced_code(last).unwrap_or("2.0.0"), "sent", last);
+    }
+    let failed = if a.expired { "expired" } else { "bounced" };
+    for (to, code, reason) in &a.failed {
+        line(to, code, failed, reason);
+    }
+    let deferred = if a.held { "held" } else { "deferred" };
+    for (to, reason) in &a.deferred {
+        line(
+            to,
+            enhanced_code(reason).unwrap_or("4.0.0"),
+            deferred,
+            reason,
+        );
+    }
+    for to in &a.suppressed {
+        line(
+            to,
+            "5.7.1",
+            "suppressed",
+            "recipient on the suppression list",
+        );
+    }
+}
+
+/// The enhanced status code (`4.4.1`) after a reply's code, if the text has one.
+fn enhanced_code(text: &str) -> Option<&str> {
+    let mut words = text.split_whitespace();
+    let code = words.next()?;
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let enhanced = words.next()?;
+    let parts: Vec<&str> = enhanced.split('.').collect();
+    let valid = parts.len() == 3
+        && parts[0].len() == 1
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    valid.then_some(enhanced)
+}
+
 fn count(domain: &str, job: &Job, a: &Attempt, now: u64) {
     metrics::counter!(m::DELIVERED).increment(a.delivered.len() as u64);
     metrics::counter!(m::BOUNCED).increment(a.failed.len() as u64);
@@ -385,5 +453,19 @@ fn count(domain: &str, job: &Job, a: &Attempt, now: u64) {
     if !a.delivered.is_empty() {
         let age = now.saturating_sub(job.meta.received_at_ms) as f64 / 1000.0;
         metrics::histogram!(m::DELIVERY_LATENCY, "domain" => domain.to_string()).record(age);
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::enhanced_code;
+
+    #[test]
+    fn enhanced_codes_are_found_after_the_reply_code() {
+        assert_eq!(enhanced_code("250 2.0.0 Ok: queued"), Some("2.0.0"));
+        assert_eq!(enhanced_code("451 4.4.1 no answer"), Some("4.4.1"));
+        assert_eq!(enhanced_code("550 mailbox unavailable"), None);
+        assert_eq!(enhanced_code("connection refused"), None);
+        assert_eq!(enhanced_code(""), None);
     }
 }

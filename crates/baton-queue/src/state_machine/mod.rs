@@ -193,7 +193,9 @@ impl StateMachine {
         };
         for entry in entries {
             match &entry.payload {
-                EntryPayload::Normal(Request::Enqueue { messages }) => {
+                EntryPayload::Normal(
+                    Request::Enqueue { messages } | Request::EnqueueFrom { messages, .. },
+                ) => {
                     for m in messages {
                         put(m)?;
                     }

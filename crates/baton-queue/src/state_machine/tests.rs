@@ -147,6 +147,31 @@ fn enqueue_is_idempotent_by_id_in_an_entry_across_entries_and_after_finishing() 
 }
 
 #[test]
+fn received_events_name_the_node_that_received() {
+    let mut m = Machine::new();
+    m.apply(Request::EnqueueFrom {
+        node: 3,
+        messages: vec![message("A", &["x@dst.test", "y@dst.test"])],
+    });
+    m.enqueue(vec![message("B", &["x@dst.test"])]);
+    let nodes: Vec<(String, u64)> = m
+        .events()
+        .iter()
+        .filter(|(_, e)| e.kind == EventKind::Received)
+        .map(|(_, e)| (e.id.clone(), e.node))
+        .collect();
+    // An `Enqueue` written before nodes were named keeps node 0.
+    assert_eq!(
+        nodes,
+        [
+            ("A".to_string(), 3),
+            ("A".to_string(), 3),
+            ("B".to_string(), 0)
+        ]
+    );
+}
+
+#[test]
 fn a_message_is_split_by_domain_and_goes_with_its_last_domain() {
     let mut m = Machine::new();
     m.enqueue(vec![message(

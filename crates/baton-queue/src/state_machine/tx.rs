@@ -136,9 +136,13 @@ impl<'a> Tx<'a> {
         response: &mut Response,
     ) -> Result<Option<Ownership>, DbError> {
         match request {
-            Request::Enqueue { messages } => {
+            Request::Enqueue { messages } | Request::EnqueueFrom { messages, .. } => {
+                let node = match request {
+                    Request::EnqueueFrom { node, .. } => *node,
+                    _ => 0,
+                };
                 for message in messages {
-                    if self.enqueue(message, true)? {
+                    if self.enqueue(message, true, node)? {
                         response.added += 1;
                     } else {
                         response.duplicates += 1;
@@ -251,9 +255,9 @@ impl<'a> Tx<'a> {
         });
     }
 
-    /// Adds a message (with a `Received` event per recipient when `events`); false when
-    /// the id is already known.
-    fn enqueue(&mut self, m: &NewMessage, events: bool) -> Result<bool, DbError> {
+    /// Adds a message (with a `Received` event per recipient, naming `node`, when
+    /// `events`); false when the id is already known.
+    fn enqueue(&mut self, m: &NewMessage, events: bool, node: NodeId) -> Result<bool, DbError> {
         if !self.seen.insert(m.id.clone())
             || self.state.contains(&msg_key(&m.id))?
             || self.state.contains(&tomb_key(&m.id))?
@@ -300,7 +304,7 @@ impl<'a> Tx<'a> {
                     &m.sender,
                     &remote,
                     &reply,
-                    0,
+                    node,
                 );
             }
         }
@@ -350,7 +354,7 @@ impl<'a> Tx<'a> {
         if let Some(dsn) = &o.dsn
             && dsn_due
         {
-            self.enqueue(dsn, true)?;
+            self.enqueue(dsn, true, o.node)?;
         }
         record.recipients.retain(|r| !o.finished.contains(r));
         if !record.recipients.is_empty() {
@@ -449,7 +453,7 @@ impl<'a> Tx<'a> {
             self.close_delivery(&domain, id, now_ms)?;
         }
         if let Some(dsn) = dsn {
-            self.enqueue(dsn, true)?;
+            self.enqueue(dsn, true, 0)?;
         }
         Ok(true)
     }
