@@ -236,12 +236,8 @@ impl WorkerState {
                 rcpt_replies,
                 data_reply,
             }) => {
+                // Logged per recipient by `finish`.
                 let a = policy::from_transaction(plan, &rcpt_replies, data_reply.as_ref(), remote);
-                tracing::info!(
-                    id = %job.id, domain = %self.domain, host = %conn.target.host, tls = conn.tls,
-                    delivered = a.delivered.len(), failed = a.failed.len(), deferred = a.deferred.len(),
-                    reply = a.last_reply.as_deref().unwrap_or(""), "attempt"
-                );
                 Some(self.finish(&job, token, a))
             }
             Err(ConnError::Abandoned) => {
