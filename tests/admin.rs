@@ -495,6 +495,67 @@ fn batonctl_reports_unreachable_servers_and_bad_tokens() {
     assert!(err.contains("cannot reach the admin API"), "{err}");
 }
 
+/// Calls `Status` at `admin` with `authorization` as given (not as batonctl spells it).
+fn status_with(admin: SocketAddr, authorization: &str) -> Result<(), tonic::Code> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|_| tonic::Code::Unavailable)?;
+        let value: tonic::metadata::MetadataValue<_> = authorization.parse().unwrap();
+        let mut client = baton_admin_proto::admin_client::AdminClient::with_interceptor(
+            channel,
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", value.clone());
+                Ok(req)
+            },
+        );
+        client
+            .status(baton_admin_proto::StatusRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    })
+}
+
+/// RFC 6750 / 7235: the `Bearer` scheme in any case; and a token served in plaintext off
+/// loopback is warned about at start.
+#[test]
+fn bearer_scheme_in_any_case_and_a_warning_for_a_plaintext_token_off_loopback() {
+    let mut node = Node::start(NodeOptions {
+        admin_token: Some("s3cret".into()),
+        ..NodeOptions::default()
+    });
+    let warning = "served without TLS: the token travels in plaintext";
+    assert!(!node.log().contains(warning), "{}", node.log());
+    // The same node with its admin API on every interface, still without TLS.
+    node.kill();
+    let config = std::fs::read_to_string(&node.config_path).unwrap();
+    let loopback = format!("listen = \"{}\"", node.admin);
+    assert!(config.contains(&loopback), "{config}");
+    let everywhere = format!("listen = \"0.0.0.0:{}\"", node.admin.port());
+    std::fs::write(&node.config_path, config.replace(&loopback, &everywhere)).unwrap();
+    node.restart();
+    wait_until("the plaintext-token warning", WAIT, || {
+        node.log().contains(warning).then_some(())
+    });
+    for ok in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+        assert_eq!(status_with(node.admin, ok), Ok(()), "{ok}");
+    }
+    for bad in ["bearer wrong", "Basic s3cret", "s3cret"] {
+        assert_eq!(
+            status_with(node.admin, bad),
+            Err(tonic::Code::Unauthenticated),
+            "{bad}"
+        );
+    }
+}
+
 /// The API from Python: stubs generated from proto/admin.proto by grpcio-tools, reflection
 /// listing the services, Status and an event stream; and /metrics through
 /// prometheus_client's parser (tests/python/admin_client.py).
