@@ -716,3 +716,17 @@ fn webhook_posts_every_event_in_order_across_failures_and_restarts() {
     collect(&mut more, &mut refused, 8);
     assert_eq!(more, vec![7, 8], "resumed after position 6");
 }
+
+/// `batonctl events --kind` checks kinds itself: it must accept every kind the queue
+/// records (a kind it refused could not be filtered on).
+#[test]
+fn batonctl_accepts_every_event_kind() {
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    for kind in baton_queue::types::EventKind::ALL {
+        let out = ctl(&[nowhere], &["events", "--kind", kind.as_str()]);
+        assert_eq!(out.code, 1, "--kind {}: {}", kind.as_str(), out.stderr);
+        assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+    }
+    let out = ctl(&[nowhere], &["events", "--kind", "bogus"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}

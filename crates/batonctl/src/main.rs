@@ -26,7 +26,7 @@ mod password;
 mod show;
 
 use baton_admin_proto as pb;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use connect::Target;
 use failure::{Failure, Result};
 use std::process::ExitCode;
@@ -67,9 +67,10 @@ enum Command {
         /// Only this destination domain.
         #[arg(long)]
         domain: Option<String>,
-        /// queued, deferred or held (a message held until an operator retries or deletes it).
-        #[arg(long)]
-        state: Option<String>,
+        /// Only messages in this state (held: never tried again until an operator retries
+        /// or deletes it).
+        #[arg(long, value_enum)]
+        state: Option<State>,
         /// At most this many (all pages are fetched up to it).
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -102,12 +103,41 @@ enum Command {
         #[arg(long)]
         domain: Option<String>,
         /// Only these kinds (repeatable).
-        #[arg(long = "kind")]
-        kinds: Vec<String>,
+        #[arg(long = "kind", value_enum)]
+        kinds: Vec<Kind>,
     },
     /// Hash a password for `[[smtp.user]] password_hash` (argon2id). Reads the password
     /// from standard input (one line), or prompts on a terminal.
     HashPassword,
+}
+
+/// `messages --state`: the states of admin.proto's `ListMessagesRequest.state`.
+#[derive(Clone, Copy, ValueEnum)]
+enum State {
+    Queued,
+    Deferred,
+    Held,
+}
+
+/// `events --kind`: the kinds of admin.proto's `Event.kind` (tests/admin.rs checks that
+/// every kind the queue records is accepted here).
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Received,
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+    Suppressed,
+    Deleted,
+}
+
+/// The name a value has on the command line, which is the name the API uses.
+fn name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }
 
 #[derive(Subcommand)]
@@ -202,8 +232,8 @@ async fn run(args: &Args) -> Result<()> {
             limit,
         } => {
             let domain = domain.as_deref().unwrap_or_default();
-            let state = state.as_deref().unwrap_or_default();
-            show::messages(c, json, domain, state, *limit).await
+            let state = state.map(name).unwrap_or_default();
+            show::messages(c, json, domain, &state, *limit).await
         }
         Command::Message(MessageCmd::Show { id, body }) => show::message(c, json, id, *body).await,
         Command::Message(MessageCmd::Retry { id }) => change::retry_message(c, json, id).await,
@@ -237,9 +267,63 @@ async fn run(args: &Args) -> Result<()> {
                 follow: *follow,
                 message_id: message.clone().unwrap_or_default(),
                 domain: domain.clone().unwrap_or_default(),
-                kinds: kinds.clone(),
+                kinds: kinds.iter().copied().map(name).collect(),
             };
             events::run(&target, json, client, server, request).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("batonctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn fixed_value_sets_are_checked_here_as_usage_errors() {
+        for args in [
+            &["messages", "--state", "bogus"][..],
+            &["events", "--kind", "bogus"],
+            &["events", "--kind", "delivered", "--kind", "Delivered"],
+        ] {
+            let Err(e) = parse(args) else {
+                panic!("{args:?} parsed");
+            };
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{args:?}");
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let e = parse(&["messages", "--state", "bogus"])
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("queued")
+                && e.contains("deferred")
+                && e.contains("held")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn values_reach_the_api_by_their_names() {
+        let Ok(Args {
+            command: Command::Messages { state, .. },
+            ..
+        }) = parse(&["messages", "--state", "held"])
+        else {
+            panic!("messages --state held");
+        };
+        assert_eq!(state.map(name).as_deref(), Some("held"));
+        let Ok(Args {
+            command: Command::Events { kinds, .. },
+            ..
+        }) = parse(&["events", "--kind", "delivered", "--kind", "deleted"])
+        else {
+            panic!("events --kind");
+        };
+        let kinds: Vec<String> = kinds.into_iter().map(name).collect();
+        assert_eq!(kinds, ["delivered", "deleted"]);
     }
 }
