@@ -730,3 +730,61 @@ fn batonctl_accepts_every_event_kind() {
     let out = ctl(&[nowhere], &["events", "--kind", "bogus"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
+
+/// A member the leader has not heard from since it became leader shows its replication
+/// as unknown (`null` in JSON), not as matched at 0.
+#[test]
+fn a_dead_members_lag_is_unknown_not_zero() {
+    let opts = |id: u64, join: Vec<SocketAddr>| NodeOptions {
+        id,
+        bootstrap: join.is_empty(),
+        join,
+        ..NodeOptions::default()
+    };
+    let n1 = Node::start(opts(1, vec![]));
+    let seed = n1.raft;
+    let mut nodes = vec![n1];
+    nodes.push(Node::start(opts(2, vec![seed])));
+    nodes.push(Node::start(opts(3, vec![seed])));
+    let lead = leader(&nodes);
+    // A follower dies; then the leader restarts, so the next leader (of a new term) has
+    // never heard from it.
+    let dead = (lead + 1) % 3;
+    let dead_id = nodes[dead].id;
+    nodes[dead].kill();
+    nodes[lead].kill();
+    nodes[lead].restart();
+    let alive: Vec<usize> = (0..3).filter(|k| *k != dead).collect();
+    for k in alive {
+        let admin = nodes[k].admin;
+        let st = wait_until("a status with a leader", WAIT, || {
+            let st = json(&[admin], &["status"]);
+            (st["leader_id"].as_u64().unwrap_or(0) > 0).then_some(st)
+        });
+        let members = st["members"].as_array().expect("members");
+        for m in members {
+            if m["id"] == dead_id {
+                assert_eq!(m["lag_known"], false, "{st}");
+                assert!(m["matched_index"].is_null(), "{st}");
+                assert!(m["lag"].is_null(), "{st}");
+            } else {
+                assert!(m["matched_index"].as_u64().unwrap_or(0) > 0, "{st}");
+            }
+        }
+        let human = ctl(&[admin], &["status"]);
+        let row = human
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&dead_id.to_string()))
+            .unwrap_or_else(|| panic!("no row for node {dead_id}:\n{}", human.stdout));
+        assert_eq!(
+            row.split_whitespace().nth(3),
+            Some("unknown"),
+            "MATCHED of node {dead_id}: {row}"
+        );
+        assert!(
+            row.matches("unknown").count() == 2,
+            "MATCHED and LAG: {row}"
+        );
+    }
+}

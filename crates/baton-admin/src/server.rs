@@ -130,7 +130,7 @@ impl Admin for AdminService {
         // Replication progress is the leader's knowledge: here if this node leads, else
         // asked of the leader (briefly; without it the lag is shown as unknown).
         let mut last_log = m.last_log_index.unwrap_or(0);
-        let mut leader_view: Option<BTreeMap<u64, u64>> = None;
+        let mut leader_view: Option<BTreeMap<u64, Option<u64>>> = None;
         if m.replication.is_none()
             && let Some(leader) = m.current_leader
             && let Some(node) = membership.get_node(&leader)
@@ -149,17 +149,17 @@ impl Admin for AdminService {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id))
-                    .map(|l| l.map_or(0, |l| l.index));
+                // None: unknown (no leader view, or the leader has not matched this
+                // member's log since it became leader), never 0.
                 let matched = if *id == q.id && m.replication.is_some() {
                     Some(last_log)
                 } else if let Some(view) = &leader_view {
-                    view.get(id).copied()
+                    view.get(id).copied().flatten()
                 } else {
-                    matched
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten())
+                        .map(|l| l.index)
                 };
                 Member {
                     id: *id,
@@ -172,8 +172,8 @@ impl Admin for AdminService {
                     .into(),
                     leader: m.current_leader == Some(*id),
                     lag_known: matched.is_some(),
-                    matched_index: matched.unwrap_or(0),
-                    lag: matched.map_or(0, |x| last_log.saturating_sub(x)),
+                    matched_index: matched,
+                    lag: matched.map(|x| last_log.saturating_sub(x)),
                     owner: ownership.nodes.contains(id),
                     lease_renewal_index: ownership.renewed.get(id).copied().unwrap_or(0),
                     owned_domains: owned.remove(id).unwrap_or_default(),

@@ -44,16 +44,8 @@ pub async fn status(client: &mut Client, json: bool) -> Result<()> {
                 m.id.to_string(),
                 m.addr.clone(),
                 format!("{}{}", m.role, if m.leader { " (leader)" } else { "" }),
-                if m.lag_known {
-                    m.matched_index.to_string()
-                } else {
-                    "-".into()
-                },
-                if m.lag_known {
-                    m.lag.to_string()
-                } else {
-                    "-".into()
-                },
+                known(m.matched_index),
+                known(m.lag),
                 if m.owner { "yes" } else { "no" }.into(),
                 m.lease_renewal_index.to_string(),
                 m.owned_domains.len().to_string(),
@@ -73,10 +65,17 @@ pub async fn status(client: &mut Client, json: bool) -> Result<()> {
         ],
         rows,
     );
-    if s.members.iter().any(|m| !m.lag_known) {
-        println!("(MATCHED and LAG are the leader's view; \"-\" when it could not be asked)");
+    if s.members.iter().any(|m| m.matched_index.is_none()) {
+        println!(
+            "(MATCHED and LAG are the leader's view: unknown when it could not be asked, or has not heard from the member since it became leader)"
+        );
     }
     Ok(())
+}
+
+/// A number from the leader's view, or `unknown`.
+fn known(n: Option<u64>) -> String {
+    n.map_or_else(|| "unknown".into(), |n| n.to_string())
 }
 
 /// `queue`: one row per domain, then the suspended domains if any.
