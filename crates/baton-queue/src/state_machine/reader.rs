@@ -97,6 +97,17 @@ impl QueueReader {
         })
     }
 
+    /// The ids of the queued messages, in id order, from after `after_id`.
+    pub fn message_ids(
+        &self,
+        after_id: &str,
+    ) -> impl Iterator<Item = Result<String, DbError>> + use<> {
+        let from = [MESSAGES, after_id.as_bytes(), b"\0"].concat();
+        self.state
+            .range(&from, MESSAGES_END)
+            .map(|pair| pair.map(|(key, _)| name_of(&key)))
+    }
+
     /// Events at positions greater than `after`, oldest first.
     pub fn events_after(
         &self,
