@@ -8,15 +8,14 @@
 pub use crate::convert::event_pb;
 pub use crate::serve::{TlsFiles, TokenCheck, serve};
 
+use crate::bulk;
 use crate::convert::*;
 use crate::pb::admin_server::Admin;
 use crate::pb::*;
 use baton_cluster::join::{Change, change_membership};
 use baton_cluster::{Lease, Peers, Writer};
-use baton_delivery::dsn;
 use baton_queue::types::{EventKind, Request};
 use baton_queue::{DeliveryRecord, QueueNode, domain_of};
-use baton_smtp::replies;
 use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -477,42 +476,19 @@ impl Admin for AdminService {
         req: GrpcRequest<DeleteMessageRequest>,
     ) -> Result<GrpcResponse<ChangeReply>, Status> {
         let DeleteMessageRequest { id, dsn: with_dsn } = req.into_inner();
-        let reader = &self.ctx.queue.reader;
-        let Some(meta) = reader.message(&id).map_err(internal)? else {
+        if self
+            .ctx
+            .queue
+            .reader
+            .message(&id)
+            .map_err(internal)?
+            .is_none()
+        {
             return Err(self.missing_message(&id));
-        };
+        }
         let now = baton_queue::clock::now_ms();
-        let dsn = if with_dsn && !meta.sender.is_empty() {
-            let mut open = Vec::new();
-            let mut domains: Vec<String> = meta.recipients.iter().map(|r| domain_of(r)).collect();
-            domains.sort();
-            domains.dedup();
-            for d in domains {
-                if let Some(r) = reader.delivery(&d, &id).map_err(internal)? {
-                    open.extend(r.recipients);
-                }
-            }
-            let original = reader.body(&id).map_err(internal)?.unwrap_or_default();
-            let why = replies::deleted_by_operator();
-            let failed: Vec<dsn::FailedRecipient> = open
-                .into_iter()
-                .map(|address| dsn::FailedRecipient {
-                    address,
-                    status: why.enhanced.map(|e| e.to_string()).unwrap_or_default(),
-                    remote_mta: None,
-                    diagnostic: why.text(),
-                })
-                .collect();
-            let token = ulid::Ulid::new().to_string();
-            Some(dsn::bounce(
-                &self.ctx.hostname,
-                &id,
-                &meta,
-                &failed,
-                &original,
-                now,
-                token,
-            ))
+        let dsn = if with_dsn {
+            bulk::operator_dsn(&self.ctx, &id, None, now)?
         } else {
             None
         };
@@ -522,6 +498,26 @@ impl Admin for AdminService {
             dsn,
         })
         .await
+    }
+
+    async fn retry_queue(
+        &self,
+        req: GrpcRequest<QueueSelection>,
+    ) -> Result<GrpcResponse<QueueChangeReply>, Status> {
+        let QueueSelection { domain, all } = req.into_inner();
+        let which = bulk::Selection::new(&domain, all)?;
+        Ok(GrpcResponse::new(bulk::retry(&self.ctx, which).await?))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: GrpcRequest<DeleteQueueRequest>,
+    ) -> Result<GrpcResponse<QueueChangeReply>, Status> {
+        let DeleteQueueRequest { domain, all, dsn } = req.into_inner();
+        let which = bulk::Selection::new(&domain, all)?;
+        Ok(GrpcResponse::new(
+            bulk::delete(&self.ctx, which, dsn).await?,
+        ))
     }
 
     async fn suspend_domain(
