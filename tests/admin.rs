@@ -788,3 +788,225 @@ fn a_dead_members_lag_is_unknown_not_zero() {
         );
     }
 }
+
+/// `queue retry|delete --domain D | --all`: every message queued for D (its delivery
+/// there only) or all, with counts; a delete asks for --yes first; other domains' mail,
+/// including the other recipients of a message split across domains, is left alone.
+/// Also `message show --body` printing the message once.
+#[test]
+fn queue_retry_and_delete_by_domain_and_all() {
+    // Nothing listens at the smarthost: every attempt is deferred, for an hour.
+    let closed: SocketAddr = format!("127.0.0.65:{}", free_port()).parse().unwrap();
+    let node = Node::start(NodeOptions {
+        smarthost: Some(closed),
+        retry_intervals: "[\"1h\"]".into(),
+        ..NodeOptions::default()
+    });
+    let a = |n: usize| send(&node, "s@src.test", "x@a.test", &format!("a{n}"));
+    let a_ids: Vec<String> = (1..=3).map(a).collect();
+    let b_ids: Vec<String> = (1..=2)
+        .map(|n| send(&node, "s@src.test", "y@b.test", &format!("b{n}")))
+        .collect();
+    let mut c = node.smtp();
+    c.hello();
+    let both = queue_id(&c.send_mail(
+        "s@src.test",
+        &["z@a.test", "w@b.test"],
+        "Subject: both\r\nFrom: <s@src.test>\r\n\r\nhello",
+    ));
+    let s = [node.admin];
+    let attempts = |domain: &str| -> Vec<u64> {
+        let list = json(&s, &["messages", "--domain", domain]);
+        let mut v: Vec<u64> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["attempts"].as_u64().unwrap_or(0))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_until("every message tried once", WAIT, || {
+        (attempts("a.test") == [1; 4] && attempts("b.test") == [1; 3]).then_some(())
+    });
+
+    // message show --body: the message once (its header section is part of it).
+    let shown = ctl(&s, &["message", "show", &a_ids[0], "--body"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert_eq!(
+        shown.stdout.matches("Subject: a1").count(),
+        1,
+        "{}",
+        shown.stdout
+    );
+    assert!(shown.stdout.contains("hello"), "{}", shown.stdout);
+
+    // queue retry --domain: a.test's four, due now and tried again; b.test untouched.
+    let r = ctl(&s, &["queue", "retry", "--domain", "a.test"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("4 message(s) for a.test: due now"),
+        "{}",
+        r.stdout
+    );
+    wait_until("a.test tried again", WAIT, || {
+        (attempts("a.test") == [2; 4]).then_some(())
+    });
+    assert_eq!(attempts("b.test"), [1; 3]);
+
+    // queue delete without --yes: refused, with the count.
+    let r = ctl(&s, &["queue", "delete", "--domain", "a.test", "--dsn"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("would delete 4 message(s) for a.test") && r.stderr.contains("--yes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(attempts("a.test").len(), 4, "nothing deleted");
+    // With --yes (and --dsn): gone from a.test, a DSN each; `both` keeps w@b.test.
+    let r = json(
+        &s,
+        &["queue", "delete", "--domain", "a.test", "--dsn", "--yes"],
+    );
+    assert_eq!(r["messages"], 4, "{r}");
+    let q = json(&s, &["queue"]);
+    assert!(
+        q["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["domain"] != "a.test"),
+        "{q}"
+    );
+    assert_eq!(attempts("b.test"), [1; 3], "b.test untouched");
+    let shown = json(&s, &["message", "show", &both]);
+    let states: Vec<(String, String)> = shown["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap_or("").to_string(),
+                r["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("z@a.test".to_string(), "done".to_string()),
+            ("w@b.test".to_string(), "deferred".to_string())
+        ],
+        "{shown}"
+    );
+    for id in a_ids.iter().chain([&both]) {
+        let out = ctl(
+            &s,
+            &["--json", "events", "--message", id, "--kind", "deleted"],
+        );
+        let deleted: Vec<Value> = out
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(deleted.len(), 1, "{id}: {}", out.stdout);
+        assert_eq!(deleted[0]["domain"], "a.test", "{id}: {}", out.stdout);
+    }
+    for id in &b_ids {
+        let out = ctl(
+            &s,
+            &["--json", "events", "--message", id, "--kind", "deleted"],
+        );
+        assert!(out.stdout.trim().is_empty(), "{id}: {}", out.stdout);
+    }
+    // The DSNs, one per message deleted from, from the null sender to s@src.test.
+    let dsns = json(&s, &["messages", "--domain", "src.test"]);
+    let dsns = dsns.as_array().unwrap();
+    assert_eq!(dsns.len(), 4, "{dsns:?}");
+    assert!(
+        dsns.iter()
+            .all(|m| m["sender"] == "" && m["recipients"][0] == "s@src.test"),
+        "{dsns:?}"
+    );
+
+    // --all: b.test's three and the four DSNs.
+    let r = ctl(&s, &["queue", "retry", "--all"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("7 message(s) in the queue: due now"),
+        "{}",
+        r.stdout
+    );
+    let r = ctl(&s, &["queue", "delete", "--all"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("would delete 7 message(s)"),
+        "{}",
+        r.stderr
+    );
+    let r = ctl(&s, &["queue", "delete", "--all", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("7 message(s) in the queue: deleted"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(json(&s, &["queue"])["messages"], 0);
+    // Nothing left: nothing to do, and no DSN was sent for a null sender's DSN.
+    let r = json(&s, &["queue", "delete", "--all", "--yes"]);
+    assert_eq!(r["messages"], 0, "{r}");
+    // A domain and --all together is a usage error.
+    let r = ctl(
+        &s,
+        &["queue", "delete", "--domain", "b.test", "--all", "--yes"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+/// A queue bigger than one batch (500 messages a log entry): every message counted once.
+#[test]
+fn queue_retry_and_delete_span_batches() {
+    let closed: SocketAddr = format!("127.0.0.66:{}", free_port()).parse().unwrap();
+    let node = Node::start(NodeOptions {
+        smarthost: Some(closed),
+        retry_intervals: "[\"1h\"]".into(),
+        ..NodeOptions::default()
+    });
+    const N: usize = 1_100;
+    // Four sessions at once, so their commits share entries.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let node = &node;
+            scope.spawn(move || {
+                let mut c = node.smtp();
+                c.hello();
+                for n in (t..N).step_by(4) {
+                    let reply = c.send_mail(
+                        "s@src.test",
+                        &["x@big.test"],
+                        &format!("Subject: big {n}\r\n\r\nhello"),
+                    );
+                    assert!(reply.starts_with("250"), "{reply}");
+                }
+            });
+        }
+    });
+    send(&node, "s@src.test", "y@small.test", "small");
+    let s = [node.admin];
+    let r = json(&s, &["queue", "retry", "--domain", "big.test"]);
+    assert_eq!(r["messages"], N as u64, "{r}");
+    let r = ctl(&s, &["queue", "delete", "--domain", "big.test"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains(&format!("would delete {N} message(s)")),
+        "{}",
+        r.stderr
+    );
+    let r = json(&s, &["queue", "delete", "--domain", "big.test", "--yes"]);
+    assert_eq!(r["messages"], N as u64, "{r}");
+    let q = json(&s, &["queue"]);
+    assert_eq!(q["messages"], 1, "small.test's message is left: {q}");
+    let small = domain_row(&q, "small.test");
+    let count = |k: &str| small[k].as_u64().unwrap_or(0);
+    assert_eq!(count("queued") + count("deferred"), 1, "{q}");
+}

@@ -1,8 +1,8 @@
 //! `batonctl`: Baton's admin CLI, a client of the admin gRPC API (proto/admin.proto).
 //! Human-readable tables by default, `--json` for scripts (one JSON document per reply;
 //! one per line for event streams). Exit codes: 0 done, 1 the call failed, 2 the input
-//! is wrong (bad arguments, an unusable `--server`, `--token` or `--ca-cert`, an empty
-//! password).
+//! is wrong (bad arguments or values, an unusable `--server`, `--token` or `--ca-cert`,
+//! an empty password, `queue delete` without `--yes`).
 //!
 //! This crate owns the command line only; the API it speaks is the generated client in
 //! `baton-admin-proto`, so it builds without the node (no Raft, no queue, no delivery).
@@ -10,7 +10,7 @@
 //! - `main.rs` — the arguments, and dispatch to the modules below;
 //! - [`connect`] — the `--server` list, TLS (`--ca-cert`), the bearer token;
 //! - [`show`] — the read commands (status, queue, messages, message show, suppressions);
-//! - [`change`] — the commands that change the cluster;
+//! - [`change`] — the commands that change the cluster (`queue retry|delete` among them);
 //! - [`events`] — the event log, listed or followed across servers;
 //! - [`output`] — tables, JSON and time formats;
 //! - [`password`] — `hash-password`, which needs no server;
@@ -60,8 +60,12 @@ struct Args {
 enum Command {
     /// Cluster members, roles, leader, term, commit/applied index, lag, leases.
     Status,
-    /// Per-domain queue: queued, deferred, in flight, oldest age, suspension, owner.
-    Queue,
+    /// Per-domain queue: queued, deferred, in flight, oldest age, suspension, owner;
+    /// `queue retry` and `queue delete` act on every message for a domain (or all).
+    Queue {
+        #[command(subcommand)]
+        action: Option<QueueCmd>,
+    },
     /// List queued messages.
     Messages {
         /// Only this destination domain.
@@ -138,6 +142,40 @@ fn name(value: impl ValueEnum) -> String {
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default()
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// Make every queued message for a domain (its delivery there), or every queued
+    /// message, due now. Prints how many.
+    Retry {
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Delete every queued message for a domain (its recipients there; those in other
+    /// domains stay queued), or every queued message. Prints how many.
+    Delete {
+        #[command(flatten)]
+        which: Which,
+        /// Send each sender a bounce (DSN) for the recipients deleted.
+        #[arg(long)]
+        dsn: bool,
+        /// Delete without asking: without it, only say how many would go.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `--domain D | --all`: exactly one.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// The messages queued for this destination domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Every queued message.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -225,7 +263,13 @@ async fn run(args: &Args) -> Result<()> {
     match &args.command {
         Command::HashPassword => unreachable!("handled before connecting"),
         Command::Status => show::status(c, json).await,
-        Command::Queue => show::queue(c, json).await,
+        Command::Queue { action: None } => show::queue(c, json).await,
+        Command::Queue {
+            action: Some(QueueCmd::Retry { which }),
+        } => change::retry_queue(c, json, which.domain.as_deref()).await,
+        Command::Queue {
+            action: Some(QueueCmd::Delete { which, dsn, yes }),
+        } => change::delete_queue(c, json, which.domain.as_deref(), *dsn, *yes).await,
         Command::Messages {
             domain,
             state,
@@ -304,6 +348,47 @@ mod tests {
                 && e.contains("held")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn queue_actions_take_a_domain_or_all() {
+        assert!(matches!(
+            parse(&["queue"]),
+            Ok(Args {
+                command: Command::Queue { action: None },
+                ..
+            })
+        ));
+        let Ok(Args {
+            command:
+                Command::Queue {
+                    action: Some(QueueCmd::Delete { which, dsn, yes }),
+                },
+            ..
+        }) = parse(&[
+            "queue",
+            "delete",
+            "--domain",
+            "example.com",
+            "--dsn",
+            "--yes",
+        ])
+        else {
+            panic!("queue delete --domain --dsn --yes");
+        };
+        assert_eq!(
+            (which.domain.as_deref(), which.all, dsn, yes),
+            (Some("example.com"), false, true, true)
+        );
+        for args in [
+            &["queue", "retry"][..],
+            &["queue", "retry", "--domain", "a.test", "--all"],
+            &["queue", "delete", "--yes"],
+            &["queue", "retry", "--dsn", "--all"],
+        ] {
+            let e = parse(args).err();
+            assert_eq!(e.map(|e| e.exit_code()), Some(2), "{args:?}");
+        }
     }
 
     #[test]
