@@ -495,6 +495,67 @@ fn batonctl_reports_unreachable_servers_and_bad_tokens() {
     assert!(err.contains("cannot reach the admin API"), "{err}");
 }
 
+/// Calls `Status` at `admin` with `authorization` as given (not as batonctl spells it).
+fn status_with(admin: SocketAddr, authorization: &str) -> Result<(), tonic::Code> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|_| tonic::Code::Unavailable)?;
+        let value: tonic::metadata::MetadataValue<_> = authorization.parse().unwrap();
+        let mut client = baton_admin_proto::admin_client::AdminClient::with_interceptor(
+            channel,
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", value.clone());
+                Ok(req)
+            },
+        );
+        client
+            .status(baton_admin_proto::StatusRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    })
+}
+
+/// RFC 6750 / 7235: the `Bearer` scheme in any case; and a token served in plaintext off
+/// loopback is warned about at start.
+#[test]
+fn bearer_scheme_in_any_case_and_a_warning_for_a_plaintext_token_off_loopback() {
+    let mut node = Node::start(NodeOptions {
+        admin_token: Some("s3cret".into()),
+        ..NodeOptions::default()
+    });
+    let warning = "served without TLS: the token travels in plaintext";
+    assert!(!node.log().contains(warning), "{}", node.log());
+    // The same node with its admin API on every interface, still without TLS.
+    node.kill();
+    let config = std::fs::read_to_string(&node.config_path).unwrap();
+    let loopback = format!("listen = \"{}\"", node.admin);
+    assert!(config.contains(&loopback), "{config}");
+    let everywhere = format!("listen = \"0.0.0.0:{}\"", node.admin.port());
+    std::fs::write(&node.config_path, config.replace(&loopback, &everywhere)).unwrap();
+    node.restart();
+    wait_until("the plaintext-token warning", WAIT, || {
+        node.log().contains(warning).then_some(())
+    });
+    for ok in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+        assert_eq!(status_with(node.admin, ok), Ok(()), "{ok}");
+    }
+    for bad in ["bearer wrong", "Basic s3cret", "s3cret"] {
+        assert_eq!(
+            status_with(node.admin, bad),
+            Err(tonic::Code::Unauthenticated),
+            "{bad}"
+        );
+    }
+}
+
 /// The API from Python: stubs generated from proto/admin.proto by grpcio-tools, reflection
 /// listing the services, Status and an event stream; and /metrics through
 /// prometheus_client's parser (tests/python/admin_client.py).
@@ -654,4 +715,298 @@ fn webhook_posts_every_event_in_order_across_failures_and_restarts() {
     let mut more = Vec::new();
     collect(&mut more, &mut refused, 8);
     assert_eq!(more, vec![7, 8], "resumed after position 6");
+}
+
+/// `batonctl events --kind` checks kinds itself: it must accept every kind the queue
+/// records (a kind it refused could not be filtered on).
+#[test]
+fn batonctl_accepts_every_event_kind() {
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    for kind in baton_queue::types::EventKind::ALL {
+        let out = ctl(&[nowhere], &["events", "--kind", kind.as_str()]);
+        assert_eq!(out.code, 1, "--kind {}: {}", kind.as_str(), out.stderr);
+        assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+    }
+    let out = ctl(&[nowhere], &["events", "--kind", "bogus"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
+
+/// A member the leader has not heard from since it became leader shows its replication
+/// as unknown (`null` in JSON), not as matched at 0.
+#[test]
+fn a_dead_members_lag_is_unknown_not_zero() {
+    let opts = |id: u64, join: Vec<SocketAddr>| NodeOptions {
+        id,
+        bootstrap: join.is_empty(),
+        join,
+        ..NodeOptions::default()
+    };
+    let n1 = Node::start(opts(1, vec![]));
+    let seed = n1.raft;
+    let mut nodes = vec![n1];
+    nodes.push(Node::start(opts(2, vec![seed])));
+    nodes.push(Node::start(opts(3, vec![seed])));
+    let lead = leader(&nodes);
+    // A follower dies; then the leader restarts, so the next leader (of a new term) has
+    // never heard from it.
+    let dead = (lead + 1) % 3;
+    let dead_id = nodes[dead].id;
+    nodes[dead].kill();
+    nodes[lead].kill();
+    nodes[lead].restart();
+    let alive: Vec<usize> = (0..3).filter(|k| *k != dead).collect();
+    for k in alive {
+        let admin = nodes[k].admin;
+        let st = wait_until("a status with a leader", WAIT, || {
+            let st = json(&[admin], &["status"]);
+            (st["leader_id"].as_u64().unwrap_or(0) > 0).then_some(st)
+        });
+        let members = st["members"].as_array().expect("members");
+        for m in members {
+            if m["id"] == dead_id {
+                assert_eq!(m["lag_known"], false, "{st}");
+                assert!(m["matched_index"].is_null(), "{st}");
+                assert!(m["lag"].is_null(), "{st}");
+            } else {
+                assert!(m["matched_index"].as_u64().unwrap_or(0) > 0, "{st}");
+            }
+        }
+        let human = ctl(&[admin], &["status"]);
+        let row = human
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&dead_id.to_string()))
+            .unwrap_or_else(|| panic!("no row for node {dead_id}:\n{}", human.stdout));
+        assert_eq!(
+            row.split_whitespace().nth(3),
+            Some("unknown"),
+            "MATCHED of node {dead_id}: {row}"
+        );
+        assert!(
+            row.matches("unknown").count() == 2,
+            "MATCHED and LAG: {row}"
+        );
+    }
+}
+
+/// `queue retry|delete --domain D | --all`: every message queued for D (its delivery
+/// there only) or all, with counts; a delete asks for --yes first; other domains' mail,
+/// including the other recipients of a message split across domains, is left alone.
+/// Also `message show --body` printing the message once.
+#[test]
+fn queue_retry_and_delete_by_domain_and_all() {
+    // Nothing listens at the smarthost: every attempt is deferred, for an hour.
+    let closed: SocketAddr = format!("127.0.0.65:{}", free_port()).parse().unwrap();
+    let node = Node::start(NodeOptions {
+        smarthost: Some(closed),
+        retry_intervals: "[\"1h\"]".into(),
+        ..NodeOptions::default()
+    });
+    let a = |n: usize| send(&node, "s@src.test", "x@a.test", &format!("a{n}"));
+    let a_ids: Vec<String> = (1..=3).map(a).collect();
+    let b_ids: Vec<String> = (1..=2)
+        .map(|n| send(&node, "s@src.test", "y@b.test", &format!("b{n}")))
+        .collect();
+    let mut c = node.smtp();
+    c.hello();
+    let both = queue_id(&c.send_mail(
+        "s@src.test",
+        &["z@a.test", "w@b.test"],
+        "Subject: both\r\nFrom: <s@src.test>\r\n\r\nhello",
+    ));
+    let s = [node.admin];
+    let attempts = |domain: &str| -> Vec<u64> {
+        let list = json(&s, &["messages", "--domain", domain]);
+        let mut v: Vec<u64> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["attempts"].as_u64().unwrap_or(0))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_until("every message tried once", WAIT, || {
+        (attempts("a.test") == [1; 4] && attempts("b.test") == [1; 3]).then_some(())
+    });
+
+    // message show --body: the message once (its header section is part of it).
+    let shown = ctl(&s, &["message", "show", &a_ids[0], "--body"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert_eq!(
+        shown.stdout.matches("Subject: a1").count(),
+        1,
+        "{}",
+        shown.stdout
+    );
+    assert!(shown.stdout.contains("hello"), "{}", shown.stdout);
+
+    // queue retry --domain: a.test's four, due now and tried again; b.test untouched.
+    let r = ctl(&s, &["queue", "retry", "--domain", "a.test"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("4 message(s) for a.test: due now"),
+        "{}",
+        r.stdout
+    );
+    wait_until("a.test tried again", WAIT, || {
+        (attempts("a.test") == [2; 4]).then_some(())
+    });
+    assert_eq!(attempts("b.test"), [1; 3]);
+
+    // queue delete without --yes: refused, with the count.
+    let r = ctl(&s, &["queue", "delete", "--domain", "a.test", "--dsn"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("would delete 4 message(s) for a.test") && r.stderr.contains("--yes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(attempts("a.test").len(), 4, "nothing deleted");
+    // With --yes (and --dsn): gone from a.test, a DSN each; `both` keeps w@b.test.
+    let r = json(
+        &s,
+        &["queue", "delete", "--domain", "a.test", "--dsn", "--yes"],
+    );
+    assert_eq!(r["messages"], 4, "{r}");
+    let q = json(&s, &["queue"]);
+    assert!(
+        q["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["domain"] != "a.test"),
+        "{q}"
+    );
+    assert_eq!(attempts("b.test"), [1; 3], "b.test untouched");
+    let shown = json(&s, &["message", "show", &both]);
+    let states: Vec<(String, String)> = shown["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap_or("").to_string(),
+                r["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("z@a.test".to_string(), "done".to_string()),
+            ("w@b.test".to_string(), "deferred".to_string())
+        ],
+        "{shown}"
+    );
+    for id in a_ids.iter().chain([&both]) {
+        let out = ctl(
+            &s,
+            &["--json", "events", "--message", id, "--kind", "deleted"],
+        );
+        let deleted: Vec<Value> = out
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(deleted.len(), 1, "{id}: {}", out.stdout);
+        assert_eq!(deleted[0]["domain"], "a.test", "{id}: {}", out.stdout);
+    }
+    for id in &b_ids {
+        let out = ctl(
+            &s,
+            &["--json", "events", "--message", id, "--kind", "deleted"],
+        );
+        assert!(out.stdout.trim().is_empty(), "{id}: {}", out.stdout);
+    }
+    // The DSNs, one per message deleted from, from the null sender to s@src.test.
+    let dsns = json(&s, &["messages", "--domain", "src.test"]);
+    let dsns = dsns.as_array().unwrap();
+    assert_eq!(dsns.len(), 4, "{dsns:?}");
+    assert!(
+        dsns.iter()
+            .all(|m| m["sender"] == "" && m["recipients"][0] == "s@src.test"),
+        "{dsns:?}"
+    );
+
+    // --all: b.test's three and the four DSNs.
+    let r = ctl(&s, &["queue", "retry", "--all"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("7 message(s) in the queue: due now"),
+        "{}",
+        r.stdout
+    );
+    let r = ctl(&s, &["queue", "delete", "--all"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("would delete 7 message(s)"),
+        "{}",
+        r.stderr
+    );
+    let r = ctl(&s, &["queue", "delete", "--all", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("7 message(s) in the queue: deleted"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(json(&s, &["queue"])["messages"], 0);
+    // Nothing left: nothing to do, and no DSN was sent for a null sender's DSN.
+    let r = json(&s, &["queue", "delete", "--all", "--yes"]);
+    assert_eq!(r["messages"], 0, "{r}");
+    // A domain and --all together is a usage error.
+    let r = ctl(
+        &s,
+        &["queue", "delete", "--domain", "b.test", "--all", "--yes"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+/// A queue bigger than one batch (500 messages a log entry): every message counted once.
+#[test]
+fn queue_retry_and_delete_span_batches() {
+    let closed: SocketAddr = format!("127.0.0.66:{}", free_port()).parse().unwrap();
+    let node = Node::start(NodeOptions {
+        smarthost: Some(closed),
+        retry_intervals: "[\"1h\"]".into(),
+        ..NodeOptions::default()
+    });
+    const N: usize = 1_100;
+    // Four sessions at once, so their commits share entries.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let node = &node;
+            scope.spawn(move || {
+                let mut c = node.smtp();
+                c.hello();
+                for n in (t..N).step_by(4) {
+                    let reply = c.send_mail(
+                        "s@src.test",
+                        &["x@big.test"],
+                        &format!("Subject: big {n}\r\n\r\nhello"),
+                    );
+                    assert!(reply.starts_with("250"), "{reply}");
+                }
+            });
+        }
+    });
+    send(&node, "s@src.test", "y@small.test", "small");
+    let s = [node.admin];
+    let r = json(&s, &["queue", "retry", "--domain", "big.test"]);
+    assert_eq!(r["messages"], N as u64, "{r}");
+    let r = ctl(&s, &["queue", "delete", "--domain", "big.test"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains(&format!("would delete {N} message(s)")),
+        "{}",
+        r.stderr
+    );
+    let r = json(&s, &["queue", "delete", "--domain", "big.test", "--yes"]);
+    assert_eq!(r["messages"], N as u64, "{r}");
+    let q = json(&s, &["queue"]);
+    assert_eq!(q["messages"], 1, "small.test's message is left: {q}");
+    let small = domain_row(&q, "small.test");
+    let count = |k: &str| small[k].as_u64().unwrap_or(0);
+    assert_eq!(count("queued") + count("deferred"), 1, "{q}");
 }

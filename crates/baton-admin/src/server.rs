@@ -8,15 +8,14 @@
 pub use crate::convert::event_pb;
 pub use crate::serve::{TlsFiles, TokenCheck, serve};
 
+use crate::bulk;
 use crate::convert::*;
 use crate::pb::admin_server::Admin;
 use crate::pb::*;
 use baton_cluster::join::{Change, change_membership};
 use baton_cluster::{Lease, Peers, Writer};
-use baton_delivery::dsn;
 use baton_queue::types::{EventKind, Request};
 use baton_queue::{DeliveryRecord, QueueNode, domain_of};
-use baton_smtp::replies;
 use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -130,7 +129,7 @@ impl Admin for AdminService {
         // Replication progress is the leader's knowledge: here if this node leads, else
         // asked of the leader (briefly; without it the lag is shown as unknown).
         let mut last_log = m.last_log_index.unwrap_or(0);
-        let mut leader_view: Option<BTreeMap<u64, u64>> = None;
+        let mut leader_view: Option<BTreeMap<u64, Option<u64>>> = None;
         if m.replication.is_none()
             && let Some(leader) = m.current_leader
             && let Some(node) = membership.get_node(&leader)
@@ -149,17 +148,17 @@ impl Admin for AdminService {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id))
-                    .map(|l| l.map_or(0, |l| l.index));
+                // None: unknown (no leader view, or the leader has not matched this
+                // member's log since it became leader), never 0.
                 let matched = if *id == q.id && m.replication.is_some() {
                     Some(last_log)
                 } else if let Some(view) = &leader_view {
-                    view.get(id).copied()
+                    view.get(id).copied().flatten()
                 } else {
-                    matched
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten())
+                        .map(|l| l.index)
                 };
                 Member {
                     id: *id,
@@ -172,8 +171,8 @@ impl Admin for AdminService {
                     .into(),
                     leader: m.current_leader == Some(*id),
                     lag_known: matched.is_some(),
-                    matched_index: matched.unwrap_or(0),
-                    lag: matched.map_or(0, |x| last_log.saturating_sub(x)),
+                    matched_index: matched,
+                    lag: matched.map(|x| last_log.saturating_sub(x)),
                     owner: ownership.nodes.contains(id),
                     lease_renewal_index: ownership.renewed.get(id).copied().unwrap_or(0),
                     owned_domains: owned.remove(id).unwrap_or_default(),
@@ -477,42 +476,19 @@ impl Admin for AdminService {
         req: GrpcRequest<DeleteMessageRequest>,
     ) -> Result<GrpcResponse<ChangeReply>, Status> {
         let DeleteMessageRequest { id, dsn: with_dsn } = req.into_inner();
-        let reader = &self.ctx.queue.reader;
-        let Some(meta) = reader.message(&id).map_err(internal)? else {
+        if self
+            .ctx
+            .queue
+            .reader
+            .message(&id)
+            .map_err(internal)?
+            .is_none()
+        {
             return Err(self.missing_message(&id));
-        };
+        }
         let now = baton_queue::clock::now_ms();
-        let dsn = if with_dsn && !meta.sender.is_empty() {
-            let mut open = Vec::new();
-            let mut domains: Vec<String> = meta.recipients.iter().map(|r| domain_of(r)).collect();
-            domains.sort();
-            domains.dedup();
-            for d in domains {
-                if let Some(r) = reader.delivery(&d, &id).map_err(internal)? {
-                    open.extend(r.recipients);
-                }
-            }
-            let original = reader.body(&id).map_err(internal)?.unwrap_or_default();
-            let why = replies::deleted_by_operator();
-            let failed: Vec<dsn::FailedRecipient> = open
-                .into_iter()
-                .map(|address| dsn::FailedRecipient {
-                    address,
-                    status: why.enhanced.map(|e| e.to_string()).unwrap_or_default(),
-                    remote_mta: None,
-                    diagnostic: why.text(),
-                })
-                .collect();
-            let token = ulid::Ulid::new().to_string();
-            Some(dsn::bounce(
-                &self.ctx.hostname,
-                &id,
-                &meta,
-                &failed,
-                &original,
-                now,
-                token,
-            ))
+        let dsn = if with_dsn {
+            bulk::operator_dsn(&self.ctx, &id, None, now)?
         } else {
             None
         };
@@ -522,6 +498,26 @@ impl Admin for AdminService {
             dsn,
         })
         .await
+    }
+
+    async fn retry_queue(
+        &self,
+        req: GrpcRequest<QueueSelection>,
+    ) -> Result<GrpcResponse<QueueChangeReply>, Status> {
+        let QueueSelection { domain, all } = req.into_inner();
+        let which = bulk::Selection::new(&domain, all)?;
+        Ok(GrpcResponse::new(bulk::retry(&self.ctx, which).await?))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: GrpcRequest<DeleteQueueRequest>,
+    ) -> Result<GrpcResponse<QueueChangeReply>, Status> {
+        let DeleteQueueRequest { domain, all, dsn } = req.into_inner();
+        let which = bulk::Selection::new(&domain, all)?;
+        Ok(GrpcResponse::new(
+            bulk::delete(&self.ctx, which, dsn).await?,
+        ))
     }
 
     async fn suspend_domain(

@@ -214,9 +214,9 @@ impl RaftRpc for RaftService {
                 .map(|(id, l)| Matched {
                     node_id: *id,
                     index: if *id == self.queue.id {
-                        last_log_index
+                        Some(last_log_index)
                     } else {
-                        l.map_or(0, |l| l.index)
+                        l.map(|l| l.index)
                     },
                 })
                 .collect(),

@@ -209,6 +209,23 @@ pub enum Request {
     WebhookSent {
         position: u64,
     },
+    // New commands go last: a variant's place is its encoding in the log.
+    /// An operator: `Retry` for many messages at once (`batonctl queue retry`), each
+    /// limited to its delivery to `domain` when one is given. [`Response::added`] counts
+    /// the messages it made due.
+    RetryMany {
+        domain: Option<String>,
+        ids: Vec<String>,
+    },
+    /// An operator: `Delete` for many messages at once (`batonctl queue delete`), each
+    /// limited to its delivery to `domain` when one is given (the message stays queued
+    /// for its other domains), each enqueueing its DSN if anything of it was deleted.
+    /// [`Response::added`] counts the messages it deleted from.
+    DeleteMany {
+        domain: Option<String>,
+        now_ms: u64,
+        messages: Vec<Deletion>,
+    },
     /// Accept messages received by `node` (its id goes into their `received` events).
     /// Ingress writes this; `Enqueue` stays for entries already in logs.
     EnqueueFrom {
@@ -217,10 +234,20 @@ pub enum Request {
     },
 }
 
+/// One message of a [`Request::DeleteMany`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub id: String,
+    /// The bounce to its sender, for the recipients deleted.
+    pub dsn: Option<NewMessage>,
+}
+
 /// What applying a command produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
-    /// For `Enqueue`: how many were new and how many were already known.
+    /// For `Enqueue`: how many were new and how many were already known. For `RetryMany`
+    /// and `DeleteMany`, `added` counts the messages changed (one field for both keeps
+    /// the encoding that nodes forward writes with).
     pub added: u32,
     pub duplicates: u32,
     /// The log index of the entry.

@@ -1,9 +1,10 @@
-//! The commands that change the cluster: retry or delete a message, suspend or resume a
-//! domain, add or remove a suppression, add or remove a node. Each prints the reply as
-//! JSON with `--json`, else one line saying what happened.
+//! The commands that change the cluster: retry or delete a message, or every message
+//! queued for a domain (or all), suspend or resume a domain, add or remove a
+//! suppression, add or remove a node. Each prints the reply as JSON with `--json`, else
+//! one line saying what happened.
 
 use crate::connect::Client;
-use crate::failure::Result;
+use crate::failure::{Failure, Result};
 use crate::output::print_json;
 use crate::pb;
 
@@ -49,6 +50,89 @@ pub async fn delete_message(client: &mut Client, json: bool, id: &str, dsn: bool
         format!("message {id}: deleted")
     };
     report_change(json, &r, &what, &format!("message {id}: already gone"));
+    Ok(())
+}
+
+/// What `queue retry|delete` act on, for messages: `for example.com`, or `in the queue`.
+fn scope(domain: Option<&str>) -> String {
+    match domain {
+        Some(d) => format!("for {d}"),
+        None => "in the queue".into(),
+    }
+}
+
+/// `queue retry --domain D | --all`: every message queued for D (or all) due now.
+pub async fn retry_queue(client: &mut Client, json: bool, domain: Option<&str>) -> Result<()> {
+    let r = client
+        .retry_queue(pb::QueueSelection {
+            domain: domain.unwrap_or_default().to_string(),
+            all: domain.is_none(),
+        })
+        .await?
+        .into_inner();
+    if json {
+        print_json(&r);
+    } else {
+        println!(
+            "{} message(s) {}: due now (log index {})",
+            r.messages,
+            scope(domain),
+            r.index
+        );
+    }
+    Ok(())
+}
+
+/// `queue delete --domain D | --all [--dsn] --yes`: every message queued for D (or
+/// all) deleted. Without `yes`, refuses (exit 2), saying how many it would delete.
+pub async fn delete_queue(
+    client: &mut Client,
+    json: bool,
+    domain: Option<&str>,
+    dsn: bool,
+    yes: bool,
+) -> Result<()> {
+    if !yes {
+        let q = client
+            .queue_summary(pb::QueueSummaryRequest {})
+            .await?
+            .into_inner();
+        let count = match domain {
+            Some(d) => q
+                .domains
+                .iter()
+                .filter(|row| row.domain.eq_ignore_ascii_case(d.trim_end_matches('.')))
+                .map(|row| row.queued + row.deferred)
+                .sum(),
+            None => q.messages,
+        };
+        return Err(Failure(
+            format!(
+                "this would delete {count} message(s) {}; add --yes to delete them",
+                scope(domain)
+            ),
+            2,
+        ));
+    }
+    let r = client
+        .delete_queue(pb::DeleteQueueRequest {
+            domain: domain.unwrap_or_default().to_string(),
+            all: domain.is_none(),
+            dsn,
+        })
+        .await?
+        .into_inner();
+    if json {
+        print_json(&r);
+    } else {
+        println!(
+            "{} message(s) {}: deleted{} (log index {})",
+            r.messages,
+            scope(domain),
+            if dsn { ", senders notified" } else { "" },
+            r.index
+        );
+    }
     Ok(())
 }
 

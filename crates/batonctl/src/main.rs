@@ -1,8 +1,8 @@
 //! `batonctl`: Baton's admin CLI, a client of the admin gRPC API (proto/admin.proto).
 //! Human-readable tables by default, `--json` for scripts (one JSON document per reply;
 //! one per line for event streams). Exit codes: 0 done, 1 the call failed, 2 the input
-//! is wrong (bad arguments, an unusable `--server`, `--token` or `--ca-cert`, an empty
-//! password).
+//! is wrong (bad arguments or values, an unusable `--server`, `--token` or `--ca-cert`,
+//! an empty password, `queue delete` without `--yes`).
 //!
 //! This crate owns the command line only; the API it speaks is the generated client in
 //! `baton-admin-proto`, so it builds without the node (no Raft, no queue, no delivery).
@@ -10,7 +10,7 @@
 //! - `main.rs` — the arguments, and dispatch to the modules below;
 //! - [`connect`] — the `--server` list, TLS (`--ca-cert`), the bearer token;
 //! - [`show`] — the read commands (status, queue, messages, message show, suppressions);
-//! - [`change`] — the commands that change the cluster;
+//! - [`change`] — the commands that change the cluster (`queue retry|delete` among them);
 //! - [`events`] — the event log, listed or followed across servers;
 //! - [`output`] — tables, JSON and time formats;
 //! - [`password`] — `hash-password`, which needs no server;
@@ -26,7 +26,7 @@ mod password;
 mod show;
 
 use baton_admin_proto as pb;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use connect::Target;
 use failure::{Failure, Result};
 use std::process::ExitCode;
@@ -60,16 +60,21 @@ struct Args {
 enum Command {
     /// Cluster members, roles, leader, term, commit/applied index, lag, leases.
     Status,
-    /// Per-domain queue: queued, deferred, in flight, oldest age, suspension, owner.
-    Queue,
+    /// Per-domain queue: queued, deferred, in flight, oldest age, suspension, owner;
+    /// `queue retry` and `queue delete` act on every message for a domain (or all).
+    Queue {
+        #[command(subcommand)]
+        action: Option<QueueCmd>,
+    },
     /// List queued messages.
     Messages {
         /// Only this destination domain.
         #[arg(long)]
         domain: Option<String>,
-        /// queued, deferred or held (a message held until an operator retries or deletes it).
-        #[arg(long)]
-        state: Option<String>,
+        /// Only messages in this state (held: never tried again until an operator retries
+        /// or deletes it).
+        #[arg(long, value_enum)]
+        state: Option<State>,
         /// At most this many (all pages are fetched up to it).
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -102,12 +107,75 @@ enum Command {
         #[arg(long)]
         domain: Option<String>,
         /// Only these kinds (repeatable).
-        #[arg(long = "kind")]
-        kinds: Vec<String>,
+        #[arg(long = "kind", value_enum)]
+        kinds: Vec<Kind>,
     },
     /// Hash a password for `[[smtp.user]] password_hash` (argon2id). Reads the password
     /// from standard input (one line), or prompts on a terminal.
     HashPassword,
+}
+
+/// `messages --state`: the states of admin.proto's `ListMessagesRequest.state`.
+#[derive(Clone, Copy, ValueEnum)]
+enum State {
+    Queued,
+    Deferred,
+    Held,
+}
+
+/// `events --kind`: the kinds of admin.proto's `Event.kind` (tests/admin.rs checks that
+/// every kind the queue records is accepted here).
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Received,
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+    Suppressed,
+    Deleted,
+}
+
+/// The name a value has on the command line, which is the name the API uses.
+fn name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// Make every queued message for a domain (its delivery there), or every queued
+    /// message, due now. Prints how many.
+    Retry {
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Delete every queued message for a domain (its recipients there; those in other
+    /// domains stay queued), or every queued message. Prints how many.
+    Delete {
+        #[command(flatten)]
+        which: Which,
+        /// Send each sender a bounce (DSN) for the recipients deleted.
+        #[arg(long)]
+        dsn: bool,
+        /// Delete without asking: without it, only say how many would go.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `--domain D | --all`: exactly one.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// The messages queued for this destination domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Every queued message.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -195,15 +263,21 @@ async fn run(args: &Args) -> Result<()> {
     match &args.command {
         Command::HashPassword => unreachable!("handled before connecting"),
         Command::Status => show::status(c, json).await,
-        Command::Queue => show::queue(c, json).await,
+        Command::Queue { action: None } => show::queue(c, json).await,
+        Command::Queue {
+            action: Some(QueueCmd::Retry { which }),
+        } => change::retry_queue(c, json, which.domain.as_deref()).await,
+        Command::Queue {
+            action: Some(QueueCmd::Delete { which, dsn, yes }),
+        } => change::delete_queue(c, json, which.domain.as_deref(), *dsn, *yes).await,
         Command::Messages {
             domain,
             state,
             limit,
         } => {
             let domain = domain.as_deref().unwrap_or_default();
-            let state = state.as_deref().unwrap_or_default();
-            show::messages(c, json, domain, state, *limit).await
+            let state = state.map(name).unwrap_or_default();
+            show::messages(c, json, domain, &state, *limit).await
         }
         Command::Message(MessageCmd::Show { id, body }) => show::message(c, json, id, *body).await,
         Command::Message(MessageCmd::Retry { id }) => change::retry_message(c, json, id).await,
@@ -237,9 +311,104 @@ async fn run(args: &Args) -> Result<()> {
                 follow: *follow,
                 message_id: message.clone().unwrap_or_default(),
                 domain: domain.clone().unwrap_or_default(),
-                kinds: kinds.clone(),
+                kinds: kinds.iter().copied().map(name).collect(),
             };
             events::run(&target, json, client, server, request).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("batonctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn fixed_value_sets_are_checked_here_as_usage_errors() {
+        for args in [
+            &["messages", "--state", "bogus"][..],
+            &["events", "--kind", "bogus"],
+            &["events", "--kind", "delivered", "--kind", "Delivered"],
+        ] {
+            let Err(e) = parse(args) else {
+                panic!("{args:?} parsed");
+            };
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{args:?}");
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let e = parse(&["messages", "--state", "bogus"])
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("queued")
+                && e.contains("deferred")
+                && e.contains("held")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn queue_actions_take_a_domain_or_all() {
+        assert!(matches!(
+            parse(&["queue"]),
+            Ok(Args {
+                command: Command::Queue { action: None },
+                ..
+            })
+        ));
+        let Ok(Args {
+            command:
+                Command::Queue {
+                    action: Some(QueueCmd::Delete { which, dsn, yes }),
+                },
+            ..
+        }) = parse(&[
+            "queue",
+            "delete",
+            "--domain",
+            "example.com",
+            "--dsn",
+            "--yes",
+        ])
+        else {
+            panic!("queue delete --domain --dsn --yes");
+        };
+        assert_eq!(
+            (which.domain.as_deref(), which.all, dsn, yes),
+            (Some("example.com"), false, true, true)
+        );
+        for args in [
+            &["queue", "retry"][..],
+            &["queue", "retry", "--domain", "a.test", "--all"],
+            &["queue", "delete", "--yes"],
+            &["queue", "retry", "--dsn", "--all"],
+        ] {
+            let e = parse(args).err();
+            assert_eq!(e.map(|e| e.exit_code()), Some(2), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn values_reach_the_api_by_their_names() {
+        let Ok(Args {
+            command: Command::Messages { state, .. },
+            ..
+        }) = parse(&["messages", "--state", "held"])
+        else {
+            panic!("messages --state held");
+        };
+        assert_eq!(state.map(name).as_deref(), Some("held"));
+        let Ok(Args {
+            command: Command::Events { kinds, .. },
+            ..
+        }) = parse(&["events", "--kind", "delivered", "--kind", "deleted"])
+        else {
+            panic!("events --kind");
+        };
+        let kinds: Vec<String> = kinds.into_iter().map(name).collect();
+        assert_eq!(kinds, ["delivered", "deleted"]);
     }
 }

@@ -44,16 +44,8 @@ pub async fn status(client: &mut Client, json: bool) -> Result<()> {
                 m.id.to_string(),
                 m.addr.clone(),
                 format!("{}{}", m.role, if m.leader { " (leader)" } else { "" }),
-                if m.lag_known {
-                    m.matched_index.to_string()
-                } else {
-                    "-".into()
-                },
-                if m.lag_known {
-                    m.lag.to_string()
-                } else {
-                    "-".into()
-                },
+                known(m.matched_index),
+                known(m.lag),
                 if m.owner { "yes" } else { "no" }.into(),
                 m.lease_renewal_index.to_string(),
                 m.owned_domains.len().to_string(),
@@ -73,10 +65,17 @@ pub async fn status(client: &mut Client, json: bool) -> Result<()> {
         ],
         rows,
     );
-    if s.members.iter().any(|m| !m.lag_known) {
-        println!("(MATCHED and LAG are the leader's view; \"-\" when it could not be asked)");
+    if s.members.iter().any(|m| m.matched_index.is_none()) {
+        println!(
+            "(MATCHED and LAG are the leader's view: unknown when it could not be asked, or has not heard from the member since it became leader)"
+        );
     }
     Ok(())
+}
+
+/// A number from the leader's view, or `unknown`.
+fn known(n: Option<u64>) -> String {
+    n.map_or_else(|| "unknown".into(), |n| n.to_string())
 }
 
 /// `queue`: one row per domain, then the suspended domains if any.
@@ -198,8 +197,8 @@ pub async fn messages(
     Ok(())
 }
 
-/// `message show`: the envelope, one row per recipient, the headers, and the body when
-/// `body` is set.
+/// `message show`: the envelope, one row per recipient, then the headers, or with `body`
+/// the whole message.
 pub async fn message(client: &mut Client, json: bool, id: &str, body: bool) -> Result<()> {
     let m = client
         .get_message(pb::GetMessageRequest {
@@ -244,14 +243,24 @@ pub async fn message(client: &mut Client, json: bool, id: &str, body: bool) -> R
         rows,
     );
     println!();
-    for h in &m.headers {
-        println!("{}: {}", h.name, h.value);
-    }
-    if body {
-        println!();
-        print!("{}", String::from_utf8_lossy(&m.body));
-    }
+    print!("{}", message_text(&m, body));
     Ok(())
+}
+
+/// What `message show` prints after the recipients: the header fields (unfolded), or
+/// with `body` the message as stored, header section included, once.
+fn message_text(m: &pb::Message, body: bool) -> String {
+    if body {
+        let mut text = String::from_utf8_lossy(&m.body).into_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        return text;
+    }
+    m.headers
+        .iter()
+        .map(|h| format!("{}: {}\n", h.name, h.value))
+        .collect()
 }
 
 /// `suppression list`: every suppressed address.
@@ -271,4 +280,31 @@ pub async fn suppressions(client: &mut Client, json: bool) -> Result<()> {
         .collect();
     table(&["ADDRESS", "SINCE", "REASON"], rows);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_text;
+    use crate::pb;
+
+    #[test]
+    fn the_message_is_printed_once() {
+        let m = pb::Message {
+            headers: vec![pb::Header {
+                name: "Subject".into(),
+                value: "hi there".into(),
+            }],
+            body: b"Subject: hi\r\n there\r\n\r\nhello\r\n".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(message_text(&m, false), "Subject: hi there\n");
+        let text = message_text(&m, true);
+        assert_eq!(text, "Subject: hi\r\n there\r\n\r\nhello\r\n");
+        assert_eq!(text.matches("Subject:").count(), 1);
+        let m = pb::Message {
+            body: b"Subject: x\r\n\r\nno newline at the end".to_vec(),
+            ..Default::default()
+        };
+        assert!(message_text(&m, true).ends_with("the end\n"));
+    }
 }

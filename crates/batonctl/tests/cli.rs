@@ -35,3 +35,28 @@ fn usage_errors_exit_2() {
         .expect("run batonctl");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bad_enum_values_are_usage_errors_listing_the_valid_ones() {
+    for (args, valid) in [
+        (
+            &["messages", "--state", "bogus"][..],
+            "queued, deferred, held",
+        ),
+        (
+            &["events", "--kind", "bogus"],
+            "received, delivered, deferred",
+        ),
+    ] {
+        // Refused before any server is asked (none listens at this address).
+        let out = batonctl()
+            .args(["--server", "http://127.0.0.1:9"])
+            .args(args)
+            .output()
+            .expect("run batonctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("invalid value 'bogus'"), "{stderr}");
+        assert!(stderr.contains(valid), "{stderr}");
+    }
+}

@@ -30,6 +30,8 @@ pub(crate) const WEBHOOK: &[u8] = b"s/webhook";
 
 /// Prefixes of the key families, for scans.
 pub(crate) const MESSAGES: &[u8] = b"m/";
+/// The first key after every message record.
+pub(crate) const MESSAGES_END: &[u8] = b"m0";
 pub(crate) const BODY_REFS: &[u8] = b"p/";
 pub(crate) const BODIES: &[u8] = b"b/";
 pub(crate) const DELIVERIES: &[u8] = b"d/";

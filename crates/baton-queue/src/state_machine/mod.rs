@@ -206,6 +206,11 @@ impl StateMachine {
                     }
                 }
                 EntryPayload::Normal(Request::Delete { dsn: Some(dsn), .. }) => put(dsn)?,
+                EntryPayload::Normal(Request::DeleteMany { messages, .. }) => {
+                    for dsn in messages.iter().filter_map(|m| m.dsn.as_ref()) {
+                        put(dsn)?;
+                    }
+                }
                 _ => {}
             }
         }

@@ -81,12 +81,13 @@ impl QueueReader {
         self.state.contains(tomb_key(id))
     }
 
-    /// The open delivery records of a domain, in id order, from after `after_id`.
+    /// The open delivery records of a domain, in id order (from either end), from after
+    /// `after_id`.
     pub fn deliveries(
         &self,
         domain: &str,
         after_id: &str,
-    ) -> impl Iterator<Item = Result<(String, DeliveryRecord), DbError>> + use<> {
+    ) -> impl DoubleEndedIterator<Item = Result<(String, DeliveryRecord), DbError>> + use<> {
         let (prefix, to) = delivery_range(domain);
         let from = [&prefix[..], after_id.as_bytes(), b"\0"].concat();
         let start = prefix.len();
@@ -95,6 +96,18 @@ impl QueueReader {
             let id = String::from_utf8_lossy(&key[start..]).into_owned();
             Ok((id, decode(&value, "delivery")?))
         })
+    }
+
+    /// The ids of the queued messages, in id order (from either end), from after
+    /// `after_id`.
+    pub fn message_ids(
+        &self,
+        after_id: &str,
+    ) -> impl DoubleEndedIterator<Item = Result<String, DbError>> + use<> {
+        let from = [MESSAGES, after_id.as_bytes(), b"\0"].concat();
+        self.state
+            .range(&from, MESSAGES_END)
+            .map(|pair| pair.map(|(key, _)| name_of(&key)))
     }
 
     /// Events at positions greater than `after`, oldest first.

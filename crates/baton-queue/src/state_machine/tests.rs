@@ -2,7 +2,7 @@
 //! no Raft, no clock (every time comes from the entries).
 
 use super::*;
-use crate::types::{Event, EventKind, Outcome, Remote};
+use crate::types::{Deletion, Event, EventKind, Outcome, Remote};
 use openraft::{CommittedLeaderId, Membership};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -340,6 +340,127 @@ fn delete_drops_the_message_with_or_without_a_dsn() {
     assert!(r.changed);
     assert_eq!(m.due("src.test", 0), ["DSN-B"]);
     assert_eq!(m.messages(), 1);
+}
+
+fn dsn_for(id: &str) -> NewMessage {
+    NewMessage {
+        sender: String::new(),
+        ..message(&format!("DSN-{id}"), &["sender@src.test"])
+    }
+}
+
+#[test]
+fn retry_many_makes_one_domains_deliveries_due_and_counts_them() {
+    let mut m = Machine::new();
+    m.enqueue(vec![
+        message("A", &["x@one.test", "y@two.test"]),
+        message("B", &["z@one.test"]),
+        message("C", &["w@two.test"]),
+    ]);
+    for (id, domain) in [("A", "one.test"), ("A", "two.test"), ("B", "one.test")] {
+        m.outcome(2_000, outcome(id, domain, &[], &[], 600_000));
+    }
+    m.outcome(2_000, outcome("C", "two.test", &[], &[], 600_000));
+    let r = m.apply(Request::RetryMany {
+        domain: Some("One.Test".into()),
+        ids: vec!["A".into(), "B".into(), "C".into(), "nope".into()],
+    });
+    assert_eq!(
+        (r.changed, r.added),
+        (true, 2),
+        "A and B; C has nothing to one.test"
+    );
+    assert_eq!(m.due("one.test", 3_000), ["A", "B"]);
+    assert!(m.due("two.test", 3_000).is_empty(), "two.test untouched");
+    // Every domain.
+    let r = m.apply(Request::RetryMany {
+        domain: None,
+        ids: vec!["A".into(), "C".into()],
+    });
+    assert_eq!(r.added, 2);
+    assert_eq!(m.due("two.test", 3_000), ["A", "C"]);
+    let r = m.apply(Request::RetryMany {
+        domain: Some("three.test".into()),
+        ids: vec!["A".into()],
+    });
+    assert_eq!((r.changed, r.added), (false, 0));
+}
+
+#[test]
+fn delete_many_deletes_one_domains_deliveries_with_a_dsn_each_once() {
+    let mut m = Machine::new();
+    m.enqueue(vec![
+        message("A", &["x@one.test", "y@two.test"]),
+        message("B", &["z@one.test", "v@one.test"]),
+        message("C", &["w@two.test"]),
+    ]);
+    let deletions = |ids: &[&str]| -> Vec<Deletion> {
+        ids.iter()
+            .map(|id| Deletion {
+                id: id.to_string(),
+                dsn: Some(dsn_for(id)),
+            })
+            .collect()
+    };
+    let request = Request::DeleteMany {
+        domain: Some("one.test".into()),
+        now_ms: 3_000,
+        messages: deletions(&["A", "B", "C"]),
+    };
+    let r = m.apply(request.clone());
+    assert_eq!((r.changed, r.added), (true, 2));
+    assert!(m.due("one.test", 0).is_empty());
+    // A keeps its two.test recipient; C is untouched.
+    assert_eq!(m.due("two.test", 0), ["A", "C"]);
+    assert_eq!(
+        m.reader().message("A").unwrap().map(|a| a.pending_domains),
+        Some(1)
+    );
+    assert!(m.reader().message("B").unwrap().is_none());
+    assert!(m.reader().finished("B").unwrap());
+    let deleted: Vec<_> = m
+        .events()
+        .into_iter()
+        .filter(|(_, e)| e.kind == EventKind::Deleted)
+        .map(|(_, e)| e.recipient)
+        .collect();
+    assert_eq!(deleted, ["x@one.test", "z@one.test", "v@one.test"]);
+    // One DSN per message deleted from, none for C.
+    assert_eq!(m.due("src.test", 0), ["DSN-A", "DSN-B"]);
+    // The same entry again (a write retried after a failover) changes nothing.
+    let r = m.apply(request);
+    assert_eq!((r.changed, r.added), (false, 0));
+    assert_eq!(m.due("src.test", 0), ["DSN-A", "DSN-B"]);
+    // Every domain: what is left of A, and C.
+    let r = m.apply(Request::DeleteMany {
+        domain: None,
+        now_ms: 4_000,
+        messages: vec![
+            Deletion {
+                id: "A".into(),
+                dsn: None,
+            },
+            Deletion {
+                id: "C".into(),
+                dsn: None,
+            },
+        ],
+    });
+    assert_eq!(r.added, 2);
+    assert!(m.due("two.test", 0).is_empty());
+    assert_eq!(m.messages(), 2, "the two DSNs");
+    let ids: Vec<String> = m
+        .reader()
+        .message_ids("")
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids, ["DSN-A", "DSN-B"]);
+    let ids: Vec<String> = m
+        .reader()
+        .message_ids("DSN-A")
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids, ["DSN-B"]);
 }
 
 #[test]

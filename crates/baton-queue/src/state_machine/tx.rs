@@ -155,9 +155,29 @@ impl<'a> Tx<'a> {
                 }
                 self.expire_tombstones(*now_ms)?;
             }
-            Request::Retry { id } => response.changed = self.retry(id)?,
+            Request::Retry { id } => response.changed = self.retry(id, None)?,
             Request::Delete { id, now_ms, dsn } => {
-                response.changed = self.delete(id, *now_ms, dsn.as_ref())?;
+                response.changed = self.delete(id, None, *now_ms, dsn.as_ref())?;
+            }
+            Request::RetryMany { domain, ids } => {
+                for id in ids {
+                    if self.retry(id, domain.as_deref())? {
+                        response.added += 1;
+                    }
+                }
+                response.changed = response.added > 0;
+            }
+            Request::DeleteMany {
+                domain,
+                now_ms,
+                messages,
+            } => {
+                for m in messages {
+                    if self.delete(&m.id, domain.as_deref(), *now_ms, m.dsn.as_ref())? {
+                        response.added += 1;
+                    }
+                }
+                response.changed = response.added > 0;
             }
             Request::Suspend {
                 domain,
@@ -402,12 +422,17 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// The domains with an open delivery record for message `id`.
-    fn open_domains(&mut self, id: &str) -> Result<Vec<(String, DeliveryRecord)>, DbError> {
+    /// The domains with an open delivery record for message `id` (only `only`, if given).
+    fn open_domains(
+        &mut self,
+        id: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, DeliveryRecord)>, DbError> {
         let Some(meta) = self.get_message(id)? else {
             return Ok(Vec::new());
         };
         let mut domains: Vec<String> = meta.recipients.iter().map(|r| domain_of(r)).collect();
+        domains.retain(|d| only.is_none_or(|o| o.eq_ignore_ascii_case(d)));
         domains.sort();
         domains.dedup();
         let mut open = Vec::new();
@@ -419,8 +444,9 @@ impl<'a> Tx<'a> {
         Ok(open)
     }
 
-    fn retry(&mut self, id: &str) -> Result<bool, DbError> {
-        let open = self.open_domains(id)?;
+    /// Makes the open deliveries of `id` (to `only`, if given) due now.
+    fn retry(&mut self, id: &str, only: Option<&str>) -> Result<bool, DbError> {
+        let open = self.open_domains(id, only)?;
         for (domain, mut record) in open.iter().cloned() {
             record.next_attempt_ms = 0;
             self.put_delivery(&domain, id, Some(record));
@@ -430,8 +456,16 @@ impl<'a> Tx<'a> {
         Ok(!open.is_empty())
     }
 
-    fn delete(&mut self, id: &str, now_ms: u64, dsn: Option<&NewMessage>) -> Result<bool, DbError> {
-        let open = self.open_domains(id)?;
+    /// Closes the open deliveries of `id` (to `only`, if given) with a `Deleted` event
+    /// per recipient, then enqueues `dsn`; false (and no DSN) when none was open.
+    fn delete(
+        &mut self,
+        id: &str,
+        only: Option<&str>,
+        now_ms: u64,
+        dsn: Option<&NewMessage>,
+    ) -> Result<bool, DbError> {
+        let open = self.open_domains(id, only)?;
         if open.is_empty() {
             return Ok(false);
         }
