@@ -2,18 +2,22 @@
 # A local Baton cluster on 127.0.0.1: N nodes with their own ports and data dirs, and
 # HAProxy on 127.0.0.1:2500 in front of their SMTP listeners (send-proxy-v2).
 #
-#   cluster/local.sh up N      start N nodes (node 1 bootstraps, the rest join) + HAProxy
-#   cluster/local.sh add I     start one more node I (joins through node 1's Raft port; not
-#                              added to HAProxy) — e.g. to watch a node catch up
-#   cluster/local.sh status    readiness, role and commit index of each node
-#   cluster/local.sh down      stop everything (SIGTERM, then SIGKILL after 40 s)
+#   cluster/local.sh up N       start N nodes (node 1 bootstraps, the rest join) + HAProxy
+#   cluster/local.sh add I      start one more node I (joins through node 1's Raft port; not
+#                               added to HAProxy) — e.g. to watch a node catch up
+#   cluster/local.sh restart I  stop node I if it runs (SIGTERM, SIGKILL after 40 s) and
+#                               start it again on its config and data; any node, node 1
+#                               included (with its data it rejoins, it never bootstraps)
+#   cluster/local.sh status     readiness, role and commit index of each node
+#   cluster/local.sh down       stop everything (SIGTERM, then SIGKILL after 40 s)
 #
-# Node i listens on: SMTP 127.0.0.1:(2600+i) (PROXY protocol required), Raft 7300+i,
-# admin 7400+i, HTTP 9400+i. Data and logs go under $BATON_LOCAL_DIR (default
-# /tmp/baton-local). Deliveries go to $SMARTHOST (default 127.0.0.3:2600, e.g. a
-# baton-sink or baton-load's sink); set DNS_SERVER=ip:port to use MX lookups instead.
-# Binaries: $BATOND (default target/release/batond; built if missing). A node must be
-# ready within $READY_TIMEOUT seconds (default 60).
+# Node i listens on 127.0.0.1: SMTP 2600+i (PROXY protocol required), Raft 7300+i, admin
+# 7400+i, HTTP 9400+i. Data and logs go under $BATON_LOCAL_DIR (default /tmp/baton-local):
+# node<i>/baton.toml, node<i>/data, node<i>/batond.log (appended across restarts, each
+# start marked by a "local.sh: starting node i" line). Deliveries go to $SMARTHOST
+# (default 127.0.0.3:2600, e.g. a baton-sink or baton-load's sink); set DNS_SERVER=ip:port
+# to use MX lookups instead. Binaries: $BATOND (default target/release/batond; built if
+# missing). A node must be ready within $READY_TIMEOUT seconds (default 60).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -103,23 +107,92 @@ CFG
   done
 }
 
+# Starts node i on its config (node<i>/baton.toml) and waits until it is ready. Its
+# output is appended to its logs, never truncated: a restarted node's crash stays there.
+run_node() {
+  local i=$1
+  "$batond" check-config "$dir/node$i/baton.toml" >/dev/null
+  local mark
+  mark="local.sh: starting node $i at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "$mark" >> "$dir/node$i/batond.log"
+  echo "$mark" >> "$dir/node$i/stdout.log"
+  NO_COLOR=1 BATON_LOG=${BATON_LOG:-info} "$batond" --config "$dir/node$i/baton.toml" \
+    >> "$dir/node$i/stdout.log" 2>> "$dir/node$i/batond.log" &
+  echo $! > "$dir/node$i/pid"
+  wait_ready "$i"
+  echo "node $i ready: smtp 127.0.0.1:$((2600 + i)) raft 127.0.0.1:$((7300 + i))" \
+    "admin http://127.0.0.1:$((7400 + i)) http http://127.0.0.1:$((9400 + i))"
+}
+
 start_node() {
   local i=$1 n=$2
   mkdir -p "$dir/node$i"
   node_config "$i" "$n" > "$dir/node$i/baton.toml"
-  "$batond" check-config "$dir/node$i/baton.toml" >/dev/null
-  NO_COLOR=1 BATON_LOG=${BATON_LOG:-info} "$batond" --config "$dir/node$i/baton.toml" \
-    > "$dir/node$i/stdout.log" 2> "$dir/node$i/batond.log" &
-  echo $! > "$dir/node$i/pid"
-  wait_ready "$i"
-  echo "node $i ready: smtp 127.0.0.1:$((2600 + i)) raft 7300+$i http http://127.0.0.1:$((9400 + i))"
+  run_node "$i"
+}
+
+# The pid of node i if it runs: its pid file names a live batond started on node i's
+# config (a stale pid file never makes us signal another process).
+node_pid() {
+  local i=$1 pid cmd
+  [ -e "$dir/node$i/pid" ] || return 1
+  pid=$(cat "$dir/node$i/pid")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  cmd=$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline") || return 1
+  [[ "$cmd" == *"/node$i/baton.toml"* ]] || return 1
+  echo "$pid"
+}
+
+# Whether a process runs (exists and is not a zombie its parent has yet to reap).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+# SIGTERM to the given pids (they drain), SIGKILL to those still alive after 40 s.
+stop_pids() {
+  local pid
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 200); do
+    local any=0
+    for pid in "$@"; do alive "$pid" && any=1; done
+    [ $any = 0 ] && return 0
+    sleep 0.2
+  done
+  for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    local any=0
+    for pid in "$@"; do alive "$pid" && any=1; done
+    [ $any = 0 ] && return 0
+    sleep 0.1
+  done
 }
 
 add() {
   local i=${1:-}
   [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 2 ] || die "usage: local.sh add I (I >= 2)"
-  [ -e "$dir/node$i/pid" ] && kill -0 "$(cat "$dir/node$i/pid")" 2>/dev/null && die "node $i is running"
+  node_pid "$i" >/dev/null && die "node $i is running (local.sh restart $i restarts it)"
   start_node "$i" "$i"
+}
+
+# Node 1's config bootstraps: with its data, a restart just rejoins the cluster it
+# formed; without data it would form a second cluster, so that is refused.
+restart() {
+  local i=${1:-} pid
+  [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] || die "usage: local.sh restart I (I >= 1)"
+  [ -e "$dir/node$i/baton.toml" ] || die "node $i was never started in $dir (local.sh up N or add I)"
+  if grep -q '^bootstrap = true' "$dir/node$i/baton.toml" \
+    && [ -z "$(ls -A "$dir/node$i/data" 2>/dev/null)" ]; then
+    die "node $i bootstraps and has no data in $dir/node$i/data: starting it would form a second cluster"
+  fi
+  if pid=$(node_pid "$i"); then
+    echo "stopping node $i (pid $pid)"
+    stop_pids "$pid"
+    alive "$pid" && die "node $i (pid $pid) did not stop"
+  fi
+  run_node "$i"
 }
 
 up() {
@@ -169,25 +242,22 @@ down() {
     kill "$(cat "$dir/haproxy.pid")" 2>/dev/null || true
     rm -f "$dir/haproxy.pid"
   fi
-  local pids=()
+  local pids=() p d pid
   for p in "$dir"/node*/pid; do
     [ -e "$p" ] || continue
-    pid=$(cat "$p"); kill -TERM "$pid" 2>/dev/null && pids+=("$pid"); rm -f "$p"
+    d=$(dirname "$p")
+    if pid=$(node_pid "${d##*node}"); then pids+=("$pid"); fi
+    rm -f "$p"
   done
-  for _ in $(seq 1 200); do
-    local alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.2
-  done
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  echo "stopped; data kept in $dir (rm -rf it for a fresh cluster)"
+  [ ${#pids[@]} = 0 ] || stop_pids "${pids[@]}"
+  echo "stopped; data and logs kept in $dir (rm -rf it for a fresh cluster)"
 }
 
 case "${1:-}" in
   up) up "${2:-3}" ;;
   add) add "${2:-}" ;;
+  restart) restart "${2:-}" ;;
   status) status ;;
   down) down ;;
-  *) die "usage: local.sh up N | add I | status | down" ;;
+  *) die "usage: local.sh up N | add I | restart I | status | down" ;;
 esac

@@ -3,6 +3,7 @@
 //! - [`route`] — MX resolution (hickory), implicit MX, null MX, smarthost;
 //! - [`tls`] — the outbound TLS policies (`disabled`, `opportunistic`, `required`);
 //! - [`outbound`] — one SMTP client connection driving `baton_smtp::client` over TCP/TLS;
+//! - [`reason`] — DNS and connection failures in words an operator can act on;
 //! - [`retry`] — retry schedule and expiry;
 //! - [`dsn`] — RFC 3464 bounce messages, one builder for delivery and operators;
 //! - [`policy`] — the delivery decisions as pure functions: which recipients to send to,
@@ -17,6 +18,7 @@ pub mod date;
 pub mod dsn;
 pub mod outbound;
 pub mod policy;
+pub mod reason;
 pub mod retry;
 pub mod route;
 pub mod tls;

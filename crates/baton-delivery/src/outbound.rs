@@ -2,9 +2,11 @@
 //!
 //! [`Connection::open`] walks the targets in preference order and stops at the first host
 //! that greets with 220 and finishes EHLO (and STARTTLS when the policy wants it); a
-//! refused connection or a 4xx/5xx greeting moves on to the next host.
+//! refused connection or a 4xx/5xx greeting moves on to the next host. When none is
+//! usable, [`OpenFailed`] says what each host did.
 //! [`Connection::send`] runs one transaction and returns the per-recipient replies.
 
+use crate::reason;
 use crate::route::Target;
 use crate::tls::{TlsClients, TlsPolicy};
 use baton_smtp::client::{
@@ -38,10 +40,11 @@ impl Default for Timeouts {
     }
 }
 
-/// Why a connection could not be used.
+/// Why a connection could not be used. While opening, the reason is about one host
+/// and does not name it ([`OpenFailed`] does).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnError {
-    /// No host could be reached or every host refused; the reply of the last one if any.
+    /// The host could not be reached or refused us; its reply if it gave one.
     #[error("{reason}")]
     Unavailable {
         reason: String,
@@ -87,6 +90,31 @@ impl Stream {
     }
 }
 
+/// No target could be used: what each did, in the order tried.
+#[derive(Debug, Clone)]
+pub struct OpenFailed {
+    pub tried: Vec<(Target, ConnError)>,
+}
+
+impl OpenFailed {
+    /// The last host tried, the one whose answer is recorded.
+    pub fn last_target(&self) -> Option<&Target> {
+        self.tried.last().map(|(t, _)| t)
+    }
+
+    /// The reason in words, for mail to `domain`: "could not connect to any MX host of
+    /// example.com: mx1.example.com[192.0.2.1]:25 connection refused; ...".
+    /// `smarthost`: the targets are the configured smarthost.
+    pub fn reason(&self, domain: &str, smarthost: bool) -> String {
+        let tried: Vec<String> = self
+            .tried
+            .iter()
+            .map(|(t, e)| format!("{} {e}", reason::target(t)))
+            .collect();
+        reason::no_connection(domain, smarthost, &tried)
+    }
+}
+
 /// The result of one transaction.
 #[derive(Debug, Clone)]
 pub struct Transaction {
@@ -107,22 +135,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to the first target that accepts us. On failure: the last error, and the
-    /// target that gave it (none when there was no target).
+    /// Connects to the first target that accepts us. On failure: what each target did
+    /// (nothing when there was no target).
     pub async fn open(
         targets: &[Target],
         helo_name: &str,
         policy: TlsPolicy,
         tls: &TlsClients,
         timeouts: &Timeouts,
-    ) -> Result<Connection, (ConnError, Option<Target>)> {
-        let mut last = ConnError::Unavailable {
-            reason: "no mail exchanger to try".into(),
-            reply: None,
-        };
-        let mut last_target = None;
+    ) -> Result<Connection, OpenFailed> {
+        let mut tried = Vec::new();
         for target in targets {
-            last_target = Some(target.clone());
             match Self::open_one(target, helo_name, policy, tls, timeouts).await {
                 Ok(c) => return Ok(c),
                 Err(ConnError::TlsFailed(reason)) if policy == TlsPolicy::Opportunistic => {
@@ -133,17 +156,17 @@ impl Connection {
                         .await
                     {
                         Ok(c) => return Ok(c),
-                        Err(e) => last = e,
+                        Err(e) => tried.push((target.clone(), e)),
                     }
                 }
-                Err(e @ ConnError::TlsRequired(_)) => last = e,
+                Err(e @ ConnError::TlsRequired(_)) => tried.push((target.clone(), e)),
                 Err(e) => {
                     tracing::debug!(host = %target.host, addr = %target.addr, error = %e, "MX host unusable");
-                    last = e;
+                    tried.push((target.clone(), e));
                 }
             }
         }
-        Err((last, last_target))
+        Err(OpenFailed { tried })
     }
 
     async fn open_one(
@@ -161,13 +184,11 @@ impl Connection {
             .await
             .map_err(|_| {
                 unavailable(format!(
-                    "connect to {} ({}) timed out",
-                    target.host, target.addr
+                    "connection timed out after {}",
+                    reason::duration(timeouts.connect)
                 ))
             })?
-            .map_err(|e| {
-                unavailable(format!("connect to {} ({}): {e}", target.host, target.addr))
-            })?;
+            .map_err(|e| unavailable(reason::io(&e)))?;
         let _ = tcp.set_nodelay(true);
         let session = ClientSession::new(ClientConfig {
             helo_name: helo_name.to_string(),
@@ -193,7 +214,7 @@ impl Connection {
                         _ => tls.opportunistic.clone(),
                     };
                     let name = ServerName::try_from(target.host.clone()).map_err(|e| {
-                        let reason = format!("bad host name {}: {e}", target.host);
+                        let reason = format!("bad host name for TLS: {e}");
                         if policy == TlsPolicy::Required {
                             ConnError::TlsRequired(reason)
                         } else {
@@ -214,41 +235,43 @@ impl Connection {
                             conn.pending.extend(actions);
                         }
                         Ok(Err(e)) => {
-                            let reason = format!("TLS handshake with {}: {e}", target.host);
                             return Err(if policy == TlsPolicy::Required {
-                                ConnError::TlsRequired(reason)
+                                ConnError::TlsRequired(format!("TLS handshake failed: {e}"))
                             } else {
-                                ConnError::TlsFailed(reason)
+                                ConnError::TlsFailed(e.to_string())
                             });
                         }
                         Err(_) => {
                             return Err(unavailable(format!(
-                                "TLS handshake with {} timed out",
-                                target.host
+                                "TLS handshake timed out after {}",
+                                reason::duration(timeouts.command)
                             )));
                         }
                     }
                 }
                 ClientAction::Failed { reply, reason } => {
-                    return Err(match reason {
-                        ClientError::TlsUnavailable => ConnError::TlsRequired(format!(
-                            "{} does not offer STARTTLS",
-                            target.host
-                        )),
-                        other => ConnError::Unavailable {
-                            reason: match &reply {
-                                Some(r) => format!("{}: {}", target.host, r),
-                                None => format!("{}: {other}", target.host),
+                    return Err(match (reason, &reply) {
+                        (ClientError::TlsUnavailable, Some(r)) => {
+                            ConnError::TlsRequired(format!("STARTTLS refused: {r}"))
+                        }
+                        (ClientError::TlsUnavailable, None) => {
+                            ConnError::TlsRequired("STARTTLS not offered".into())
+                        }
+                        (other, _) => ConnError::Unavailable {
+                            reason: match (&other, &reply) {
+                                (ClientError::Greeting, Some(r)) => format!("greeted with {r}"),
+                                (ClientError::Helo, Some(r)) => {
+                                    format!("refused EHLO and HELO: {r}")
+                                }
+                                (_, Some(r)) => format!("answered {r}"),
+                                (_, None) => other.to_string(),
                             },
                             reply,
                         },
                     });
                 }
                 ClientAction::Closed => {
-                    return Err(unavailable(format!(
-                        "{} closed the connection",
-                        target.host
-                    )));
+                    return Err(unavailable("closed the connection".into()));
                 }
                 other => {
                     tracing::warn!(?other, "unexpected client action while opening");
@@ -396,8 +419,9 @@ impl Connection {
             Ok(Err(e)) => {
                 self.stream = Stream::Gone;
                 Err(ConnError::Lost(format!(
-                    "write to {}: {e}",
-                    self.target.host
+                    "write to {}: {}",
+                    reason::target(&self.target),
+                    reason::io(&e)
                 )))
             }
             Err(_) => {
@@ -417,8 +441,9 @@ impl Connection {
             None => {
                 self.stream = Stream::Gone;
                 Err(ConnError::Lost(format!(
-                    "{} did not answer in {timeout:?}",
-                    self.target.host
+                    "{} did not answer in {}",
+                    reason::target(&self.target),
+                    reason::duration(timeout)
                 )))
             }
         }
@@ -443,8 +468,9 @@ impl Connection {
                 Ok(Err(e)) => {
                     self.stream = Stream::Gone;
                     return Err(ConnError::Lost(format!(
-                        "read from {}: {e}",
-                        self.target.host
+                        "read from {}: {}",
+                        reason::target(&self.target),
+                        reason::io(&e)
                     )));
                 }
                 Ok(Ok(n)) => n,
@@ -459,5 +485,96 @@ impl Connection {
             let actions = self.session.handle(ClientEvent::Input(&self.buf[..n]));
             self.pending.extend(actions);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use tokio::net::TcpListener;
+
+    /// A port on 127.0.0.1 where nothing listens.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// A host that greets every connection with `greeting` and closes.
+    async fn greeter(greeting: &'static str) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(greeting.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    fn target(host: &str, port: u16) -> Target {
+        Target {
+            host: host.into(),
+            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_open_says_what_each_host_did() {
+        let refused = closed_port();
+        let busy = greeter("421 4.3.2 sink busy\r\n").await;
+        let targets = [
+            target("mx1.dst.test", refused),
+            target("mx2.dst.test", busy),
+        ];
+        let failed = match Connection::open(
+            &targets,
+            "relay.test",
+            TlsPolicy::Disabled,
+            &TlsClients::new(),
+            &Timeouts::default(),
+        )
+        .await
+        {
+            Ok(_) => panic!("nothing accepts"),
+            Err(f) => f,
+        };
+        assert_eq!(failed.last_target(), Some(&targets[1]));
+        assert_eq!(
+            failed.reason("dst.test", false),
+            format!(
+                "could not connect to any MX host of dst.test: \
+                 mx1.dst.test[127.0.0.1]:{refused} connection refused; \
+                 mx2.dst.test[127.0.0.1]:{busy} answered 421 4.3.2 sink busy"
+            )
+        );
+        // The busy host's reply is kept for whoever wants its code.
+        let (_, e) = &failed.tried[1];
+        assert!(
+            matches!(e, ConnError::Unavailable { reply: Some(r), .. } if r.code == 421),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_smarthost_is_named_once() {
+        let port = closed_port();
+        let smarthost = target("127.0.0.1", port);
+        let failed = match Connection::open(
+            std::slice::from_ref(&smarthost),
+            "relay.test",
+            TlsPolicy::Opportunistic,
+            &TlsClients::new(),
+            &Timeouts::default(),
+        )
+        .await
+        {
+            Ok(_) => panic!("nothing listens"),
+            Err(f) => f,
+        };
+        assert_eq!(
+            failed.reason("dst.test", true),
+            format!("could not connect to the smarthost: 127.0.0.1:{port} connection refused")
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Where mail for a domain goes: MX lookup with fallback to A/AAAA, null MX (RFC 7505),
 //! address literals, or a configured smarthost.
 
+use crate::reason::{self, Resolvers};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -15,7 +16,8 @@ pub struct Target {
     pub addr: SocketAddr,
 }
 
-/// Why no route was found.
+/// Why no route was found. The second field is the reason in words (see
+/// [`crate::reason`]).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
     /// DNS failed in a way that may pass: try again later.
@@ -56,14 +58,30 @@ pub struct RouteConfig {
 pub struct Router {
     resolver: TokioResolver,
     config: RouteConfig,
+    /// Who is asked, for failure reasons that name them.
+    resolvers: Resolvers,
 }
 
 impl Router {
     pub fn new(config: RouteConfig) -> Result<Router, String> {
         let provider = TokioRuntimeProvider::default();
+        let resolvers;
         let mut builder = if config.dns_servers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?
+            // What `TokioResolver::builder` does, keeping the servers to name them.
+            let (system, options) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| format!("system resolver: {e}"))?;
+            resolvers = Resolvers {
+                servers: servers_of(system.name_servers()),
+                system: true,
+            };
+            let mut builder = TokioResolver::builder_with_config(system, provider);
+            *builder.options_mut() = options;
+            builder
         } else {
+            resolvers = Resolvers {
+                servers: config.dns_servers.clone(),
+                system: false,
+            };
             let servers = config
                 .dns_servers
                 .iter()
@@ -87,7 +105,16 @@ impl Router {
         opts.positive_max_ttl = Some(std::time::Duration::from_secs(300));
         opts.negative_max_ttl = Some(std::time::Duration::from_secs(60));
         let resolver = builder.build().map_err(|e| format!("resolver: {e}"))?;
-        Ok(Router { resolver, config })
+        Ok(Router {
+            resolver,
+            config,
+            resolvers,
+        })
+    }
+
+    /// Whether every domain goes to the configured smarthost.
+    pub fn uses_smarthost(&self) -> bool {
+        self.config.smarthost.is_some()
     }
 
     /// The hosts to try for `domain`, most preferred first.
@@ -125,7 +152,12 @@ impl Router {
                 ));
             }
             Err(e) if e.is_no_records_found() => {}
-            Err(e) => return Err(RouteError::Temporary(domain.into(), e.to_string())),
+            Err(e) => {
+                return Err(RouteError::Temporary(
+                    domain.into(),
+                    reason::dns(&e, &self.resolvers),
+                ));
+            }
         }
         if exchanges.len() == 1 && exchanges[0].1.trim_end_matches('.').is_empty() {
             return Err(RouteError::Permanent(
@@ -142,7 +174,7 @@ impl Router {
         exchanges.sort_by_key(|(pref, _)| *pref);
 
         let mut targets = Vec::new();
-        let mut last_error = None;
+        let mut failures = Vec::new();
         for (_, host) in &exchanges {
             match self.resolver.lookup_ip(host.as_str()).await {
                 Ok(ips) => {
@@ -160,13 +192,22 @@ impl Router {
                         format!("domain {domain} has no MX and no address"),
                     ));
                 }
-                Err(e) => last_error = Some(e.to_string()),
+                Err(e) => failures.push(reason::address(
+                    host.trim_end_matches('.'),
+                    &e,
+                    &self.resolvers,
+                )),
             }
         }
         if targets.is_empty() {
+            let why = failures.join("; ");
             return Err(RouteError::Temporary(
                 domain.into(),
-                last_error.unwrap_or_else(|| "no address for any MX host".into()),
+                if implicit {
+                    format!("no MX record, and its address lookup failed: {why}")
+                } else {
+                    format!("no address for any MX host: {why}")
+                },
             ));
         }
         Ok(targets)
@@ -187,7 +228,12 @@ impl Router {
             .resolver
             .lookup_ip(format!("{}.", host.trim_end_matches('.')))
             .await
-            .map_err(|e| RouteError::Temporary(host.into(), e.to_string()))?;
+            .map_err(|e| {
+                RouteError::Temporary(
+                    format!("the smarthost {host}"),
+                    reason::address(host, &e, &self.resolvers),
+                )
+            })?;
         Ok(ips
             .iter()
             .map(|ip| Target {
@@ -197,3 +243,21 @@ impl Router {
             .collect())
     }
 }
+
+/// The distinct `ip:port` of each configured name server (UDP and TCP share them).
+fn servers_of(config: &[NameServerConfig]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for ns in config {
+        for c in &ns.connections {
+            let addr = SocketAddr::new(ns.ip, c.port);
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "route_tests.rs"]
+mod tests;

@@ -12,7 +12,7 @@ use super::domain::DomainMsg;
 use super::{DeliveryContext, InFlight};
 use crate::batcher;
 use crate::metrics as m;
-use baton_delivery::outbound::{ConnError, Connection, Transaction};
+use baton_delivery::outbound::{ConnError, Connection, OpenFailed, Transaction};
 use baton_delivery::policy::{self, Attempt, Job, Plan, Prepared};
 use baton_delivery::route::{RouteError, Target};
 use baton_queue::Outcome;
@@ -170,8 +170,8 @@ impl WorkerState {
                 .await;
                 match opened {
                     Ok(c) => conn.open = Some(Open::new(c, &self.actor)),
-                    Err((e, target)) => {
-                        self.connect_failed(job, token, &e, target).await?;
+                    Err(failed) => {
+                        self.connect_failed(job, token, &failed).await?;
                         return Ok(());
                     }
                 }
@@ -283,16 +283,17 @@ impl WorkerState {
         &self,
         job: Job,
         token: InFlight,
-        e: &ConnError,
-        target: Option<Target>,
+        failed: &OpenFailed,
     ) -> Result<(), ActorProcessingErr> {
-        let reason = e.to_string();
+        let reason = failed.reason(&self.domain, self.ctx.router.uses_smarthost());
         tracing::info!(domain = %self.domain, error = %reason, "no connection");
-        let remote = target.map_or_else(Remote::default, |t| Remote {
-            host: t.host,
-            ip: t.addr.ip().to_string(),
-            tls: String::new(),
-        });
+        let remote = failed
+            .last_target()
+            .map_or_else(Remote::default, |t| Remote {
+                host: t.host.clone(),
+                ip: t.addr.ip().to_string(),
+                tls: String::new(),
+            });
         self.finish(&job, token, policy::defer_all(&job, &reason, remote));
         if self.live().await == 0 {
             while let Some(token) = self.next().await? {
