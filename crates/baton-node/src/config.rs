@@ -1,6 +1,11 @@
 //! The node's configuration (README, "Configuration reference"): TOML into serde structs that reject
 //! unknown keys, then [`Config::validate`], which reports every problem at once, each
-//! naming its key.
+//! naming its key. [`parse`] collects the parse and type errors the same way, so one run
+//! of `batond check-config` lists everything.
+
+mod parse;
+#[cfg(test)]
+mod tests;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -424,25 +429,37 @@ listen = "127.0.0.1:9401"
 "#;
 
 impl Config {
-    /// Parses TOML; a syntax error or unknown key is reported with its key path.
+    /// Parses TOML into a config without validating it. Every type error and unknown
+    /// key is reported, each with its key path and line; a TOML syntax error is one error
+    /// (nothing after it can be read).
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.message().to_string();
-            let location = inner
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            ConfigErrors(vec![ConfigError {
-                key: if path == "." { "config".into() } else { path },
-                reason: format!("{message}{location}"),
-            }])
-        })
+        let parsed = parse::parse(text);
+        match parsed.config {
+            Some(config) if parsed.errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(parsed.errors)),
+        }
+    }
+
+    /// Parses and validates TOML: every problem, parse errors and [`Config::validate`]'s
+    /// together (those about a key already reported as bad are left out).
+    pub fn check(text: &str) -> Result<Config, ConfigErrors> {
+        let parsed = parse::parse(text);
+        let mut errors = parsed.errors.clone();
+        if let Some(config) = &parsed.config
+            && let Err(problems) = config.validate()
+        {
+            for mut e in problems.0 {
+                let path = parsed.original(&parse::split(&e.key));
+                if !parsed.touches_removed(&path) {
+                    e.key = parse::display(&path);
+                    errors.push(e);
+                }
+            }
+        }
+        match parsed.config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(errors)),
+        }
     }
 
     /// Reads, parses and validates a file.
@@ -453,9 +470,7 @@ impl Config {
                 reason: format!("cannot read {}: {e}", path.display()),
             }])
         })?;
-        let config = Config::parse(&text)?;
-        config.validate()?;
-        Ok(config)
+        Config::check(&text)
     }
 
     /// The `--dev` configuration, with `data_dir` overridden when given.
@@ -721,98 +736,4 @@ fn valid_domain_pattern(p: &str) -> bool {
                 && !l.ends_with('-')
                 && l.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dev_config_is_valid() {
-        Config::dev(None).validate().unwrap();
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let e = Config::parse("[smtp]\nhostname = \"x\"\nmax_mesage_size = 5\n").unwrap_err();
-        assert_eq!(e.0[0].key, "smtp.max_mesage_size");
-        assert!(e.0[0].reason.contains("max_mesage_size"), "{e}");
-        let e = Config::parse("[[smtp.listener]]\naddress = \"127.0.0.1:25\"\nmode = \"bogus\"\n")
-            .unwrap_err();
-        assert_eq!(e.0[0].key, "smtp.listener[0].mode", "{e}");
-    }
-
-    #[test]
-    fn bad_values_are_all_reported() {
-        let c = Config::parse(
-            r#"
-[node]
-id = 0
-[[smtp.listener]]
-address = "127.0.0.1:2525"
-mode = "implicit-tls"
-tls_key = "/nonexistent.key"
-[delivery]
-retry_intervals = []
-[admin]
-listen = "0.0.0.0:7401"
-tls_cert = "/nonexistent.crt"
-[events]
-retention_count = 0
-webhook_url = "ftp://example.test/"
-webhook_batch = 0
-"#,
-        )
-        .unwrap();
-        let e = c.validate().unwrap_err();
-        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
-        for k in [
-            "node.id",
-            "smtp.listener[0].tls_cert",
-            "smtp.listener[0].tls_key",
-            "delivery.retry_intervals",
-            "admin.token",
-            "admin.tls_cert",
-            "admin.tls_key",
-            "events.retention_count",
-            "events.webhook_url",
-            "events.webhook_batch",
-        ] {
-            assert!(keys.contains(&k), "{k} missing in {keys:?}");
-        }
-    }
-
-    #[test]
-    fn durations_parse() {
-        let c =
-            Config::parse("[delivery]\nretry_intervals = [\"30s\", \"2m\"]\nmax_age = \"1h\"\n")
-                .unwrap();
-        assert_eq!(
-            c.delivery.retry_intervals,
-            vec![Duration::from_secs(30), Duration::from_secs(120)]
-        );
-        assert_eq!(c.delivery.max_age, Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn byte_rates_parse() {
-        assert_eq!(parse_byte_rate("1KiB/s"), Ok(1024));
-        assert_eq!(parse_byte_rate("500B/s"), Ok(500));
-        assert_eq!(parse_byte_rate("2 MiB/s"), Ok(2 * 1024 * 1024));
-        assert_eq!(parse_byte_rate("0"), Ok(0));
-        assert!(parse_byte_rate("fast").is_err());
-        assert!(parse_byte_rate("1KiB").is_err());
-        let c = Config::parse("[smtp]\ndata_min_rate = \"10kB/s\"\n").unwrap();
-        assert_eq!(c.smtp.data_min_rate, 10_000);
-    }
-
-    #[test]
-    fn proxy_protocol_needs_trusted_peers() {
-        let mut c = Config::dev(None);
-        c.smtp.listeners[0].proxy_protocol = true;
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("smtp.listener[0].proxy_trusted"), "{e}");
-        c.smtp.listeners[0].proxy_trusted = vec!["10.0.0.0/8".parse().unwrap()];
-        c.validate().unwrap();
-    }
 }

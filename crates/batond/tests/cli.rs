@@ -56,3 +56,17 @@ fn unknown_key_and_missing_file_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn check_config_stops_at_a_syntax_error_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, "[node]\nid = 1\n[smtp\nhostname = 5\n").unwrap();
+    let out = batond().arg("check-config").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("nothing after it"),
+        "{err}"
+    );
+}
