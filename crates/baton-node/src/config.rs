@@ -3,10 +3,12 @@
 //! naming its key. [`parse`] collects the parse and type errors the same way, so one run
 //! of `batond check-config` lists everything.
 
+mod checks;
 mod parse;
 #[cfg(test)]
 mod tests;
 
+use checks::{check_data_dir, overlapping_addresses, valid_domain_pattern};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::fmt;
@@ -119,6 +121,9 @@ impl Default for NodeConfig {
 pub struct ClusterConfig {
     /// Raft gRPC listen address.
     pub listen: SocketAddr,
+    /// Allow a non-loopback `listen` although peers are not authenticated (peer TLS is
+    /// not built yet): the operator vouches that only peers can reach it.
+    pub insecure: bool,
     /// How peers reach this node.
     pub advertise: String,
     /// With no state on disk, form a new cluster.
@@ -136,7 +141,8 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            listen: ([0, 0, 0, 0], 7301).into(),
+            listen: ([127, 0, 0, 1], 7301).into(),
+            insecure: false,
             advertise: "127.0.0.1:7301".into(),
             bootstrap: false,
             join: Vec::new(),
@@ -489,8 +495,8 @@ impl Config {
         if self.node.id == 0 {
             err("node.id".into(), "must be greater than 0".into());
         }
-        if self.node.data_dir.as_os_str().is_empty() {
-            err("node.data_dir".into(), "must not be empty".into());
+        if let Err(reason) = check_data_dir(&self.node.data_dir) {
+            err("node.data_dir".into(), reason);
         }
         if self.cluster.snapshot_logs < 10 {
             err("cluster.snapshot_logs".into(), "must be at least 10".into());
@@ -543,6 +549,27 @@ impl Config {
             || self.cluster.lease > Duration::from_secs(600)
         {
             err("cluster.lease".into(), "must be between 2s and 10m".into());
+        }
+        if self.cluster.bootstrap && !self.cluster.join.is_empty() {
+            err(
+                "cluster.join".into(),
+                "cluster.bootstrap = true forms a new cluster at once, so join would be \
+                 ignored (and a second cluster formed): bootstrap the first node only, \
+                 give the others join"
+                    .into(),
+            );
+        }
+        if !self.cluster.listen.ip().is_loopback() && !self.cluster.insecure {
+            err(
+                "cluster.listen".into(),
+                format!(
+                    "{} is not loopback, but peers are not authenticated yet (peer TLS, \
+                     cluster.tls_cert/tls_key/tls_ca, is not built): anyone who reaches it \
+                     can act as a peer. Keep it on a private network and set \
+                     cluster.insecure = true, or listen on loopback",
+                    self.cluster.listen
+                ),
+            );
         }
         if self.cluster.advertise.is_empty() {
             err("cluster.advertise".into(), "must not be empty".into());
@@ -617,11 +644,14 @@ impl Config {
                     "submission requires AUTH, but no [[smtp.user]] is configured".into(),
                 );
             }
-            for (j, other) in self.smtp.listeners.iter().enumerate().skip(i + 1) {
-                if other.address == l.address {
+            for (j, net) in l.relay_networks.iter().enumerate() {
+                if net.prefix_len() == 0 {
                     err(
-                        format!("smtp.listener[{j}].address"),
-                        format!("{} is already used by smtp.listener[{i}]", l.address),
+                        format!("smtp.listener[{i}].relay_networks[{j}]"),
+                        format!(
+                            "{net} is every address: anyone could relay through this \
+                             listener (an open relay); list your own networks"
+                        ),
                     );
                 }
             }
@@ -707,6 +737,9 @@ impl Config {
                 );
             }
         }
+        for (key, overlaps) in overlapping_addresses(&self.listen_addresses()) {
+            err(key, overlaps);
+        }
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_empty() {
             err(
                 "admin.token".into(),
@@ -724,16 +757,19 @@ impl Config {
     }
 }
 
-/// `example.com` or `*.example.com`.
-fn valid_domain_pattern(p: &str) -> bool {
-    let d = p.strip_prefix("*.").unwrap_or(p);
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        })
+impl Config {
+    /// Every address this node listens on, with its key.
+    fn listen_addresses(&self) -> Vec<(String, SocketAddr)> {
+        let mut addrs: Vec<(String, SocketAddr)> = self
+            .smtp
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("smtp.listener[{i}].address"), l.address))
+            .collect();
+        addrs.push(("cluster.listen".into(), self.cluster.listen));
+        addrs.push(("admin.listen".into(), self.admin.listen));
+        addrs.push(("http.listen".into(), self.http.listen));
+        addrs
+    }
 }

@@ -232,3 +232,121 @@ fn check_adds_validate_problems_to_parse_errors() {
     );
     Config::check(DEV_CONFIG).unwrap();
 }
+
+#[test]
+fn listeners_on_one_port_collide_with_a_wildcard() {
+    let mut c = Config::dev(None);
+    let listener = |addr: &str| ListenerConfig {
+        address: addr.parse().unwrap(),
+        ..c.smtp.listeners[0].clone()
+    };
+    let more = vec![
+        listener("127.0.0.1:2525"), // the same as [0]
+        listener("0.0.0.0:2526"),
+        listener("127.0.0.2:2526"), // under 0.0.0.0:2526
+        listener("[::1]:2527"),
+        listener("0.0.0.0:2527"), // IPv4 only: no overlap with [::1]
+        listener("[::]:2528"),
+        listener("10.1.2.3:2528"),  // [::] is dual-stack
+        listener("127.0.0.1:7401"), // admin.listen
+        listener("127.0.0.1:0"),
+        listener("127.0.0.1:0"), // any free port: no collision
+    ];
+    c.smtp.listeners.extend(more);
+    let e = c.validate().unwrap_err();
+    assert_eq!(
+        keys(&e),
+        [
+            "smtp.listener[1].address",
+            "smtp.listener[3].address",
+            "smtp.listener[7].address",
+            "admin.listen",
+        ],
+        "{e}"
+    );
+    assert!(e.0[0].reason.contains("is smtp.listener[0].address"), "{e}");
+    assert!(
+        e.0[1].reason.contains("overlaps smtp.listener[2].address"),
+        "{e}"
+    );
+    assert!(e.0[3].reason.contains("smtp.listener[8].address"), "{e}");
+}
+
+#[test]
+fn bootstrap_with_join_is_refused() {
+    let mut c = Config::dev(None);
+    c.cluster.join = vec!["127.0.0.1:7302".into()];
+    let e = c.validate().unwrap_err();
+    assert_eq!(keys(&e), ["cluster.join"], "{e}");
+    c.cluster.bootstrap = false;
+    c.validate().unwrap();
+}
+
+#[test]
+fn relaying_for_everyone_is_refused() {
+    let mut c = Config::dev(None);
+    c.smtp.listeners[0].relay_networks = vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "0.0.0.0/0".parse().unwrap(),
+        "::/0".parse().unwrap(),
+    ];
+    let e = c.validate().unwrap_err();
+    assert_eq!(
+        keys(&e),
+        [
+            "smtp.listener[0].relay_networks[1]",
+            "smtp.listener[0].relay_networks[2]"
+        ],
+        "{e}"
+    );
+    assert!(e.0[0].reason.contains("open relay"), "{e}");
+}
+
+#[test]
+fn a_cluster_port_off_loopback_needs_insecure() {
+    let mut c = Config::dev(None);
+    c.cluster.listen = "0.0.0.0:7301".parse().unwrap();
+    let e = c.validate().unwrap_err();
+    assert_eq!(keys(&e), ["cluster.listen"], "{e}");
+    assert!(e.0[0].reason.contains("cluster.insecure = true"), "{e}");
+    c.cluster.insecure = true;
+    c.validate().unwrap();
+    let c = Config::parse("[cluster]\ninsecure = true\n").unwrap();
+    assert!(c.cluster.insecure);
+    assert!(
+        c.cluster.listen.ip().is_loopback(),
+        "the default listens on loopback"
+    );
+}
+
+#[test]
+fn data_dir_must_be_a_writable_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let mut c = Config::dev(None);
+    for (dir, ok) in [
+        (tmp.path().to_path_buf(), true),
+        (tmp.path().join("new/deeper"), true),
+        (PathBuf::from("relative-data"), true),
+        (file.clone(), false),
+        (file.join("below"), false),
+        (PathBuf::new(), false),
+    ] {
+        c.node.data_dir = dir.clone();
+        let r = c.validate();
+        assert_eq!(r.is_ok(), ok, "{}: {r:?}", dir.display());
+        if let Err(e) = r {
+            assert_eq!(keys(&e), ["node.data_dir"], "{e}");
+        }
+    }
+    assert!(
+        !tmp.path().join("new").exists(),
+        "the check creates nothing"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "probe removed"
+    );
+}
