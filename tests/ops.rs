@@ -51,6 +51,14 @@ fn dev_mode_runs_a_relay_on_the_contract_ports() {
 }
 
 #[test]
+fn logs_carry_no_colour_into_a_file() {
+    let node = Node::start(NodeOptions::default());
+    let log = node.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escapes in a log file:\n{log}");
+}
+
+#[test]
 fn metrics_carry_every_contract_name() {
     let node = Node::start(NodeOptions::default());
     let text = node.metrics();

@@ -142,12 +142,21 @@ async fn wait_for_signal() {
     }
 }
 
+/// Colour only for a person at a terminal: not into files or pipes, and never with
+/// `NO_COLOR` set to anything but "" (<https://no-color.org>).
+fn use_colour() -> bool {
+    use std::io::IsTerminal as _;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BATON_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(use_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
