@@ -132,3 +132,22 @@ fn check_config_stops_at_a_syntax_error_and_says_so() {
         "{err}"
     );
 }
+
+#[test]
+fn dev_with_a_file_for_data_dir_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let out = batond()
+        .arg("--dev")
+        .arg("--data-dir")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("node.data_dir") && err.contains("not a directory"),
+        "{err}"
+    );
+}
