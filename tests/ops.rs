@@ -18,7 +18,7 @@ fn dev_mode_runs_a_relay_on_the_contract_ports() {
             .arg(dir.path().join("data"))
             .env("BATON_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap()),
     );
     let stdout = proc.child.stdout.take().unwrap();
     // It prints each address it listens on. The pipe is closed after: the relay must
@@ -48,6 +48,20 @@ fn dev_mode_runs_a_relay_on_the_contract_ports() {
     let (code, greeting) = c.reply();
     assert_eq!(code, 220, "{greeting}");
     assert_eq!(proc.terminate(WAIT), Some(0), "SIGTERM exits 0");
+    // It warns that it delivers to the internet, and says where the local setup is.
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(
+        stderr.contains("real MX hosts") && stderr.contains("cluster/examples/local-sink.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn logs_carry_no_colour_into_a_file() {
+    let node = Node::start(NodeOptions::default());
+    let log = node.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escapes in a log file:\n{log}");
 }
 
 #[test]

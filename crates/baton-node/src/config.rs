@@ -1,7 +1,14 @@
 //! The node's configuration (README, "Configuration reference"): TOML into serde structs that reject
 //! unknown keys, then [`Config::validate`], which reports every problem at once, each
-//! naming its key.
+//! naming its key. [`parse`] collects the parse and type errors the same way, so one run
+//! of `batond check-config` lists everything.
 
+mod checks;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use checks::{check_data_dir, overlapping_addresses, valid_domain_pattern};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::fmt;
@@ -114,6 +121,9 @@ impl Default for NodeConfig {
 pub struct ClusterConfig {
     /// Raft gRPC listen address.
     pub listen: SocketAddr,
+    /// Allow a non-loopback `listen` although peers are not authenticated (peer TLS is
+    /// not built yet): the operator vouches that only peers can reach it.
+    pub insecure: bool,
     /// How peers reach this node.
     pub advertise: String,
     /// With no state on disk, form a new cluster.
@@ -131,7 +141,8 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            listen: ([0, 0, 0, 0], 7301).into(),
+            listen: ([127, 0, 0, 1], 7301).into(),
+            insecure: false,
             advertise: "127.0.0.1:7301".into(),
             bootstrap: false,
             join: Vec::new(),
@@ -428,25 +439,37 @@ listen = "127.0.0.1:9401"
 "#;
 
 impl Config {
-    /// Parses TOML; a syntax error or unknown key is reported with its key path.
+    /// Parses TOML into a config without validating it. Every type error and unknown
+    /// key is reported, each with its key path and line; a TOML syntax error is one error
+    /// (nothing after it can be read).
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.message().to_string();
-            let location = inner
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            ConfigErrors(vec![ConfigError {
-                key: if path == "." { "config".into() } else { path },
-                reason: format!("{message}{location}"),
-            }])
-        })
+        let parsed = parse::parse(text);
+        match parsed.config {
+            Some(config) if parsed.errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(parsed.errors)),
+        }
+    }
+
+    /// Parses and validates TOML: every problem, parse errors and [`Config::validate`]'s
+    /// together (those about a key already reported as bad are left out).
+    pub fn check(text: &str) -> Result<Config, ConfigErrors> {
+        let parsed = parse::parse(text);
+        let mut errors = parsed.errors.clone();
+        if let Some(config) = &parsed.config
+            && let Err(problems) = config.validate()
+        {
+            for mut e in problems.0 {
+                let path = parsed.original(&parse::split(&e.key));
+                if !parsed.touches_removed(&path) {
+                    e.key = parse::display(&path);
+                    errors.push(e);
+                }
+            }
+        }
+        match parsed.config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(errors)),
+        }
     }
 
     /// Reads, parses and validates a file.
@@ -457,9 +480,7 @@ impl Config {
                 reason: format!("cannot read {}: {e}", path.display()),
             }])
         })?;
-        let config = Config::parse(&text)?;
-        config.validate()?;
-        Ok(config)
+        Config::check(&text)
     }
 
     /// The `--dev` configuration, with `data_dir` overridden when given.
@@ -478,8 +499,8 @@ impl Config {
         if self.node.id == 0 {
             err("node.id".into(), "must be greater than 0".into());
         }
-        if self.node.data_dir.as_os_str().is_empty() {
-            err("node.data_dir".into(), "must not be empty".into());
+        if let Err(reason) = check_data_dir(&self.node.data_dir) {
+            err("node.data_dir".into(), reason);
         }
         if self.cluster.snapshot_logs < 10 {
             err("cluster.snapshot_logs".into(), "must be at least 10".into());
@@ -532,6 +553,27 @@ impl Config {
             || self.cluster.lease > Duration::from_secs(600)
         {
             err("cluster.lease".into(), "must be between 2s and 10m".into());
+        }
+        if self.cluster.bootstrap && !self.cluster.join.is_empty() {
+            err(
+                "cluster.join".into(),
+                "cluster.bootstrap = true forms a new cluster at once, so join would be \
+                 ignored (and a second cluster formed): bootstrap the first node only, \
+                 give the others join"
+                    .into(),
+            );
+        }
+        if !self.cluster.listen.ip().is_loopback() && !self.cluster.insecure {
+            err(
+                "cluster.listen".into(),
+                format!(
+                    "{} is not loopback, but peers are not authenticated yet (peer TLS, \
+                     cluster.tls_cert/tls_key/tls_ca, is not built): anyone who reaches it \
+                     can act as a peer. Keep it on a private network and set \
+                     cluster.insecure = true, or listen on loopback",
+                    self.cluster.listen
+                ),
+            );
         }
         if self.cluster.advertise.is_empty() {
             err("cluster.advertise".into(), "must not be empty".into());
@@ -606,11 +648,14 @@ impl Config {
                     "submission requires AUTH, but no [[smtp.user]] is configured".into(),
                 );
             }
-            for (j, other) in self.smtp.listeners.iter().enumerate().skip(i + 1) {
-                if other.address == l.address {
+            for (j, net) in l.relay_networks.iter().enumerate() {
+                if net.prefix_len() == 0 {
                     err(
-                        format!("smtp.listener[{j}].address"),
-                        format!("{} is already used by smtp.listener[{i}]", l.address),
+                        format!("smtp.listener[{i}].relay_networks[{j}]"),
+                        format!(
+                            "{net} is every address: anyone could relay through this \
+                             listener (an open relay); list your own networks"
+                        ),
                     );
                 }
             }
@@ -696,6 +741,9 @@ impl Config {
                 );
             }
         }
+        for (key, overlaps) in overlapping_addresses(&self.listen_addresses()) {
+            err(key, overlaps);
+        }
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_empty() {
             err(
                 "admin.token".into(),
@@ -713,110 +761,19 @@ impl Config {
     }
 }
 
-/// `example.com` or `*.example.com`.
-fn valid_domain_pattern(p: &str) -> bool {
-    let d = p.strip_prefix("*.").unwrap_or(p);
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dev_config_is_valid() {
-        Config::dev(None).validate().unwrap();
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let e = Config::parse("[smtp]\nhostname = \"x\"\nmax_mesage_size = 5\n").unwrap_err();
-        assert_eq!(e.0[0].key, "smtp.max_mesage_size");
-        assert!(e.0[0].reason.contains("max_mesage_size"), "{e}");
-        let e = Config::parse("[[smtp.listener]]\naddress = \"127.0.0.1:25\"\nmode = \"bogus\"\n")
-            .unwrap_err();
-        assert_eq!(e.0[0].key, "smtp.listener[0].mode", "{e}");
-    }
-
-    #[test]
-    fn bad_values_are_all_reported() {
-        let c = Config::parse(
-            r#"
-[node]
-id = 0
-[[smtp.listener]]
-address = "127.0.0.1:2525"
-mode = "implicit-tls"
-tls_key = "/nonexistent.key"
-[delivery]
-retry_intervals = []
-[admin]
-listen = "0.0.0.0:7401"
-tls_cert = "/nonexistent.crt"
-[events]
-retention_count = 0
-webhook_url = "ftp://example.test/"
-webhook_batch = 0
-"#,
-        )
-        .unwrap();
-        let e = c.validate().unwrap_err();
-        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
-        for k in [
-            "node.id",
-            "smtp.listener[0].tls_cert",
-            "smtp.listener[0].tls_key",
-            "delivery.retry_intervals",
-            "admin.token",
-            "admin.tls_cert",
-            "admin.tls_key",
-            "events.retention_count",
-            "events.webhook_url",
-            "events.webhook_batch",
-        ] {
-            assert!(keys.contains(&k), "{k} missing in {keys:?}");
-        }
-    }
-
-    #[test]
-    fn durations_parse() {
-        let c =
-            Config::parse("[delivery]\nretry_intervals = [\"30s\", \"2m\"]\nmax_age = \"1h\"\n")
-                .unwrap();
-        assert_eq!(
-            c.delivery.retry_intervals,
-            vec![Duration::from_secs(30), Duration::from_secs(120)]
-        );
-        assert_eq!(c.delivery.max_age, Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn byte_rates_parse() {
-        assert_eq!(parse_byte_rate("1KiB/s"), Ok(1024));
-        assert_eq!(parse_byte_rate("500B/s"), Ok(500));
-        assert_eq!(parse_byte_rate("2 MiB/s"), Ok(2 * 1024 * 1024));
-        assert_eq!(parse_byte_rate("0"), Ok(0));
-        assert!(parse_byte_rate("fast").is_err());
-        assert!(parse_byte_rate("1KiB").is_err());
-        let c = Config::parse("[smtp]\ndata_min_rate = \"10kB/s\"\n").unwrap();
-        assert_eq!(c.smtp.data_min_rate, 10_000);
-    }
-
-    #[test]
-    fn proxy_protocol_needs_trusted_peers() {
-        let mut c = Config::dev(None);
-        c.smtp.listeners[0].proxy_protocol = true;
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("smtp.listener[0].proxy_trusted"), "{e}");
-        c.smtp.listeners[0].proxy_trusted = vec!["10.0.0.0/8".parse().unwrap()];
-        c.validate().unwrap();
+impl Config {
+    /// Every address this node listens on, with its key.
+    fn listen_addresses(&self) -> Vec<(String, SocketAddr)> {
+        let mut addrs: Vec<(String, SocketAddr)> = self
+            .smtp
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("smtp.listener[{i}].address"), l.address))
+            .collect();
+        addrs.push(("cluster.listen".into(), self.cluster.listen));
+        addrs.push(("admin.listen".into(), self.admin.listen));
+        addrs.push(("http.listen".into(), self.http.listen));
+        addrs
     }
 }

@@ -88,7 +88,16 @@ fn main() -> ExitCode {
         };
     }
     let config = if args.dev {
-        Config::dev(args.data_dir.clone())
+        let config = Config::dev(args.data_dir.clone());
+        if let Err(errors) = config.validate() {
+            eprintln!("batond --dev: invalid configuration");
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(2);
+        }
+        dev_notice();
+        config
     } else if let Some(path) = &args.config {
         match Config::load(path) {
             Ok(c) => c,
@@ -142,12 +151,35 @@ async fn wait_for_signal() {
     }
 }
 
+/// `--dev` relays for real: say so before anything is sent, and where the setup that
+/// keeps mail on this machine is.
+fn dev_notice() {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "batond --dev: mail relayed here is delivered to the recipients' real MX hosts on \
+         the internet (port 25).\n\
+         \x20 To keep everything on this machine, start a local sink (baton-sink) and run \
+         `batond --config cluster/examples/local-sink.toml` instead\n\
+         \x20 (README, \"Send a test message\")."
+    );
+}
+
+/// Colour only for a person at a terminal: not into files or pipes, and never with
+/// `NO_COLOR` set to anything but "" (<https://no-color.org>).
+fn use_colour() -> bool {
+    use std::io::IsTerminal as _;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BATON_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(use_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
