@@ -311,6 +311,23 @@ fn auth_failures_from_one_address_are_throttled_across_connections() {
     c.hello();
     c.cmd(right, "235");
     assert_eq!(node.metric("baton_smtp_auth_throttled_total"), 1.0);
+
+    // A user name cannot forge a log line.
+    let mut c = via_proxy(&node, "192.0.2.9");
+    c.hello();
+    c.cmd(
+        "AUTH PLAIN AHgKRkFLRSBJTkZPIHJlY2VpdmVkIGlkPWZvcmdlZABwdw==",
+        "535 5.7.8",
+    );
+    let log = wait_until("the failure logged", WAIT, || {
+        let log = node.log();
+        log.contains("FAKE").then_some(log)
+    });
+    assert!(!log.lines().any(|l| l.starts_with("FAKE")), "{log}");
+    assert!(
+        log.contains(r#"user="x\nFAKE INFO received id=forged""#),
+        "{log}"
+    );
 }
 
 /// An authenticated user sends only as its allowed_from domains, in the envelope and

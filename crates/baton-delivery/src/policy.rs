@@ -122,7 +122,7 @@ pub fn prepare<E: std::fmt::Display>(
             }
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(id = %job.id, recipient = %r, error = %e, "cannot read the suppression list; recipient deferred");
+                tracing::warn!(id = %job.id, recipient = ?r, error = %e, "cannot read the suppression list; recipient deferred");
                 let reason = replies::suppression_unreadable().to_string();
                 decided.deferred.push((r.clone(), reason.clone()));
                 decided.last_reply = Some(reason);

@@ -43,6 +43,7 @@ pub mod delivery;
 pub mod events;
 pub mod http;
 pub mod ingress;
+pub mod logfmt;
 pub mod metrics;
 pub mod node;
 pub mod supervisor;

@@ -40,21 +40,30 @@ pub fn from_domains(message: &[u8]) -> Result<Vec<String>, FromError> {
     if addresses.is_empty() {
         return Err(FromError::Malformed);
     }
-    addresses
-        .iter()
-        .map(|a| {
-            let at = a
-                .iter()
-                .rposition(|&b| b == b'@')
-                .ok_or(FromError::Malformed)?;
-            let domain = String::from_utf8_lossy(a[at + 1..].trim_ascii()).to_lowercase();
-            let domain = domain.trim_end_matches('.').to_string();
-            if domain.is_empty() || at == 0 {
-                return Err(FromError::Malformed);
-            }
-            Ok(domain)
-        })
-        .collect()
+    addresses.iter().map(|a| domain_of(a)).collect()
+}
+
+/// The domain of one addr-spec (comments gone, quoted strings as `""`; a source route
+/// `@a,@b:` before it is dropped): exactly one `@`, no space, a local part and a domain.
+fn domain_of(addr: &[u8]) -> Result<String, FromError> {
+    let addr = match addr.iter().rposition(|&b| b == b':') {
+        Some(colon) if addr.first() == Some(&b'@') => &addr[colon + 1..],
+        _ => addr,
+    };
+    let addr = addr.trim_ascii();
+    if addr.iter().any(|b| b.is_ascii_whitespace() || *b == b':') {
+        return Err(FromError::Malformed);
+    }
+    let mut ats = addr.iter().enumerate().filter(|(_, b)| **b == b'@');
+    let (Some((at, _)), None) = (ats.next(), ats.next()) else {
+        return Err(FromError::Malformed);
+    };
+    let domain = String::from_utf8_lossy(&addr[at + 1..]).to_lowercase();
+    let domain = domain.trim_end_matches('.').to_string();
+    if domain.is_empty() || at == 0 {
+        return Err(FromError::Malformed);
+    }
+    Ok(domain)
 }
 
 /// The unfolded header fields, up to the first empty line.
@@ -83,6 +92,8 @@ fn addresses(value: &[u8]) -> Result<Vec<Vec<u8>>, FromError> {
     let mut plain: Vec<u8> = Vec::new();
     let mut angle: Option<Vec<u8>> = None;
     let mut in_angle = false;
+    // After `>`: only comments and spaces may follow before `,` or `;`.
+    let mut closed = false;
     let mut i = 0;
     let end_address = |plain: &mut Vec<u8>, angle: &mut Option<Vec<u8>>, list: &mut Vec<_>| {
         let addr = angle.take().unwrap_or_else(|| std::mem::take(plain));
@@ -110,6 +121,9 @@ fn addresses(value: &[u8]) -> Result<Vec<Vec<u8>>, FromError> {
                 }
             }
             b'"' => {
+                if closed {
+                    return Err(FromError::Malformed);
+                }
                 loop {
                     match value.get(i) {
                         None => return Err(FromError::Malformed),
@@ -127,19 +141,36 @@ fn addresses(value: &[u8]) -> Result<Vec<Vec<u8>>, FromError> {
                 };
                 target.extend_from_slice(b"\"\"");
             }
+            // A display name holds no unquoted `@`: one that does is an address a
+            // lenient reader may show or use.
             b'<' if !in_angle => {
-                if angle.is_some() {
+                if angle.is_some() || plain.contains(&b'@') {
                     return Err(FromError::Malformed);
                 }
                 in_angle = true;
                 angle = Some(Vec::new());
             }
-            b'>' if in_angle => in_angle = false,
+            b'>' if in_angle => {
+                in_angle = false;
+                closed = true;
+            }
             b'<' | b'>' => return Err(FromError::Malformed),
-            // A group's display name ends at ':'; outside angles a ':' cannot be part
-            // of an addr-spec.
-            b':' if !in_angle => plain.clear(),
-            b',' | b';' if !in_angle => end_address(&mut plain, &mut angle, &mut list),
+            // A group's display name ends at ':'.
+            b':' if !in_angle => {
+                if plain.contains(&b'@') || closed {
+                    return Err(FromError::Malformed);
+                }
+                plain.clear();
+            }
+            b',' | b';' if !in_angle => {
+                end_address(&mut plain, &mut angle, &mut list);
+                closed = false;
+            }
+            _ if closed => {
+                if !b.is_ascii_whitespace() {
+                    return Err(FromError::Malformed);
+                }
+            }
             _ => {
                 if in_angle {
                     angle.get_or_insert_with(Vec::new).push(b);
@@ -211,6 +242,11 @@ mod tests {
             &["example.com"],
         );
         ok("From: <@route.test:a@example.com>", &["example.com"]);
+        ok("From: <@r1.test,@r2.test:a@example.com>", &["example.com"]);
+        ok(
+            "From: Alice <a@example.com> (work), b@other.test",
+            &["example.com", "other.test"],
+        );
     }
 
     #[test]
@@ -228,6 +264,16 @@ mod tests {
         err("From: <a@example.com> <b@bank.test>", FromError::Malformed);
         err("From: @example.com", FromError::Malformed);
         err("From:", FromError::Malformed);
+        // Lenient readers take the first of these addresses.
+        err("From: ceo@bank.test a@example.com", FromError::Malformed);
+        err("From: ceo@bank.test@example.com", FromError::Malformed);
+        err("From: ceo@bank.test: a@example.com;", FromError::Malformed);
+        err(
+            "From: Alice <a@example.com> ceo@bank.test",
+            FromError::Malformed,
+        );
+        err("From: ceo@bank.test <a@example.com>", FromError::Malformed);
+        err("From: <a@example.com> \"x\"", FromError::Malformed);
     }
 
     #[test]

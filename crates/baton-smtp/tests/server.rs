@@ -845,3 +845,24 @@ fn auth_refused_by_the_io_layer_closes() {
         .expect("421 4.7.0");
     assert!(step.closes());
 }
+
+/// NOOP and friends cannot hold a session open for ever: past the junk limit each one
+/// is an error.
+#[test]
+fn junk_commands_count_as_errors_past_the_limit() {
+    let mut t = T::new(ServerConfig {
+        max_errors: 3,
+        ..relay_cfg()
+    });
+    t.ehlo();
+    let wire = "NOOP\r\n".repeat(baton_smtp::server::JUNK_LIMIT);
+    assert!(
+        t.raw(wire.as_bytes())
+            .codes()
+            .iter()
+            .all(|c| c == "250 2.0.0")
+    );
+    let step = t.raw(b"NOOP\r\nRSET\r\nHELP\r\n");
+    assert!(step.closes(), "{step:?}");
+    assert_eq!(step.codes().last().map(String::as_str), Some("421 4.7.0"));
+}

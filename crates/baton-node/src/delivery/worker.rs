@@ -11,6 +11,7 @@
 use super::domain::DomainMsg;
 use super::{DeliveryContext, InFlight};
 use crate::batcher;
+use crate::logfmt::Safe;
 use crate::metrics as m;
 use baton_delivery::outbound::{ConnError, Connection, OpenFailed, Transaction};
 use baton_delivery::policy::{self, Attempt, Job, Plan, Prepared};
@@ -132,7 +133,7 @@ impl WorkerState {
                 // Held before anything else: expiring it would bounce to the address
                 // that does not parse.
                 (Prepared::Decided(attempt), _) if attempt.held => {
-                    tracing::error!(id = %job.id, sender = %job.meta.sender, "the stored sender does not parse: message held");
+                    tracing::error!(id = %job.id, sender = %Safe(&job.meta.sender), "the stored sender does not parse: message held");
                     self.finish(&job, token, attempt);
                     continue;
                 }
@@ -246,7 +247,7 @@ impl WorkerState {
             }
             Err(e) => {
                 let reason = e.to_string();
-                tracing::info!(id = %job.id, domain = %self.domain, error = %reason, "attempt failed");
+                tracing::info!(id = %job.id, domain = %self.domain, error = %Safe(&reason), "attempt failed");
                 self.finish(&job, token, policy::from_error(plan, &reason, remote));
                 None
             }
@@ -386,8 +387,8 @@ fn log_outcomes(job: &Job, a: &Attempt, now: u64) {
     };
     let line = |to: &str, dsn: &str, status: &str, reply: &str| {
         tracing::info!(
-            id = %job.id, to = %format_args!("<{to}>"), relay = %relay, delay = %delay,
-            dsn = %dsn, status = %status, tls = %tls, reply = %reply, "outcome"
+            id = %job.id, to = %Safe(&format!("<{to}>")), relay = %Safe(&relay), delay = %delay,
+            dsn = %Safe(dsn), status = %status, tls = %Safe(tls), reply = %Safe(reply), "outcome"
         );
     };
     let last = a.last_reply.as_deref().unwrap_or("");

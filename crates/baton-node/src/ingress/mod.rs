@@ -16,6 +16,7 @@ use crate::activity::Activity;
 use crate::auth::Users;
 use crate::batcher::{self, BatcherMsg};
 use crate::config::{ListenerConfig, ListenerMode, SmtpConfig};
+use crate::logfmt::Safe;
 use crate::metrics as m;
 use crate::supervisor::Slot;
 use baton_delivery::date::rfc5322;
@@ -29,7 +30,7 @@ use baton_smtp::server::{
 };
 use baton_smtp::{proxy, replies};
 use ipnet::IpNet;
-use limits::{AuthFailures, Capacity, Deadlines, Timeouts};
+use limits::{AuthFailures, Capacity, Deadlines, RESERVED_AUTH_GRACE, Timeouts};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -89,6 +90,7 @@ impl IngressShared {
     }
 
     fn per_ip_enter(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpGuard> {
+        let ip = limits::key(ip);
         let limit = self.smtp.max_connections_per_ip;
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
@@ -274,7 +276,7 @@ async fn serve(
     let relay_allowed = in_networks(&listener.relay_networks, client.ip());
     let privileged = relay_allowed || listener.mode != ListenerMode::Relay;
     let stressed = shared.capacity.stressed();
-    let Some(_slot) = shared.capacity.enter(privileged) else {
+    let Some((_slot, reserved)) = shared.capacity.enter(privileged) else {
         metrics::counter!(m::SMTP_REFUSED_CONNECTIONS, "reason" => "capacity").increment(1);
         let reply = replies::too_many_connections(&hostname);
         tcp.write_all(&reply.to_bytes()).await?;
@@ -295,6 +297,9 @@ async fn serve(
         metrics::counter!(m::SMTP_STRESSED).increment(1);
     }
     let timeouts = Timeouts::new(&shared.smtp, stressed);
+    // A reserved slot held by a client that is not trusted is for authenticating.
+    let auth_by =
+        (reserved && !relay_allowed).then(|| tokio::time::Instant::now() + RESERVED_AUTH_GRACE);
 
     let implicit = listener.mode == ListenerMode::ImplicitTls;
     let mut conn = Conn::Plain(tcp);
@@ -322,6 +327,8 @@ async fn serve(
     let mut actions: VecDeque<Action> = session.handle(Event::Connected).into();
     let mut buf = vec![0u8; 64 * 1024];
     let mut deadlines = Deadlines::default();
+    // A command line completed in the last read.
+    let mut progressed = false;
     loop {
         while let Some(action) = actions.pop_front() {
             match action {
@@ -392,8 +399,17 @@ async fn serve(
             return Ok(());
         }
         let now = tokio::time::Instant::now();
-        deadlines.update(now, phase == Phase::Data, session.buffered() > 0, 0);
-        let deadline = deadlines.next(now, &timeouts);
+        let in_body = phase == Phase::Data;
+        deadlines.update(now, in_body, session.buffered() > 0, 0, progressed);
+        progressed = false;
+        // Stress is looked at again for every wait.
+        let timeouts = Timeouts::new(&shared.smtp, shared.capacity.stressed());
+        let mut deadline = deadlines.next(now, &timeouts);
+        if let Some(by) = auth_by
+            && session.authenticated().is_none()
+        {
+            deadline = deadline.min(by);
+        }
         // Draining: a session between commands is told to come back later; one in the
         // middle of DATA finishes its message first.
         let may_stop = phase != Phase::Data;
@@ -422,10 +438,12 @@ async fn serve(
             }
             Some(Ok(Ok(0))) => return Ok(()),
             Some(Ok(Ok(n))) => {
-                if phase == Phase::Data {
-                    deadlines.update(tokio::time::Instant::now(), true, false, n);
+                if in_body {
+                    deadlines.update(tokio::time::Instant::now(), true, false, n, false);
                 }
+                let before = actions.len();
                 actions.extend(session.handle(Event::Input(&buf[..n])));
+                progressed = actions.len() > before;
             }
             Some(Ok(Err(e))) => return Err(e),
         }
@@ -440,23 +458,23 @@ async fn check_auth(
     password: &str,
     authzid: &str,
 ) -> AuthResult {
-    let now = tokio::time::Instant::now();
-    if shared.auth_failures.throttled(client.ip(), now) {
+    if !shared
+        .auth_failures
+        .begin(client.ip(), tokio::time::Instant::now())
+    {
         metrics::counter!(m::SMTP_AUTH_THROTTLED).increment(1);
-        tracing::warn!(client = %client, user = %username, "authentication refused: too many failures from this address");
+        tracing::warn!(client = %client, user = %Safe(username), "authentication refused: too many failures from this address");
         return AuthResult::Refused(replies::auth_throttled(&shared.smtp.hostname));
     }
     let ok = (authzid.is_empty() || authzid == username)
         && shared.users.verify(username, password).await;
     if ok {
+        shared.auth_failures.succeeded(client.ip());
         return AuthResult::Valid {
             allowed_from: shared.users.allowed_from(username),
         };
     }
-    shared
-        .auth_failures
-        .failed(client.ip(), tokio::time::Instant::now());
-    tracing::info!(user = %username, client = %client, "authentication failed");
+    tracing::info!(user = %Safe(username), client = %client, "authentication failed");
     AuthResult::Invalid
 }
 
@@ -464,12 +482,12 @@ async fn check_auth(
 fn log_refusal(r: &Refusal, client: SocketAddr, user: Option<&str>) {
     metrics::counter!(m::SMTP_REFUSED_MESSAGES).increment(1);
     tracing::info!(
-        from = %r.from,
+        from = %Safe(&r.from),
         nrcpt = r.rcpts,
         size = r.size,
         client = %client,
-        user = user.unwrap_or(""),
-        reply = %r.reply.to_string().trim_end(),
+        user = %Safe(user.unwrap_or("")),
+        reply = %Safe(r.reply.to_string().trim_end()),
         "message refused"
     );
 }
@@ -577,7 +595,7 @@ async fn commit(
     match batcher::submit(&shared.committer, message, shared.smtp.commit_timeout).await? {
         Ok(()) => {
             metrics::counter!(m::RECEIVED).increment(1);
-            tracing::info!(id = %id, from = %from, size, nrcpt, client = %client, tenant = %tenant, tls, "received");
+            tracing::info!(id = %id, from = %Safe(&from), size, nrcpt, client = %client, tenant = %Safe(&tenant), tls, "received");
             Some(Ok(id))
         }
         // Not stored: the client may try again, here or elsewhere.

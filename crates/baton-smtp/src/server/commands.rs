@@ -8,6 +8,9 @@ use crate::header::{self, FromError};
 use crate::replies;
 use crate::reply::Reply;
 
+/// NOOP, RSET, VRFY and HELP a session may send before each counts as an error.
+pub const JUNK_LIMIT: usize = 100;
+
 impl ServerSession {
     /// Handle one command line.
     pub(super) fn command(&mut self, line: &[u8]) {
@@ -24,17 +27,29 @@ impl ServerSession {
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
                 self.txn = None;
-                self.reply(replies::ok());
+                self.junk(replies::ok());
             }
-            Command::Noop => self.reply(replies::ok()),
-            Command::Vrfy(_) => self.reply(replies::vrfy()),
-            Command::Help(_) => self.reply(replies::help()),
+            Command::Noop => self.junk(replies::ok()),
+            Command::Vrfy(_) => self.junk(replies::vrfy()),
+            Command::Help(_) => self.junk(replies::help()),
             Command::Quit => {
                 self.reply(replies::bye());
                 self.close();
             }
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
+        }
+    }
+
+    /// NOOP, RSET, VRFY, HELP: past [`JUNK_LIMIT`] in a session each counts as an
+    /// error, so they cannot keep a connection open for ever (Postfix's
+    /// `smtpd_junk_command_limit`).
+    fn junk(&mut self, r: Reply) {
+        self.junk += 1;
+        if self.junk > JUNK_LIMIT {
+            self.error(r)
+        } else {
+            self.reply(r)
         }
     }
 

@@ -15,6 +15,8 @@
 mod auth;
 mod commands;
 
+pub use commands::JUNK_LIMIT;
+
 use std::time::Duration;
 
 use crate::address::{Mailbox, ReversePath};
@@ -277,6 +279,8 @@ pub struct ServerSession {
     tls: bool,
     txn: Option<Txn>,
     errors: usize,
+    /// NOOP, RSET, VRFY and HELP so far.
+    junk: usize,
     out: Vec<Action>,
 }
 
@@ -297,6 +301,7 @@ impl ServerSession {
             tls,
             txn: None,
             errors: 0,
+            junk: 0,
             out: Vec::new(),
         }
     }
