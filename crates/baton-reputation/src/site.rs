@@ -1,0 +1,1 @@
+//! The site throttle (filled in next).

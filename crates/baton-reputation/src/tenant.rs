@@ -1,0 +1,1 @@
+//! The tenant verdict (filled in next).
