@@ -5,12 +5,14 @@
 
 mod checks;
 mod parse;
+mod shaping;
 #[cfg(test)]
 mod tests;
 
 use checks::{check_data_dir, overlapping_addresses, valid_domain_pattern};
 use ipnet::IpNet;
 use serde::Deserialize;
+pub use shaping::{ShapingConfig, SiteConfig, TenantsConfig};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,10 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub events: EventsConfig,
+    #[serde(default)]
+    pub shaping: ShapingConfig,
+    #[serde(default)]
+    pub tenants: TenantsConfig,
 }
 
 /// The replicated event log (received, delivered, deferred, ... per recipient).
@@ -495,6 +501,9 @@ impl Config {
     /// Every problem, each naming its key.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
+        self.shaping
+            .check(self.delivery.max_connections_per_domain, &mut errors);
+        self.tenants.check(&mut errors);
         let mut err = |key: String, reason: String| errors.push(ConfigError { key, reason });
         if self.node.id == 0 {
             err("node.id".into(), "must be greater than 0".into());
