@@ -13,6 +13,32 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::Duration;
 
+/// The site a domain belongs to (CONTRACT.md): the name of the first configured site
+/// one of whose `mx_suffix`es ends one of the domain's MX host names, else the MX host
+/// names, lowercased without a final dot, sorted, deduplicated and joined with commas.
+/// `sites` is `(name, suffixes)` in configuration order.
+pub fn site_name(mx_hosts: &[String], sites: &[(String, Vec<String>)]) -> String {
+    let mut hosts: Vec<String> = mx_hosts
+        .iter()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    for (name, suffixes) in sites {
+        let matches = suffixes.iter().any(|suffix| {
+            let suffix = suffix.trim_end_matches('.').to_ascii_lowercase();
+            let bare = suffix.trim_start_matches('.');
+            hosts
+                .iter()
+                .any(|h| h == bare || h.ends_with(&format!(".{bare}")))
+        });
+        if matches {
+            return name.clone();
+        }
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts.join(",")
+}
+
 /// A site's limits and how fast they move (`[shaping]`, or a `[[shaping.site]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shaping {
@@ -630,6 +656,34 @@ mod tests {
         s.signal(T0, Category::Blocklisted, None, None);
         assert_eq!(s.resume(T0 + 1), Transition::Resumed { rate: None });
         assert_eq!(s.connections(), 4);
+    }
+
+    #[test]
+    fn sites_are_named_by_suffix_or_by_their_mx_hosts() {
+        let sites = vec![
+            (
+                "google".to_string(),
+                vec![".google.com".to_string(), ".googlemail.com".to_string()],
+            ),
+            (
+                "outlook".to_string(),
+                vec!["mail.protection.outlook.com".to_string()],
+            ),
+        ];
+        let mx = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(site_name(&mx(&["ASPMX.L.GOOGLE.COM."]), &sites), "google");
+        assert_eq!(
+            site_name(&mx(&["x-com.mail.protection.outlook.com"]), &sites),
+            "outlook"
+        );
+        assert_eq!(
+            site_name(&mx(&["evilgoogle.com"]), &sites),
+            "evilgoogle.com"
+        );
+        assert_eq!(
+            site_name(&mx(&["mx2.b.test", "MX1.b.test.", "mx2.b.test"]), &sites),
+            "mx1.b.test,mx2.b.test"
+        );
     }
 
     #[test]
