@@ -1,1 +1,949 @@
-//! Reply classification (filled in next).
+//! Reply classification (DELIVERABILITY.md (b)): a remote reply or transport error,
+//! normalised, into a [`Category`] and the rule that decided it.
+//!
+//! Order, first match wins:
+//! 1. a 2xx reply is `delivered` (rule `code:<enhanced code>`, else `code:<reply code>`);
+//!    no rule can turn an accepted message into anything else;
+//! 2. text with no SMTP reply code (`connection refused`, `timed out`) is `transport`
+//!    (rule `transport`);
+//! 3. operator rules ([`RulesFile::parse`]), in file order;
+//! 4. the built-in text rules ([`BUILTIN_RULES`]), in order;
+//! 5. the enhanced-code table ([`code_category`], rule `code:<enhanced code>`);
+//! 6. a 4xx or 5xx reply that nothing above matched, with or without an enhanced code, is
+//!    `other` (rule `code:<enhanced code>`, else `code:<reply code>`): "by class", so the
+//!    delivery code defers a 4xx and bounces a 5xx without touching the site or the
+//!    address.
+//!
+//! Layout: [`normalize`]; [`Verdict`] and [`Classifier`]; the built-in rules and the code
+//! table; [`RulesFile`], the operator rules file with every problem reported at once.
+
+use crate::category::{Category, Scope};
+use regex::{Regex, RegexBuilder};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// The most bytes a normalised reply keeps.
+pub const MAX_LEN: usize = 4096;
+
+/// Normalises a reply for matching and display: continuation lines joined, the reply
+/// code and enhanced code they repeat stripped, whitespace collapsed to single spaces,
+/// capped at [`MAX_LEN`] bytes on a character boundary.
+///
+/// `"550-5.1.1 The email account\r\n550-5.1.1 does not exist"` becomes
+/// `"550 5.1.1 The email account does not exist"`. Text without a reply code (a
+/// transport error) only has its whitespace collapsed. Idempotent.
+pub fn normalize(reply: &str) -> String {
+    let mut lines = reply
+        .split('\n')
+        .map(str::trim)
+        .filter(|line| !line.is_empty());
+    let Some(first) = lines.next() else {
+        return String::new();
+    };
+    let (code, rest) = split_reply_code(first);
+    let mut text = String::with_capacity(reply.len().min(MAX_LEN + 64));
+    let enhanced = match code {
+        Some(code) => {
+            text.push_str(code);
+            text.push(' ');
+            let (enhanced, _) = split_enhanced(rest);
+            text.push_str(rest);
+            enhanced
+        }
+        None => {
+            text.push_str(first);
+            None
+        }
+    };
+    for line in lines {
+        let mut line = line;
+        if let Some(code) = code {
+            // `550-5.1.1 more text`, `550 5.1.1 more text`, `550-more text`.
+            if let (Some(c), rest) = split_reply_code(line) {
+                if c == code {
+                    line = rest;
+                    if let (Some(e), rest) = split_enhanced(line) {
+                        if Some(e) == enhanced {
+                            line = rest;
+                        }
+                    }
+                }
+            }
+        }
+        text.push(' ');
+        text.push_str(line);
+        if text.len() > 2 * MAX_LEN {
+            break;
+        }
+    }
+    let mut out = String::with_capacity(text.len().min(MAX_LEN));
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+        if out.len() >= MAX_LEN {
+            break;
+        }
+    }
+    if out.len() > MAX_LEN {
+        let mut end = MAX_LEN;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+    }
+    out
+}
+
+/// `"550-text"`, `"550 text"` or `"550"` -> `(Some("550"), "text")`; anything else ->
+/// `(None, line)`. A reply code is three digits, the first 2–5, the second 0–5.
+fn split_reply_code(line: &str) -> (Option<&str>, &str) {
+    let b = line.as_bytes();
+    let is_code = b.len() >= 3
+        && (b'2'..=b'5').contains(&b[0])
+        && (b'0'..=b'5').contains(&b[1])
+        && b[2].is_ascii_digit()
+        && (b.len() == 3 || b[3] == b'-' || b[3].is_ascii_whitespace());
+    if !is_code {
+        return (None, line);
+    }
+    (Some(&line[..3]), line.get(4..).unwrap_or("").trim_start())
+}
+
+/// `"5.1.1 text"` -> `(Some("5.1.1"), "text")`: class 2, 4 or 5, subject and detail of one
+/// to three digits.
+fn split_enhanced(text: &str) -> (Option<&str>, &str) {
+    let end = text.find(|c: char| c.is_whitespace()).unwrap_or(text.len());
+    let token = &text[..end];
+    if parse_enhanced(token).is_some() {
+        (Some(token), text[end..].trim_start())
+    } else {
+        (None, text)
+    }
+}
+
+/// An enhanced status code `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Enhanced {
+    class: u16,
+    subject: u16,
+    detail: u16,
+}
+
+fn parse_enhanced(token: &str) -> Option<Enhanced> {
+    let mut parts = token.split('.');
+    let mut next = |max_len: usize| -> Option<u16> {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > max_len || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        p.parse().ok()
+    };
+    let class = next(1)?;
+    let subject = next(3)?;
+    let detail = next(3)?;
+    if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
+        return None;
+    }
+    Some(Enhanced {
+        class,
+        subject,
+        detail,
+    })
+}
+
+/// A normalised reply taken apart.
+struct Parsed<'a> {
+    text: &'a str,
+    /// The reply code (`550`), if there is one.
+    code: Option<&'a str>,
+    /// The enhanced code (`5.1.1`), if there is one.
+    enhanced: Option<(&'a str, Enhanced)>,
+}
+
+impl<'a> Parsed<'a> {
+    fn new(text: &'a str) -> Parsed<'a> {
+        let (code, rest) = split_reply_code(text);
+        let enhanced = code.and_then(|_| {
+            let (e, _) = split_enhanced(rest);
+            e.and_then(|e| parse_enhanced(e).map(|p| (e, p)))
+        });
+        Parsed {
+            text,
+            code,
+            enhanced,
+        }
+    }
+
+    /// The reply's class digit (2, 4, 5), if it has a reply code.
+    fn class(&self) -> Option<u8> {
+        self.code.map(|c| c.as_bytes()[0] - b'0')
+    }
+
+    /// `code:5.1.1`, else `code:550`.
+    fn code_rule(&self) -> String {
+        match (self.enhanced, self.code) {
+            (Some((e, _)), _) => format!("code:{e}"),
+            (None, Some(c)) => format!("code:{c}"),
+            (None, None) => TRANSPORT_RULE.to_string(),
+        }
+    }
+}
+
+/// The rule name of a reply without an SMTP reply code.
+pub const TRANSPORT_RULE: &str = "transport";
+
+/// Repeat a rule must see before it applies (`trigger = { count = 3, within = "1h" }`);
+/// counting is the caller's (the site actor's) job. No trigger: immediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trigger {
+    pub count: u32,
+    pub within: Duration,
+}
+
+/// What a reply means and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub category: Category,
+    /// The rule that matched: an operator rule's `name`, a built-in rule's name
+    /// (`gmail-unusual-rate`), `code:<enhanced code>`, `code:<reply code>` when the reply
+    /// has no enhanced code, or `transport`.
+    pub rule: String,
+    /// For `rate_limited`: the rate is multiplied by this. `None`: `[shaping]
+    /// decrease_factor`.
+    pub factor: Option<f64>,
+    /// For `blocklisted` and `domain_reputation`: the first suspension. `None`:
+    /// `[shaping] suspend`.
+    pub suspend: Option<Duration>,
+    /// `None`: the rule applies at once.
+    pub trigger: Option<Trigger>,
+    /// The normalised reply ([`normalize`]), for events and `batonctl classify`.
+    pub reply: String,
+}
+
+impl Verdict {
+    /// What the reply speaks about.
+    pub fn scope(&self) -> Scope {
+        self.category.scope()
+    }
+}
+
+/// A pattern over enhanced codes: `"5.7.1"`, `"4.*"`, `"5.7.*"`, `"*.1.1"`.
+///
+/// A reply without an enhanced code matches only a pattern whose segments after the
+/// first are all `*` (`"5.*"` matches a bare `550`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodePattern {
+    /// `None` is `*`. A pattern of fewer than three segments ending in `*` leaves the
+    /// rest `*`.
+    segments: [Option<u16>; 3],
+}
+
+impl CodePattern {
+    /// Parses a pattern; `None` when it is not one.
+    pub fn parse(text: &str) -> Option<CodePattern> {
+        let parts: Vec<&str> = text.trim().split('.').collect();
+        if parts.is_empty() || parts.len() > 3 {
+            return None;
+        }
+        let mut segments = [None; 3];
+        for (i, p) in parts.iter().enumerate() {
+            segments[i] = match *p {
+                "*" => None,
+                p if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                    Some(p.parse().ok()?)
+                }
+                _ => return None,
+            };
+        }
+        // "5" or "5.7" alone would silently mean "5.*"; ask for the star.
+        if parts.len() < 3 && parts.last() != Some(&"*") {
+            return None;
+        }
+        if let Some(class) = segments[0] {
+            if !matches!(class, 2 | 4 | 5) {
+                return None;
+            }
+        }
+        Some(CodePattern { segments })
+    }
+
+    fn matches(&self, reply: &Parsed<'_>) -> bool {
+        match reply.enhanced {
+            Some((_, e)) => [e.class, e.subject, e.detail]
+                .iter()
+                .zip(self.segments)
+                .all(|(v, s)| s.is_none_or(|s| s == *v)),
+            None => match reply.class() {
+                Some(class) => {
+                    self.segments[1..].iter().all(Option::is_none)
+                        && self.segments[0].is_none_or(|s| s == u16::from(class))
+                }
+                None => false,
+            },
+        }
+    }
+}
+
+/// One classification rule, operator's or built-in. It matches when its regex (if any)
+/// matches the normalised reply and its code pattern (if any) matches the enhanced code.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub regex: Option<Regex>,
+    pub code: Option<CodePattern>,
+    pub category: Category,
+    pub factor: Option<f64>,
+    pub suspend: Option<Duration>,
+    pub trigger: Option<Trigger>,
+}
+
+impl Rule {
+    fn matches(&self, reply: &Parsed<'_>) -> bool {
+        // Rules speak about SMTP replies; transport errors never reach them.
+        reply.code.is_some()
+            && self.code.as_ref().is_none_or(|c| c.matches(reply))
+            && self.regex.as_ref().is_none_or(|r| r.is_match(reply.text))
+    }
+
+    fn verdict(&self, reply: String) -> Verdict {
+        Verdict {
+            category: self.category,
+            rule: self.name.clone(),
+            factor: self.factor,
+            suspend: self.suspend,
+            trigger: self.trigger,
+            reply,
+        }
+    }
+}
+
+/// Operator rules, in file order ([`RulesFile::parse`]).
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub rules: Vec<Rule>,
+}
+
+impl Rules {
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// The built-in text rules, in the order they are tried: `(name, regex, category,
+/// factor, suspend)`. Tested against every fixture of DELIVERABILITY.md (b).
+pub const BUILTIN_RULES: &[(&str, &str, Category, Option<f64>, Option<Duration>)] = &[
+    // Microsoft S775. Before the generic rate rules: it is the harsher one.
+    (
+        "ms-ip-reputation",
+        r"(?i)rate limited due to IP reputation",
+        Category::RateLimited,
+        Some(0.25),
+        None,
+    ),
+    (
+        "gmail-unusual-rate",
+        r"(?i)unusual (rate|amount) of .*from your IP",
+        Category::RateLimited,
+        None,
+        None,
+    ),
+    (
+        "gmail-domain-reputation",
+        r"(?i)your (DKIM|SPF) domain|your URL domains",
+        Category::DomainReputation,
+        None,
+        None,
+    ),
+    (
+        "gmail-likely-unsolicited",
+        r"(?i)likely unsolicited",
+        Category::MessageRejected,
+        None,
+        None,
+    ),
+    (
+        "tls-required",
+        r"(?i)\bTLS required|must issue a STARTTLS command first",
+        Category::TlsRequired,
+        None,
+        None,
+    ),
+    (
+        "recipient-rate",
+        r"(?i)receiving e?mail (at a rate|too quickly)",
+        Category::RecipientThrottled,
+        None,
+        None,
+    ),
+    (
+        "ms-rp-rate",
+        r"RP-00[12]",
+        Category::RateLimited,
+        None,
+        None,
+    ),
+    (
+        "connection-limit",
+        r"RP-003|(?i:too many (concurrent )?connections)",
+        Category::ConnectionLimited,
+        None,
+        None,
+    ),
+    (
+        "ms-block-list",
+        r"(?i)on our block list",
+        Category::Blocklisted,
+        None,
+        None,
+    ),
+    (
+        "yahoo-tss",
+        r"\[I?P?TS?S0[45]\]",
+        Category::Blocklisted,
+        None,
+        Some(Duration::from_secs(2 * 3600)),
+    ),
+    ("yahoo-bl", r"\[BL2\d\]", Category::Blocklisted, None, None),
+    (
+        "dnsbl-blocked-using",
+        r"blocked using",
+        Category::Blocklisted,
+        None,
+        None,
+    ),
+    // Only 5xx: a 450's "mailbox unavailable" is RFC 5321's "mailbox busy".
+    (
+        "mailbox-unavailable",
+        r"^5\d\d .*(?i:mailbox (unavailable|not found))",
+        Category::BadMailbox,
+        None,
+        None,
+    ),
+    (
+        "user-unknown",
+        r"^5\d\d .*(?i:\b(user unknown|unknown user|no such (user|mailbox|recipient))\b)",
+        Category::BadMailbox,
+        None,
+        None,
+    ),
+    (
+        "mailbox-full",
+        r"(?i)\b(mailbox (is )?full|over ?quota|quota exceeded)\b",
+        Category::MailboxFull,
+        None,
+        None,
+    ),
+    (
+        "policy-reasons",
+        r"(?i)policy reasons",
+        Category::MessageRejected,
+        None,
+        None,
+    ),
+];
+
+static BUILTIN: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    BUILTIN_RULES
+        .iter()
+        .filter_map(|&(name, pattern, category, factor, suspend)| {
+            // The patterns are constants, compiled in a test; a bad one is dropped
+            // rather than taking the relay down.
+            let regex = Regex::new(pattern).ok()?;
+            Some(Rule {
+                name: name.to_string(),
+                regex: Some(regex),
+                code: None,
+                category,
+                factor,
+                suspend,
+                trigger: None,
+            })
+        })
+        .collect()
+});
+
+/// The enhanced-code table (after KumoMTA's `iana.toml`), for a reply no text rule
+/// matched. `None`: not in the table (the reply is then `other`, or `delivered` for 2.x.x).
+pub fn code_category(class: u16, subject: u16, detail: u16) -> Option<Category> {
+    use Category::*;
+    Some(match (class, subject, detail) {
+        (2, _, _) => Delivered,
+        (_, 1, 1 | 3 | 6) => BadMailbox,
+        (5, 7, 17) | (_, 2, 1) => InactiveMailbox,
+        (5, 7, 18) | (_, 1, 2 | 10) => BadDomain,
+        (_, 2, 2) => MailboxFull,
+        (_, 4, 1 | 2) => Transport,
+        (4, 7, 28) => RateLimited,
+        (5, 7, 28) => Blocklisted,
+        // Gmail's "rate limited because" SPF, DKIM, TLS-less, DMARC or alignment
+        // failed, and Outlook's 5.7.515: not reputation.
+        (4, 7, 26 | 27 | 30 | 32 | 40) | (5, 7, 26 | 27 | 30 | 515) => AuthFailure,
+        (_, 7, 10 | 29) => TlsRequired,
+        (_, 5, 3) => TooManyRecipients,
+        (_, 3, 4) | (_, 6, _) | (_, 7, _) => MessageRejected,
+        _ => return None,
+    })
+}
+
+/// Classifies replies: operator rules, then [`BUILTIN_RULES`], then [`code_category`].
+#[derive(Debug, Clone, Default)]
+pub struct Classifier {
+    rules: Rules,
+}
+
+impl Classifier {
+    /// A classifier with the operator's rules first (`Rules::default()` for none).
+    pub fn new(rules: Rules) -> Classifier {
+        Classifier { rules }
+    }
+
+    /// The operator rules this classifier tries first.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// What `reply` (a remote reply, possibly multi-line, or a transport error) means.
+    pub fn classify(&self, reply: &str) -> Verdict {
+        let text = normalize(reply);
+        let parsed = Parsed::new(&text);
+        let plain = |category: Category, rule: String| Verdict {
+            category,
+            rule,
+            factor: None,
+            suspend: None,
+            trigger: None,
+            reply: text.clone(),
+        };
+        match parsed.class() {
+            None => return plain(Category::Transport, TRANSPORT_RULE.to_string()),
+            Some(2) => return plain(Category::Delivered, parsed.code_rule()),
+            Some(_) => {}
+        }
+        if let Some(rule) = self
+            .rules
+            .rules
+            .iter()
+            .chain(BUILTIN.iter())
+            .find(|r| r.matches(&parsed))
+        {
+            return rule.verdict(text.clone());
+        }
+        let category = parsed
+            .enhanced
+            .and_then(|(_, e)| code_category(e.class, e.subject, e.detail))
+            .filter(|c| *c != Category::Delivered)
+            .unwrap_or(Category::Other);
+        plain(category, parsed.code_rule())
+    }
+}
+
+/// One problem in a rules file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub path: PathBuf,
+    /// 1-based; the line of the key, else of its rule, else 1.
+    pub line: usize,
+    /// `rule[2].regex`, or `rules` for the file as a whole.
+    pub key: String,
+    /// The rule's `name`, when it has one.
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.key)?;
+        if let Some(name) = &self.rule {
+            write!(f, " (rule {name:?})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+/// The operator rules file (`shaping.rules_file`):
+///
+/// ```toml
+/// [[rule]]
+/// name = "comcast-rl000010"
+/// regex = 'RL000010'                    # over the normalised reply; regex or code or both
+/// code = "4.*"                          # optional: enhanced code pattern
+/// category = "domain_reputation"
+/// suspend = "5m"                        # blocklisted, domain_reputation
+/// factor = 0.5                          # rate_limited, 0 < factor < 1
+/// trigger = { count = 3, within = "1h" }  # default: immediate
+/// ```
+pub enum RulesFile {}
+
+/// The keys a `[[rule]]` may have.
+const RULE_KEYS: &[&str] = &[
+    "name", "regex", "code", "category", "suspend", "factor", "trigger",
+];
+
+/// The largest compiled operator regex, so one rule cannot eat the relay's memory.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+impl RulesFile {
+    /// Parses and compiles a rules file, reporting every problem at once, each with
+    /// `path`, its line and its key.
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Rules, Vec<RuleError>> {
+        let path = path.as_ref();
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let doc = match toml_edit::ImDocument::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                return Err(vec![RuleError {
+                    path: path.to_path_buf(),
+                    line: e.span().map(|s| line_of(s.start)).unwrap_or(1),
+                    key: "rules".into(),
+                    rule: None,
+                    message: format!(
+                        "TOML syntax error: {}",
+                        e.message().trim().lines().collect::<Vec<_>>().join(": ")
+                    ),
+                }]);
+            }
+        };
+        let mut errors = Vec::new();
+        let mut error = |line: usize, key: String, rule: Option<&str>, message: String| {
+            errors.push(RuleError {
+                path: path.to_path_buf(),
+                line,
+                key,
+                rule: rule.map(str::to_string),
+                message,
+            })
+        };
+        let mut rules = Vec::new();
+        let root = doc.as_table();
+        for (key, item) in root.iter() {
+            if key != "rule" {
+                let line = root
+                    .key(key)
+                    .and_then(|k| k.span())
+                    .or_else(|| item.span())
+                    .map(|s| line_of(s.start))
+                    .unwrap_or(1);
+                error(
+                    line,
+                    key.to_string(),
+                    None,
+                    "unknown key: a rules file has only [[rule]] tables".into(),
+                );
+            }
+        }
+        let tables: Vec<(usize, &dyn toml_edit::TableLike, Option<usize>)> = match root.get("rule")
+        {
+            None => Vec::new(),
+            Some(toml_edit::Item::ArrayOfTables(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, t as &dyn toml_edit::TableLike, t.span().map(|s| s.start)))
+                .collect(),
+            Some(item) => {
+                let line = item.span().map(|s| line_of(s.start)).unwrap_or(1);
+                error(
+                    line,
+                    "rule".into(),
+                    None,
+                    "must be an array of tables ([[rule]])".into(),
+                );
+                Vec::new()
+            }
+        };
+        let mut names: Vec<(String, usize)> = Vec::new();
+        for (index, table, start) in tables {
+            let table_line = start.map(line_of).unwrap_or(1);
+            let key_line = |k: &str| {
+                table
+                    .get_key_value(k)
+                    .and_then(|(key, item)| key.span().or_else(|| item.span()))
+                    .map(|s| line_of(s.start))
+                    .unwrap_or(table_line)
+            };
+            let keyname = |k: &str| format!("rule[{index}].{k}");
+            let name = table
+                .get("name")
+                .and_then(|i| i.as_str())
+                .map(str::to_string);
+            let rname = name.as_deref();
+            let mut ok = true;
+            let mut fail = |k: &str, message: String| {
+                ok = false;
+                error(key_line(k), keyname(k), rname, message);
+            };
+            for (k, _) in table.iter() {
+                if !RULE_KEYS.contains(&k) {
+                    fail(k, format!("unknown key (known: {})", RULE_KEYS.join(", ")));
+                }
+            }
+            match (table.get("name"), &name) {
+                (None, _) => fail("name", "is required".into()),
+                (Some(_), None) => fail("name", "must be a string".into()),
+                (Some(_), Some(n)) if n.trim().is_empty() => {
+                    fail("name", "must not be empty".into())
+                }
+                (Some(_), Some(n)) if n.starts_with("code:") || n == TRANSPORT_RULE => fail(
+                    "name",
+                    "`code:...` and `transport` are the classifier's own rule names".into(),
+                ),
+                (Some(_), Some(n)) => {
+                    if let Some((_, first)) = names.iter().find(|(m, _)| m == n) {
+                        fail(
+                            "name",
+                            format!("duplicate: rule[{first}] has the same name"),
+                        );
+                    } else {
+                        names.push((n.clone(), index));
+                    }
+                }
+            }
+            let regex = match table.get("regex") {
+                None => None,
+                Some(item) => match item.as_str() {
+                    None => {
+                        fail("regex", "must be a string".into());
+                        None
+                    }
+                    Some(p) => match RegexBuilder::new(p).size_limit(REGEX_SIZE_LIMIT).build() {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            let msg = e.to_string();
+                            fail(
+                                "regex",
+                                format!(
+                                    "bad regex: {}",
+                                    msg.lines()
+                                        .map(str::trim)
+                                        .filter(|l| !l.is_empty())
+                                        .collect::<Vec<_>>()
+                                        .join(" ")
+                                ),
+                            );
+                            None
+                        }
+                    },
+                },
+            };
+            let code = match table.get("code") {
+                None => None,
+                Some(item) => match item.as_str().map(CodePattern::parse) {
+                    Some(Some(c)) => Some(c),
+                    _ => {
+                        fail(
+                            "code",
+                            "must be an enhanced code pattern such as \"5.7.1\", \"5.7.*\" or \"4.*\""
+                                .into(),
+                        );
+                        None
+                    }
+                },
+            };
+            if table.get("regex").is_none() && table.get("code").is_none() {
+                fail("regex", "a rule needs a regex, a code or both".into());
+            }
+            let category = match table.get("category") {
+                None => {
+                    fail("category", "is required".into());
+                    None
+                }
+                Some(item) => match item.as_str().map(|s| (s, Category::parse(s))) {
+                    Some((_, Some(Category::Delivered))) => {
+                        fail(
+                            "category",
+                            "delivered is not allowed: every 2xx is delivered, nothing else is"
+                                .into(),
+                        );
+                        None
+                    }
+                    Some((_, Some(c))) => Some(c),
+                    Some((s, None)) => {
+                        fail(
+                            "category",
+                            format!(
+                                "unknown category {s:?} (known: {})",
+                                Category::ALL
+                                    .iter()
+                                    .filter(|c| **c != Category::Delivered)
+                                    .map(|c| c.name())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                        None
+                    }
+                    None => {
+                        fail("category", "must be a string".into());
+                        None
+                    }
+                },
+            };
+            let factor = match table.get("factor") {
+                None => None,
+                Some(item) => {
+                    let v = item
+                        .as_float()
+                        .or_else(|| item.as_integer().map(|i| i as f64));
+                    match v {
+                        Some(f) if f > 0.0 && f < 1.0 => {
+                            if category.is_some_and(|c| c != Category::RateLimited) {
+                                fail("factor", "applies only to category rate_limited".into());
+                            }
+                            Some(f)
+                        }
+                        Some(f) => {
+                            fail("factor", format!("{f} is not between 0 and 1 (exclusive)"));
+                            None
+                        }
+                        None => {
+                            fail("factor", "must be a number between 0 and 1".into());
+                            None
+                        }
+                    }
+                }
+            };
+            let suspend = match table.get("suspend") {
+                None => None,
+                Some(item) => match item.as_str().map(parse_duration) {
+                    Some(Ok(d)) => {
+                        if category.is_some_and(|c| {
+                            !matches!(c, Category::Blocklisted | Category::DomainReputation)
+                        }) {
+                            fail(
+                                "suspend",
+                                "applies only to categories blocklisted and domain_reputation"
+                                    .into(),
+                            );
+                        }
+                        Some(d)
+                    }
+                    Some(Err(e)) => {
+                        fail("suspend", e);
+                        None
+                    }
+                    None => {
+                        fail(
+                            "suspend",
+                            "must be a duration string such as \"15m\"".into(),
+                        );
+                        None
+                    }
+                },
+            };
+            let trigger = match table.get("trigger") {
+                None => None,
+                Some(item) => match item.as_table_like() {
+                    None => {
+                        fail(
+                            "trigger",
+                            "must be a table such as { count = 3, within = \"1h\" }".into(),
+                        );
+                        None
+                    }
+                    Some(t) => {
+                        let mut problems = Vec::new();
+                        for (k, _) in t.iter() {
+                            if k != "count" && k != "within" {
+                                problems.push(format!("unknown key {k:?} (known: count, within)"));
+                            }
+                        }
+                        let count = match t.get("count").and_then(|c| c.as_integer()) {
+                            Some(c) if (1..=i64::from(u32::MAX)).contains(&c) => {
+                                u32::try_from(c).ok()
+                            }
+                            _ => {
+                                problems.push("count must be a positive integer".into());
+                                None
+                            }
+                        };
+                        let within = match t.get("within").and_then(|w| w.as_str()) {
+                            Some(w) => match parse_duration(w) {
+                                Ok(d) => Some(d),
+                                Err(e) => {
+                                    problems.push(format!("within: {e}"));
+                                    None
+                                }
+                            },
+                            None => {
+                                problems.push("within must be a duration string".into());
+                                None
+                            }
+                        };
+                        for p in problems {
+                            fail("trigger", p);
+                        }
+                        count
+                            .zip(within)
+                            .map(|(count, within)| Trigger { count, within })
+                    }
+                },
+            };
+            if let (true, Some(name), Some(category)) = (ok, name, category) {
+                rules.push(Rule {
+                    name,
+                    regex,
+                    code,
+                    category,
+                    factor,
+                    suspend,
+                    trigger,
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(Rules { rules })
+        } else {
+            errors.sort_by_key(|e| e.line);
+            Err(errors)
+        }
+    }
+}
+
+/// A positive humantime duration (`"15m"`, `"2h 30m"`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{text:?} is not a duration such as \"15m\": {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_compile() {
+        for (name, pattern, ..) in BUILTIN_RULES {
+            assert!(Regex::new(pattern).is_ok(), "{name}: {pattern}");
+        }
+        assert_eq!(BUILTIN.len(), BUILTIN_RULES.len());
+    }
+
+    #[test]
+    fn enhanced_codes() {
+        assert_eq!(
+            parse_enhanced("5.7.515"),
+            Some(Enhanced {
+                class: 5,
+                subject: 7,
+                detail: 515
+            })
+        );
+        assert_eq!(parse_enhanced("5.7"), None);
+        assert_eq!(parse_enhanced("3.1.1"), None);
+        assert_eq!(parse_enhanced("5.1.1."), None);
+        assert_eq!(parse_enhanced("5.1.1000"), None);
+    }
+}
