@@ -17,7 +17,7 @@
 //! Layout: [`normalize`]; [`Verdict`] and [`Classifier`]; the built-in rules and the code
 //! table; [`RulesFile`], the operator rules file with every problem reported at once.
 
-use crate::category::{Category, Scope};
+pub use crate::category::{Category, Scope};
 use regex::{Regex, RegexBuilder};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -642,8 +642,23 @@ impl RulesFile {
                 .enumerate()
                 .map(|(i, t)| (i, t as &dyn toml_edit::TableLike, t.span().map(|s| s.start)))
                 .collect(),
+            // `rule = [{ name = "a", ... }, ...]`: the same, inline.
+            Some(toml_edit::Item::Value(toml_edit::Value::Array(a)))
+                if a.iter().all(|v| v.as_inline_table().is_some()) =>
+            {
+                a.iter()
+                    .filter_map(|v| v.as_inline_table())
+                    .enumerate()
+                    .map(|(i, t)| (i, t as &dyn toml_edit::TableLike, t.span().map(|s| s.start)))
+                    .collect()
+            }
             Some(item) => {
-                let line = item.span().map(|s| line_of(s.start)).unwrap_or(1);
+                let line = root
+                    .key("rule")
+                    .and_then(|k| k.span())
+                    .or_else(|| item.span())
+                    .map(|s| line_of(s.start))
+                    .unwrap_or(1);
                 error(
                     line,
                     "rule".into(),

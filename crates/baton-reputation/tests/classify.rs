@@ -359,6 +359,18 @@ fn operator_rules_come_first() {
 }
 
 #[test]
+fn inline_rules() {
+    let text = "rule = [\n  { name = \"a\", regex = 'RL1', category = \"blocklisted\" },\n  { name = \"b\", regex = '(', category = \"other\" },\n]\n";
+    let errors = RulesFile::parse(text, "r.toml").expect_err("bad regex");
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(got, vec![(3, "rule[1].regex")]);
+    let rules = RulesFile::parse(&text.replace("'('", "'x'"), "r.toml").expect("valid");
+    assert_eq!(rules.len(), 2);
+    let v = Classifier::new(rules).classify("421 4.7.0 RL1");
+    assert_eq!((v.category, v.rule.as_str()), (Blocklisted, "a"));
+}
+
+#[test]
 fn empty_rules_file() {
     assert!(RulesFile::parse("", "r.toml").expect("empty").is_empty());
     assert!(
