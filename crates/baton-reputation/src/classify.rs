@@ -42,22 +42,23 @@ pub fn normalize(reply: &str) -> String {
     let Some(first) = lines.next() else {
         return String::new();
     };
+    let mut out = String::with_capacity(reply.len().min(MAX_LEN));
     let (code, rest) = split_reply_code(first);
-    let mut text = String::with_capacity(reply.len().min(MAX_LEN + 64));
     let enhanced = match code {
         Some(code) => {
-            text.push_str(code);
-            text.push(' ');
-            let (enhanced, _) = split_enhanced(rest);
-            text.push_str(rest);
-            enhanced
+            out.push_str(code);
+            push_words(&mut out, rest);
+            split_enhanced(rest).0
         }
         None => {
-            text.push_str(first);
+            push_words(&mut out, first);
             None
         }
     };
     for line in lines {
+        if out.len() >= MAX_LEN {
+            break;
+        }
         let mut line = line;
         if let Some(code) = code {
             // `550-5.1.1 more text`, `550 5.1.1 more text`, `550-more text`.
@@ -72,21 +73,7 @@ pub fn normalize(reply: &str) -> String {
                 }
             }
         }
-        text.push(' ');
-        text.push_str(line);
-        if text.len() > 2 * MAX_LEN {
-            break;
-        }
-    }
-    let mut out = String::with_capacity(text.len().min(MAX_LEN));
-    for word in text.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-        if out.len() >= MAX_LEN {
-            break;
-        }
+        push_words(&mut out, line);
     }
     if out.len() > MAX_LEN {
         let mut end = MAX_LEN;
@@ -98,6 +85,20 @@ pub fn normalize(reply: &str) -> String {
         out.truncate(trimmed);
     }
     out
+}
+
+/// Appends the words of `text` to `out`, one space before each (none at the start),
+/// stopping once `out` holds [`MAX_LEN`] bytes.
+fn push_words(out: &mut String, text: &str) {
+    for word in text.split_whitespace() {
+        if out.len() >= MAX_LEN {
+            return;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
 }
 
 /// `"550-text"`, `"550 text"` or `"550"` -> `(Some("550"), "text")`; anything else ->
