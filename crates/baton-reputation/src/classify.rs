@@ -1,5 +1,7 @@
 //! Reply classification (DELIVERABILITY.md (b)): a remote reply or transport error,
-//! normalised, into a [`Category`] and the rule that decided it.
+//! normalised, into a [`Category`] and the rule that decided it. Callers pass only what a
+//! remote server said or a transport error, never Baton's own replies (KumoMTA's
+//! `match_internal` lesson: rules matching its own 4xx kept extending suspensions).
 //!
 //! Order, first match wins:
 //! 1. a 2xx reply is `delivered` (rule `code:<enhanced code>`, else `code:<reply code>`);
