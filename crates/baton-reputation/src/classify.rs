@@ -369,15 +369,14 @@ const fn builtin(name: &'static str, regex: &'static str, category: Category) ->
 /// The built-in text rules, in the order they are tried. Tested against every fixture
 /// of DELIVERABILITY.md (b).
 pub const BUILTIN_RULES: &[Builtin] = &[
-    // Microsoft S775. Before the generic rate rules: it is the harsher one.
-    Builtin {
-        factor: Some(0.25),
-        ..builtin(
-            "ms-ip-reputation",
-            r"(?i)rate limited due to IP reputation",
-            Category::RateLimited,
-        )
-    },
+    // Microsoft S775, before the generic rate rules. Built-in rules carry no factor or
+    // suspension of their own: CONTRACT.md gives them [shaping]'s (DELIVERABILITY's
+    // ×0.25 here and 2 h for Yahoo's TSS04 are for an operator rule to set).
+    builtin(
+        "ms-ip-reputation",
+        r"(?i)rate limited due to IP reputation",
+        Category::RateLimited,
+    ),
     builtin(
         "gmail-unusual-rate",
         r"(?i)unusual (rate|amount) of .*from your IP",
@@ -414,11 +413,7 @@ pub const BUILTIN_RULES: &[Builtin] = &[
         r"(?i)on our block list",
         Category::Blocklisted,
     ),
-    // Yahoo's [TSS04]: the fixture table's 2 h, as KumoMTA's community rules.
-    Builtin {
-        suspend: Some(Duration::from_secs(2 * 3600)),
-        ..builtin("yahoo-tss", r"\[I?P?TS?S0[45]\]", Category::Blocklisted)
-    },
+    builtin("yahoo-tss", r"\[I?P?TS?S0[45]\]", Category::Blocklisted),
     builtin("yahoo-bl", r"\[BL2\d\]", Category::Blocklisted),
     builtin(
         "dnsbl-blocked-using",

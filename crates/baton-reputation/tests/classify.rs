@@ -80,7 +80,7 @@ fn fixtures() -> Vec<Fixture> {
             "451 4.7.650 The mail server [127.0.0.1] has been temporarily rate limited due to IP reputation. For e-mail delivery information, see https://aka.ms/postmaster (S775)",
             RateLimited,
             "ms-ip-reputation",
-            Some(0.25),
+            None,
             None,
         ),
         (
@@ -116,7 +116,7 @@ fn fixtures() -> Vec<Fixture> {
             Blocklisted,
             "yahoo-tss",
             None,
-            Some(Duration::from_secs(2 * 3600)),
+            None,
         ),
         (
             "553 5.7.1 [BL21] Connections will not be accepted from 127.0.0.1, because the ip is in Spamhaus's list; see http://postmaster.yahoo.com/550-bl23.html",

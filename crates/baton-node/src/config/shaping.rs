@@ -3,6 +3,7 @@
 //! tenant is warned or paused. Turned into `baton_reputation`'s pure types here.
 
 use super::ConfigError;
+use baton_reputation::classify::RulesFile;
 use baton_reputation::site::Shaping;
 use baton_reputation::tenant::Thresholds;
 use serde::Deserialize;
@@ -219,13 +220,20 @@ impl ShapingConfig {
                 err(key("min_rate"), "must not be above message_rate");
             }
         }
-        if let Some(path) = &self.rules_file
-            && !path.is_file()
-        {
-            err(
-                "shaping.rules_file".into(),
-                &format!("file {} not found", path.display()),
-            );
+        if let Some(path) = &self.rules_file {
+            match std::fs::read_to_string(path) {
+                Err(e) => err(
+                    "shaping.rules_file".into(),
+                    &format!("cannot read {}: {e}", path.display()),
+                ),
+                Ok(text) => {
+                    if let Err(problems) = RulesFile::parse(&text, path) {
+                        for p in problems {
+                            err("shaping.rules_file".into(), &p.to_string());
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -343,6 +351,25 @@ mod tests {
         assert_eq!(google.connections, 5);
         assert_eq!(google.message_rate, None);
         assert_eq!(google.increase_step, 0.1);
+    }
+
+    #[test]
+    fn a_bad_rule_is_reported_with_its_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.toml");
+        std::fs::write(
+            &rules,
+            "[[rule]]\nname = \"ok\"\nregex = 'RL0001'\ncategory = \"rate_limited\"\n\n\
+             [[rule]]\nname = \"bad\"\nregex = '(unclosed'\ncategory = \"spam\"\n",
+        )
+        .unwrap();
+        let mut c = Config::dev(None);
+        c.shaping.rules_file = Some(rules.clone());
+        let e = c.validate().unwrap_err().to_string();
+        let file = rules.display().to_string();
+        assert!(e.contains(&format!("{file}:9")), "{e}");
+        assert!(e.contains(&format!("{file}:8")), "{e}");
+        assert_eq!(e.matches("shaping.rules_file").count(), 2, "{e}");
     }
 
     #[test]
