@@ -375,10 +375,10 @@ impl RuleState {
             if rule.max_sessions.is_some_and(|max| sessions <= max) {
                 continue;
             }
-            if let Some(rate) = &rule.rate {
-                if self.accepted_in_window(i, rate, now_ms) < rate.count {
-                    continue;
-                }
+            if let Some(rate) = &rule.rate
+                && self.accepted_in_window(i, rate, now_ms) < rate.count
+            {
+                continue;
             }
             found = Some(Hit {
                 index: i,
