@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -162,6 +162,8 @@ struct Shared {
     active: AtomicUsize,
     deferred_once: Mutex<HashSet<String>>,
     rules: Mutex<RuleState>,
+    /// False while there are no rules: the fast path takes no lock.
+    has_rules: AtomicBool,
 }
 
 impl Shared {
@@ -171,6 +173,9 @@ impl Shared {
 
     /// Check the rules of `stage`; log the hit when events are on.
     fn check(&self, stage: Stage, rcpts: &[String], peer: SocketAddr) -> Option<Hit> {
+        if !self.has_rules.load(Ordering::Relaxed) {
+            return None;
+        }
         let sessions = self.active.load(Ordering::Relaxed);
         let hit = {
             let mut st = self.rules();
@@ -228,7 +233,11 @@ impl SinkHandle {
     /// Replace the rules; their counters (windows, hits) start from zero.
     /// Commands already answered are not affected.
     pub fn set_rules(&self, rules: Rules) {
-        *self.shared.rules() = RuleState::new(rules);
+        let mut st = self.shared.rules();
+        self.shared
+            .has_rules
+            .store(!rules.rules.is_empty(), Ordering::Relaxed);
+        *st = RuleState::new(rules);
     }
 
     /// How often each rule answered since the rules were last set.
@@ -264,6 +273,7 @@ pub async fn start_sink(cfg: SinkConfig) -> io::Result<SinkHandle> {
     let rules = Mutex::new(RuleState::new(cfg.rules.clone()));
     let shared = Arc::new(Shared {
         rules,
+        has_rules: AtomicBool::new(!cfg.rules.rules.is_empty()),
         cfg,
         stats: stats.clone(),
         seq: AtomicU64::new(0),
@@ -609,7 +619,12 @@ fn handle_command(
                     let stats = &shared.stats;
                     if sess.rcpts.len() >= MAX_RCPTS {
                         out.extend_from_slice(b"452 4.5.3 too many recipients\r\n");
-                    } else if let Some(hit) = shared.check(Stage::Rcpt, &[addr.to_string()], peer) {
+                    } else if let Some(hit) = shared
+                        .has_rules
+                        .load(Ordering::Relaxed)
+                        .then(|| shared.check(Stage::Rcpt, &[addr.to_string()], peer))
+                        .flatten()
+                    {
                         count_refusal(stats, hit.code);
                         return answer(hit, out);
                     } else if lp.contains("reject") {
@@ -714,7 +729,7 @@ async fn finish_data(
     // Decide on the data-stage rules and count the message in the rate
     // windows under one lock, so a window never accepts more than its rate.
     let mut hit = None;
-    if !sess.oversize && !sess.datafail {
+    if !sess.oversize && !sess.datafail && shared.has_rules.load(Ordering::Relaxed) {
         let sessions = shared.active.load(Ordering::Relaxed);
         let mut st = shared.rules();
         if !st.is_empty() {
