@@ -1010,3 +1010,37 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&k, cert.signing_key.serialize_pem()).expect("write key");
     (c, k)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Sink::start_with_rules`, its event lines and `set_rules` (needs only
+    /// the baton-sink binary).
+    #[test]
+    fn scripted_sink_events_and_reload() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let gone = "550-5.1.1 The email account that you tried to reach does not exist.\n\
+                    550 5.1.1 - gsmtp";
+        let rules =
+            format!("[[rule]]\nstage = \"rcpt\"\nrcpt = \"gone@*\"\nreply = '''{gone}'''\n");
+        let sink = Sink::start_with_rules(addr, &rules);
+        let mut c = Smtp::connect(addr);
+        c.hello();
+        c.cmd("MAIL FROM:<a@src.test>", "250");
+        let text = c.cmd("RCPT TO:<gone@dst.test>", "550-5.1.1");
+        assert_eq!(text, format!("{}\r\n", gone.replace('\n', "\r\n")));
+        c.cmd("RSET", "250");
+        let r = c.send_mail("a@src.test", &["ok@dst.test"], "Subject: x\r\n\r\nbody");
+        assert!(r.starts_with("250 "), "{r}");
+        assert_eq!(sink.hit_times_ms(0).len(), 1);
+        assert_eq!(sink.accepted_times_ms().len(), 1);
+        sink.wait_for(1, Duration::from_secs(10));
+
+        sink.set_rules("");
+        let r = c.send_mail("a@src.test", &["gone@dst.test"], "Subject: y\r\n\r\nbody");
+        assert!(r.starts_with("250 "), "{r}");
+        assert_eq!(sink.accepted_times_ms().len(), 2);
+        assert_eq!(sink.hit_times_ms(0).len(), 1);
+    }
+}
