@@ -95,7 +95,6 @@ async fn main() -> anyhow::Result<()> {
 
 /// SIGHUP: re-read the rules file; on an error the old rules stay.
 fn reload(handle: &baton_load::sink::SinkHandle, path: Option<&std::path::Path>) {
-    let mut stdout = std::io::stdout().lock();
     let line = match path {
         None => "rules not reloaded: no --rules file".to_string(),
         Some(path) => match Rules::load(path) {
@@ -107,6 +106,8 @@ fn reload(handle: &baton_load::sink::SinkHandle, path: Option<&std::path::Path>)
             Err(e) => format!("rules reload failed (old rules kept): {e}"),
         },
     };
+    // The stdout lock is taken after the rules lock was released.
+    let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
 }
