@@ -226,6 +226,8 @@ pub struct Sink {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     proc: Proc,
+    /// With rules: the rules file and the sink's stdout (event lines).
+    rules: Option<(PathBuf, PathBuf)>,
     _tmp: tempfile::TempDir,
 }
 
@@ -236,23 +238,42 @@ impl Sink {
 
     /// A sink whose greeting has `greeting_code` (e.g. 421 for a busy primary MX).
     pub fn start_with(addr: SocketAddr, greeting_code: u16) -> Sink {
+        Sink::spawn(addr, greeting_code, None)
+    }
+
+    /// A sink scripted by `rules` (the TOML of `baton-sink --rules`, see
+    /// cluster/README.md); its event lines are kept for [`Sink::events`].
+    pub fn start_with_rules(addr: SocketAddr, rules: &str) -> Sink {
+        Sink::spawn(addr, 220, Some(rules))
+    }
+
+    fn spawn(addr: SocketAddr, greeting_code: u16, rules: Option<&str>) -> Sink {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("mail");
         std::fs::create_dir_all(&dir).expect("mkdir");
         let ready = tmp.path().join("ready");
-        let proc = Proc::spawn(
-            "baton-sink",
-            Command::new(bin("baton-sink"))
-                .arg("--listen")
-                .arg(addr.to_string())
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--greeting-code")
-                .arg(greeting_code.to_string())
-                .arg("--ready-file")
-                .arg(&ready)
-                .stdout(Stdio::null()),
-        );
+        let mut cmd = Command::new(bin("baton-sink"));
+        cmd.arg("--listen")
+            .arg(addr.to_string())
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--greeting-code")
+            .arg(greeting_code.to_string())
+            .arg("--ready-file")
+            .arg(&ready);
+        let rules = rules.map(|text| {
+            let path = tmp.path().join("rules.toml");
+            std::fs::write(&path, text).expect("write rules");
+            // A file, not a pipe: the sink never blocks on an unread stdout.
+            let log = tmp.path().join("events.log");
+            let out = std::fs::File::create(&log).expect("events log");
+            cmd.arg("--rules").arg(&path).stdout(out);
+            (path, log)
+        });
+        if rules.is_none() {
+            cmd.stdout(Stdio::null());
+        }
+        let proc = Proc::spawn("baton-sink", &mut cmd);
         wait_until("baton-sink to listen", Duration::from_secs(10), || {
             ready.exists().then_some(())
         });
@@ -260,8 +281,69 @@ impl Sink {
             addr,
             dir,
             proc,
+            rules,
             _tmp: tmp,
         }
+    }
+
+    /// The sink's stdout lines so far (`hit rule=<i> stage=<s> code=<c> t=<ms> ...`,
+    /// `accepted seq=<n> t=<ms>`, `rules reloaded: ...`); empty without rules.
+    pub fn events(&self) -> Vec<String> {
+        self.rules
+            .as_ref()
+            .and_then(|(_, log)| std::fs::read_to_string(log).ok())
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Unix-millisecond times of the accepted messages (from the event lines).
+    pub fn accepted_times_ms(&self) -> Vec<u64> {
+        self.events()
+            .iter()
+            .filter(|l| l.starts_with("accepted "))
+            .filter_map(|l| event_time(l))
+            .collect()
+    }
+
+    /// Unix-millisecond times of the hits of rule `index` (0-based, file order).
+    pub fn hit_times_ms(&self, index: usize) -> Vec<u64> {
+        let prefix = format!("hit rule={index} ");
+        self.events()
+            .iter()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| event_time(l))
+            .collect()
+    }
+
+    /// Replace the rules (e.g. lift a rate limit): rewrites the file, sends SIGHUP
+    /// and waits for the sink's `rules reloaded` line. Panics if the sink refuses them.
+    pub fn set_rules(&self, rules: &str) {
+        let (path, _) = self.rules.as_ref().expect("a sink started with rules");
+        let reloads = |s: &Sink| {
+            s.events()
+                .iter()
+                .filter(|l| l.starts_with("rules reload"))
+                .count()
+        };
+        let before = reloads(self);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, rules).expect("write rules");
+        std::fs::rename(&tmp, path).expect("rename rules");
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.proc.pid().to_string())
+            .status();
+        let line = wait_until(
+            "baton-sink to reload its rules",
+            Duration::from_secs(10),
+            || {
+                self.events()
+                    .into_iter()
+                    .filter(|l| l.starts_with("rules reload"))
+                    .nth(before)
+            },
+        );
+        assert!(line.starts_with("rules reloaded: "), "{line}");
     }
 
     /// The messages received so far, oldest first.
@@ -302,6 +384,13 @@ impl Sink {
     pub fn stop(&mut self) {
         self.proc.kill();
     }
+}
+
+/// The `t=<ms>` field of a sink event line.
+fn event_time(line: &str) -> Option<u64> {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix("t="))
+        .and_then(|t| t.parse().ok())
 }
 
 /// One message as the sink stored it.
@@ -920,4 +1009,38 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&c, cert.cert.pem()).expect("write cert");
     std::fs::write(&k, cert.signing_key.serialize_pem()).expect("write key");
     (c, k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Sink::start_with_rules`, its event lines and `set_rules` (needs only
+    /// the baton-sink binary).
+    #[test]
+    fn scripted_sink_events_and_reload() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let gone = "550-5.1.1 The email account that you tried to reach does not exist.\n\
+                    550 5.1.1 - gsmtp";
+        let rules =
+            format!("[[rule]]\nstage = \"rcpt\"\nrcpt = \"gone@*\"\nreply = '''{gone}'''\n");
+        let sink = Sink::start_with_rules(addr, &rules);
+        let mut c = Smtp::connect(addr);
+        c.hello();
+        c.cmd("MAIL FROM:<a@src.test>", "250");
+        let text = c.cmd("RCPT TO:<gone@dst.test>", "550-5.1.1");
+        assert_eq!(text, format!("{}\r\n", gone.replace('\n', "\r\n")));
+        c.cmd("RSET", "250");
+        let r = c.send_mail("a@src.test", &["ok@dst.test"], "Subject: x\r\n\r\nbody");
+        assert!(r.starts_with("250 "), "{r}");
+        assert_eq!(sink.hit_times_ms(0).len(), 1);
+        assert_eq!(sink.accepted_times_ms().len(), 1);
+        sink.wait_for(1, Duration::from_secs(10));
+
+        sink.set_rules("");
+        let r = c.send_mail("a@src.test", &["gone@dst.test"], "Subject: y\r\n\r\nbody");
+        assert!(r.starts_with("250 "), "{r}");
+        assert_eq!(sink.accepted_times_ms().len(), 2);
+        assert_eq!(sink.hit_times_ms(0).len(), 1);
+    }
 }

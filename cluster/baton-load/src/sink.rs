@@ -15,19 +15,25 @@
 //! Accepted messages are written atomically to `<dir>/<seq>.eml` when a
 //! directory is configured; otherwise they are only counted (and handed to
 //! the optional [`SinkConfig::on_message`] callback).
+//!
+//! [`SinkConfig::rules`] (see [`crate::rules`]) script other replies per
+//! stage; they can be replaced while the sink runs
+//! ([`SinkHandle::set_rules`]).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+use crate::rules::{Hit, RuleState, Rules, Stage, now_ms};
 
 /// Maximum message size advertised in EHLO (`SIZE`) and enforced.
 pub const MAX_MESSAGE_SIZE: usize = 104_857_600;
@@ -84,6 +90,11 @@ pub struct SinkConfig {
     pub idle_timeout: Duration,
     /// Optional callback per accepted message.
     pub on_message: Option<OnMessage>,
+    /// Scripted replies (empty: none).
+    pub rules: Rules,
+    /// Print one line per rule hit and per accepted message to stdout
+    /// (`hit rule=<i> ...`, `accepted seq=<n> t=<ms>`).
+    pub events: bool,
 }
 
 impl SinkConfig {
@@ -98,6 +109,8 @@ impl SinkConfig {
             max_connections: 4096,
             idle_timeout: Duration::from_secs(300),
             on_message: None,
+            rules: Rules::default(),
+            events: false,
         }
     }
 }
@@ -113,6 +126,8 @@ impl std::fmt::Debug for SinkConfig {
             .field("max_connections", &self.max_connections)
             .field("idle_timeout", &self.idle_timeout)
             .field("on_message", &self.on_message.is_some())
+            .field("rules", &self.rules.rules.len())
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -146,6 +161,53 @@ struct Shared {
     seq: AtomicU64,
     active: AtomicUsize,
     deferred_once: Mutex<HashSet<String>>,
+    rules: Mutex<RuleState>,
+    /// False while there are no rules: the fast path takes no lock.
+    has_rules: AtomicBool,
+}
+
+impl Shared {
+    fn rules(&self) -> std::sync::MutexGuard<'_, RuleState> {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Check the rules of `stage`; log the hit when events are on.
+    fn check(&self, stage: Stage, rcpts: &[String], peer: SocketAddr) -> Option<Hit> {
+        if !self.has_rules.load(Ordering::Relaxed) {
+            return None;
+        }
+        let sessions = self.active.load(Ordering::Relaxed);
+        let hit = {
+            let mut st = self.rules();
+            if st.is_empty() {
+                return None;
+            }
+            st.check(stage, rcpts, sessions, now_ms())?
+        };
+        self.log_hit(&hit, stage, rcpts, peer);
+        Some(hit)
+    }
+
+    fn log_hit(&self, hit: &Hit, stage: Stage, rcpts: &[String], peer: SocketAddr) {
+        if self.cfg.events {
+            event_line(&format!(
+                "hit rule={} stage={} code={} t={} peer={peer} rcpts={:?}",
+                hit.index,
+                stage.name(),
+                hit.code,
+                now_ms(),
+                rcpts.join(",")
+            ));
+        }
+    }
+}
+
+/// One line on stdout (line-buffered), ignoring a closed stdout.
+fn event_line(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Handle to a running sink. Dropping it does NOT stop the sink; call
@@ -153,6 +215,7 @@ struct Shared {
 pub struct SinkHandle {
     local_addr: SocketAddr,
     stats: Arc<SinkStats>,
+    shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
 
@@ -165,6 +228,26 @@ impl SinkHandle {
     /// Live counters.
     pub fn stats(&self) -> Arc<SinkStats> {
         self.stats.clone()
+    }
+
+    /// Replace the rules; their counters (windows, hits) start from zero.
+    /// Commands already answered are not affected.
+    pub fn set_rules(&self, rules: Rules) {
+        let mut st = self.shared.rules();
+        self.shared
+            .has_rules
+            .store(!rules.rules.is_empty(), Ordering::Relaxed);
+        *st = RuleState::new(rules);
+    }
+
+    /// How often each rule answered since the rules were last set.
+    pub fn rule_hits(&self) -> Vec<u64> {
+        self.shared.rules().hits()
+    }
+
+    /// Wait for the accept loop to end without consuming the handle.
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
     }
 
     /// Stop accepting new connections (existing connections finish on their own).
@@ -187,17 +270,21 @@ pub async fn start_sink(cfg: SinkConfig) -> io::Result<SinkHandle> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let local_addr = listener.local_addr()?;
     let stats = Arc::new(SinkStats::default());
+    let rules = Mutex::new(RuleState::new(cfg.rules.clone()));
     let shared = Arc::new(Shared {
+        rules,
+        has_rules: AtomicBool::new(!cfg.rules.rules.is_empty()),
         cfg,
         stats: stats.clone(),
         seq: AtomicU64::new(0),
         active: AtomicUsize::new(0),
         deferred_once: Mutex::new(HashSet::new()),
     });
-    let task = tokio::spawn(accept_loop(listener, shared));
+    let task = tokio::spawn(accept_loop(listener, shared.clone()));
     Ok(SinkHandle {
         local_addr,
         stats,
+        shared,
         task,
     })
 }
@@ -285,6 +372,11 @@ async fn serve_connection(
             .await?;
         return Ok(());
     }
+    if let Some(hit) = shared.check(Stage::Connect, &[], peer) {
+        stream.write_all(hit.reply.as_bytes()).await?;
+        let _ = stream.shutdown().await;
+        return Ok(());
+    }
     if cfg.greeting_code != 220 {
         let class = match cfg.greeting_code / 100 {
             5 => 5,
@@ -324,7 +416,7 @@ async fn serve_connection(
                         out.extend_from_slice(b"421 4.7.0 too many commands\r\n");
                         Action::Close
                     } else {
-                        handle_command(line, &mut sess, &shared, &mut out)
+                        handle_command(line, &mut sess, &shared, peer, &mut out)
                     }
                 }
                 State::Data => handle_data_line(line, &mut sess),
@@ -337,7 +429,11 @@ async fn serve_connection(
                     return Ok(());
                 }
                 Action::EndOfData => {
-                    finish_data(&mut sess, peer, &shared, &mut out).await;
+                    if finish_data(&mut sess, peer, &shared, &mut out).await {
+                        stream.write_all(&out).await?;
+                        let _ = stream.shutdown().await;
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -436,7 +532,13 @@ fn local_part(addr: &str) -> &str {
     }
 }
 
-fn handle_command(line: &[u8], sess: &mut Session, shared: &Shared, out: &mut Vec<u8>) -> Action {
+fn handle_command(
+    line: &[u8],
+    sess: &mut Session,
+    shared: &Shared,
+    peer: SocketAddr,
+    out: &mut Vec<u8>,
+) -> Action {
     let raw = trim_eol(line);
     let Ok(cmd) = std::str::from_utf8(raw) else {
         out.extend_from_slice(b"500 5.5.2 invalid command encoding\r\n");
@@ -457,6 +559,9 @@ fn handle_command(line: &[u8], sess: &mut Session, shared: &Shared, out: &mut Ve
         }
         sess.reset_txn();
         sess.helo.clear();
+        if let Some(hit) = shared.check(Stage::Ehlo, &[], peer) {
+            return answer(hit, out);
+        }
         sess.helo.push_str(name);
         if is(b"EHLO") {
             let _ = write!(
@@ -492,6 +597,8 @@ fn handle_command(line: &[u8], sess: &mut Session, shared: &Shared, out: &mut Ve
                     });
                     if too_big {
                         out.extend_from_slice(b"552 5.3.4 message size exceeds limit\r\n");
+                    } else if let Some(hit) = shared.check(Stage::Mail, &[], peer) {
+                        return answer(hit, out);
                     } else {
                         sess.reset_txn();
                         sess.mail_from = Some(addr.to_string());
@@ -512,6 +619,14 @@ fn handle_command(line: &[u8], sess: &mut Session, shared: &Shared, out: &mut Ve
                     let stats = &shared.stats;
                     if sess.rcpts.len() >= MAX_RCPTS {
                         out.extend_from_slice(b"452 4.5.3 too many recipients\r\n");
+                    } else if let Some(hit) = shared
+                        .has_rules
+                        .load(Ordering::Relaxed)
+                        .then(|| shared.check(Stage::Rcpt, &[addr.to_string()], peer))
+                        .flatten()
+                    {
+                        count_refusal(stats, hit.code);
+                        return answer(hit, out);
                     } else if lp.contains("reject") {
                         stats.rcpt_rejected.fetch_add(1, Ordering::Relaxed);
                         out.extend_from_slice(b"550 5.1.1 no such user\r\n");
@@ -559,6 +674,24 @@ fn handle_command(line: &[u8], sess: &mut Session, shared: &Shared, out: &mut Ve
     Action::Continue
 }
 
+/// Write a rule's reply; close the connection after it when the rule says so.
+fn answer(hit: Hit, out: &mut Vec<u8>) -> Action {
+    out.extend_from_slice(hit.reply.as_bytes());
+    if hit.close {
+        Action::Close
+    } else {
+        Action::Continue
+    }
+}
+
+fn count_refusal(stats: &SinkStats, code: u16) {
+    if code >= 500 {
+        stats.rcpt_rejected.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.rcpt_tempfailed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Returns true the first time `addr` (case-insensitively) is seen.
 fn first_sighting(shared: &Shared, addr: &str) -> bool {
     let key = addr.to_ascii_lowercase();
@@ -584,9 +717,36 @@ fn handle_data_line(line: &[u8], sess: &mut Session) -> Action {
     Action::Continue
 }
 
-async fn finish_data(sess: &mut Session, peer: SocketAddr, shared: &Shared, out: &mut Vec<u8>) {
+/// Answer the end of DATA; returns true when the connection must be closed.
+async fn finish_data(
+    sess: &mut Session,
+    peer: SocketAddr,
+    shared: &Shared,
+    out: &mut Vec<u8>,
+) -> bool {
     sess.state = State::Command;
     let stats = &shared.stats;
+    // Decide on the data-stage rules and count the message in the rate
+    // windows under one lock, so a window never accepts more than its rate.
+    let mut hit = None;
+    if !sess.oversize && !sess.datafail && shared.has_rules.load(Ordering::Relaxed) {
+        let sessions = shared.active.load(Ordering::Relaxed);
+        let mut st = shared.rules();
+        if !st.is_empty() {
+            let now = now_ms();
+            hit = st.check(Stage::Data, &sess.rcpts, sessions, now);
+            if hit.is_none() {
+                st.record_accept(&sess.rcpts, now);
+            }
+        }
+    }
+    if let Some(hit) = hit {
+        shared.log_hit(&hit, Stage::Data, &sess.rcpts, peer);
+        stats.data_failed.fetch_add(1, Ordering::Relaxed);
+        out.extend_from_slice(hit.reply.as_bytes());
+        sess.reset_txn();
+        return hit.close;
+    }
     if sess.oversize {
         stats.data_failed.fetch_add(1, Ordering::Relaxed);
         out.extend_from_slice(b"552 5.3.4 message size exceeds limit\r\n");
@@ -634,6 +794,9 @@ async fn finish_data(sess: &mut Session, peer: SocketAddr, shared: &Shared, out:
                         sess.msg.len()
                     );
                 }
+                if shared.cfg.events {
+                    event_line(&format!("accepted seq={seq} t={}", now_ms()));
+                }
                 let _ = write!(Bytes(out), "250 2.0.0 Ok: accepted as {seq}\r\n");
             }
             Err(e) => {
@@ -644,6 +807,7 @@ async fn finish_data(sess: &mut Session, peer: SocketAddr, shared: &Shared, out:
         }
     }
     sess.reset_txn();
+    false
 }
 
 async fn write_eml(

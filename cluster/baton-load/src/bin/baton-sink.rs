@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use baton_load::rules::Rules;
 use baton_load::sink::{SinkConfig, start_sink};
 use clap::Parser;
 
@@ -32,6 +33,10 @@ struct Args {
     /// Log one line per accepted message to stderr.
     #[arg(long)]
     verbose: bool,
+    /// Scripted replies (TOML, see cluster/README.md); re-read on SIGHUP.
+    /// Also prints one stdout line per rule hit and per accepted message.
+    #[arg(long)]
+    rules: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -48,13 +53,24 @@ async fn main() -> anyhow::Result<()> {
     cfg.greeting_code = args.greeting_code;
     cfg.hostname = args.hostname;
     cfg.verbose = args.verbose;
-    let handle = start_sink(cfg)
+    if let Some(path) = &args.rules {
+        cfg.rules = Rules::load(path).map_err(anyhow::Error::msg)?;
+        cfg.events = true;
+    }
+    let rule_count = cfg.rules.rules.len();
+    // Installed before "listening on" so a test may send SIGHUP right after.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut handle = start_sink(cfg)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = handle.local_addr();
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {addr}")?;
+        if let Some(path) = &args.rules {
+            writeln!(stdout, "rules loaded: {rule_count} from {}", path.display())?;
+        }
         stdout.flush()?;
     }
     if let Some(path) = &args.ready_file {
@@ -65,9 +81,33 @@ async fn main() -> anyhow::Result<()> {
         std::fs::rename(&tmp, path)
             .with_context(|| format!("writing ready file {}", path.display()))?;
     }
-    tokio::select! {
-        _ = handle.join() => anyhow::bail!("accept loop ended"),
-        r = tokio::signal::ctrl_c() => { r?; }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    // Ends with the process; each turn handles one signal.
+    loop {
+        tokio::select! {
+            _ = handle.wait() => anyhow::bail!("accept loop ended"),
+            r = &mut ctrl_c => { r?; return Ok(()); }
+            _ = hup.recv() => reload(&handle, args.rules.as_deref()),
+        }
     }
-    Ok(())
+}
+
+/// SIGHUP: re-read the rules file; on an error the old rules stay.
+fn reload(handle: &baton_load::sink::SinkHandle, path: Option<&std::path::Path>) {
+    let line = match path {
+        None => "rules not reloaded: no --rules file".to_string(),
+        Some(path) => match Rules::load(path) {
+            Ok(rules) => {
+                let n = rules.rules.len();
+                handle.set_rules(rules);
+                format!("rules reloaded: {n} from {}", path.display())
+            }
+            Err(e) => format!("rules reload failed (old rules kept): {e}"),
+        },
+    };
+    // The stdout lock is taken after the rules lock was released.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
