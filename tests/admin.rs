@@ -3,6 +3,9 @@
 //! API from another language (Python grpcio) and the metrics through a Prometheus parser.
 
 use baton_tests::*;
+
+#[path = "../crates/baton-reputation/tests/fixtures/mod.rs"]
+mod fixtures;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -1009,4 +1012,40 @@ fn queue_retry_and_delete_span_batches() {
     let small = domain_row(&q, "small.test");
     let count = |k: &str| small[k].as_u64().unwrap_or(0);
     assert_eq!(count("queued") + count("deferred"), 1, "{q}");
+}
+
+/// `batonctl classify` answers every fixture of DELIVERABILITY.md (b) with its
+/// documented category, from the node's live rules: an operator rule in
+/// `shaping.rules_file` comes before the built-in ones.
+#[test]
+fn batonctl_classifies_every_fixture_by_the_live_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"comcast-rl000010\"\nregex = 'RL000010'\ncategory = \"domain_reputation\"\nsuspend = \"5m\"\n",
+    )
+    .unwrap();
+    let node = Node::start(NodeOptions {
+        tail: format!("[shaping]\nrules_file = \"{}\"\n", rules.display()),
+        ..Default::default()
+    });
+    for (reply, category, rule, _, _) in fixtures::fixtures() {
+        let v = json(&[node.admin], &["classify", reply]);
+        assert_eq!(v["category"], category.name(), "{reply}: {v}");
+        assert_eq!(v["rule"], rule, "{reply}: {v}");
+        assert_eq!(v["scope"], category.scope().name(), "{reply}: {v}");
+    }
+    let v = json(
+        &[node.admin],
+        &["classify", "421 4.7.0 RL000010 too much from you"],
+    );
+    assert_eq!(v["category"], "domain_reputation", "{v}");
+    assert_eq!(v["rule"], "comcast-rl000010", "{v}");
+    assert_eq!(v["suspend_seconds"], 300, "{v}");
+    let human = ctl(&[node.admin], &["classify", fixtures::GMAIL_551]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(human.stdout.contains("bad_mailbox"), "{}", human.stdout);
+    let empty = ctl(&[node.admin], &["classify", " "]);
+    assert_eq!(empty.code, 1, "{}", empty.stderr);
 }

@@ -38,6 +38,8 @@ pub struct AdminContext {
     pub advertise: String,
     /// How many messages this node is sending to a domain right now.
     pub in_flight: Arc<dyn Fn(&str) -> usize + Send + Sync>,
+    /// The node's live classification rules.
+    pub classifier: Arc<baton_reputation::classify::Classifier>,
 }
 
 /// How long a membership change may take (a learner catching up, domains moving).
@@ -586,6 +588,27 @@ impl Admin for AdminService {
     ) -> Result<GrpcResponse<ChangeReply>, Status> {
         let address = valid_address(&req.into_inner().address)?;
         self.change(Request::Unsuppress { address }).await
+    }
+
+    async fn classify(
+        &self,
+        req: GrpcRequest<ClassifyRequest>,
+    ) -> Result<GrpcResponse<ClassifyReply>, Status> {
+        let reply = req.into_inner().reply;
+        if reply.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "give the reply text to classify, e.g. \"550 5.1.1 no such user\"",
+            ));
+        }
+        let v = self.ctx.classifier.classify(&reply);
+        Ok(GrpcResponse::new(ClassifyReply {
+            category: v.category.name().to_string(),
+            scope: v.category.scope().name().to_string(),
+            rule: v.rule.clone(),
+            normalized: v.reply.clone(),
+            factor: v.factor,
+            suspend_seconds: v.suspend.map(|d| d.as_secs()),
+        }))
     }
 
     type StreamEventsStream = EventStream;

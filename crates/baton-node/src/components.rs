@@ -543,6 +543,7 @@ impl Admin {
             hostname: s.config.smtp.hostname.clone(),
             advertise: s.config.cluster.advertise.clone(),
             in_flight: Arc::new(move |domain: &str| delivery.in_flight.count(domain)),
+            classifier: Arc::new(s.config.shaping.classifier()),
         };
         let token = c.token.clone();
         self.1

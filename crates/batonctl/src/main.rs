@@ -110,6 +110,12 @@ enum Command {
         #[arg(long = "kind", value_enum)]
         kinds: Vec<Kind>,
     },
+    /// What a remote reply means: its category, scope and the rule that matched, by the
+    /// node's live rules.
+    Classify {
+        /// The reply text, e.g. "550 5.1.1 <a@b>: no such user" (quote it).
+        reply: String,
+    },
     /// Hash a password for `[[smtp.user]] password_hash` (argon2id). Reads the password
     /// from standard input (one line), or prompts on a terminal.
     HashPassword,
@@ -291,6 +297,7 @@ async fn run(args: &Args) -> Result<()> {
             change::resume_domain(c, json, domain).await
         }
         Command::Suppression(SuppressionCmd::List) => show::suppressions(c, json).await,
+        Command::Classify { reply } => show::classify(c, json, reply).await,
         Command::Suppression(SuppressionCmd::Add { address, reason }) => {
             change::add_suppression(c, json, address, reason).await
         }

@@ -282,6 +282,33 @@ pub async fn suppressions(client: &mut Client, json: bool) -> Result<()> {
     Ok(())
 }
 
+pub async fn classify(client: &mut Client, json: bool, reply: &str) -> Result<()> {
+    let v = client
+        .classify(pb::ClassifyRequest {
+            reply: reply.to_string(),
+        })
+        .await?
+        .into_inner();
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let mut rows = vec![
+        vec!["category".to_string(), v.category.clone()],
+        vec!["scope".to_string(), v.scope.clone()],
+        vec!["rule".to_string(), v.rule.clone()],
+    ];
+    if let Some(f) = v.factor {
+        rows.push(vec!["factor".to_string(), f.to_string()]);
+    }
+    if let Some(s) = v.suspend_seconds {
+        rows.push(vec!["suspend".to_string(), format!("{s}s")]);
+    }
+    rows.push(vec!["reply".to_string(), v.normalized.clone()]);
+    table(&["", ""], rows);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::message_text;

@@ -3,7 +3,7 @@
 //! tenant is warned or paused. Turned into `baton_reputation`'s pure types here.
 
 use super::ConfigError;
-use baton_reputation::classify::RulesFile;
+use baton_reputation::classify::{Classifier, RulesFile};
 use baton_reputation::site::Shaping;
 use baton_reputation::tenant::Thresholds;
 use serde::Deserialize;
@@ -142,6 +142,33 @@ impl ShapingConfig {
     /// New connections per second for `site` (default 100/min).
     pub fn connection_rate(&self, site: Option<&SiteConfig>) -> f64 {
         pick!(site, self, connection_rate).map_or(100.0 / 60.0, |r| r.0)
+    }
+
+    /// The classifier of replies: `rules_file`'s rules (checked at start), then the
+    /// built-in ones. A file that no longer reads or parses leaves the built-in rules,
+    /// with an error in the log.
+    pub fn classifier(&self) -> Classifier {
+        let Some(path) = &self.rules_file else {
+            return Classifier::default();
+        };
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                RulesFile::parse(&text, path).map_err(|problems| {
+                    problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            });
+        match parsed {
+            Ok(rules) => Classifier::new(rules),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "shaping.rules_file: using the built-in rules only");
+                Classifier::default()
+            }
+        }
     }
 
     /// Every problem, each naming its key.
