@@ -1014,7 +1014,7 @@ fn queue_retry_and_delete_span_batches() {
     assert_eq!(count("queued") + count("deferred"), 1, "{q}");
 }
 
-/// `batonctl classify` answers every fixture of DELIVERABILITY.md (b) with its
+/// `batonctl classify` answers every fixture reply (crates/baton-reputation/tests/fixtures) with its
 /// documented category, from the node's live rules: an operator rule in
 /// `shaping.rules_file` comes before the built-in ones.
 #[test]

@@ -1,5 +1,4 @@
-//! The names operators, events, metrics and `batonctl classify` use (CONTRACT.md,
-//! "Reputation").
+//! The names operators, events, metrics and `batonctl classify` use.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -27,7 +26,7 @@ pub enum Category {
 }
 
 impl Category {
-    /// Every category, in CONTRACT.md's order.
+    /// Every category, in the README's order.
     pub const ALL: [Category; 16] = [
         Category::Delivered,
         Category::BadMailbox,
@@ -111,7 +110,7 @@ impl fmt::Display for Category {
     }
 }
 
-/// What a reply is about (CONTRACT.md: recipient, site, tenant_site, tenant, message).
+/// What a reply is about (recipient, site, tenant_site, tenant, message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {

@@ -1,4 +1,4 @@
-//! Reply classification (DELIVERABILITY.md (b)): a remote reply or transport error,
+//! Reply classification: a remote reply or transport error,
 //! normalised, into a [`Category`] and the rule that decided it. Callers pass only what a
 //! remote server said or a transport error, never Baton's own replies (KumoMTA's
 //! `match_internal` lesson: rules matching its own 4xx kept extending suspensions).
@@ -367,10 +367,10 @@ const fn builtin(name: &'static str, regex: &'static str, category: Category) ->
 }
 
 /// The built-in text rules, in the order they are tried. Tested against every fixture
-/// of DELIVERABILITY.md (b).
+/// of the receivers' replies in `tests/fixtures`.
 pub const BUILTIN_RULES: &[Builtin] = &[
     // Microsoft S775, before the generic rate rules. Built-in rules carry no factor or
-    // suspension of their own: CONTRACT.md gives them [shaping]'s (DELIVERABILITY's
+    // suspension of their own: they use [shaping]'s (the stricter
     // ×0.25 here and 2 h for Yahoo's TSS04 are for an operator rule to set).
     builtin(
         "ms-ip-reputation",

@@ -1,4 +1,4 @@
-//! A tenant's verdict (DELIVERABILITY.md (d); CONTRACT.md's `[tenants]` keys): its
+//! A tenant's verdict (the `[tenants]` keys of the README's "Configuration reference"): its
 //! hard-bounce and complaint rates over a representative window, against warn and
 //! pause thresholds, with no verdict below a minimum volume.
 //!

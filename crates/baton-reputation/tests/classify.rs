@@ -1,4 +1,4 @@
-//! Classification: every fixture of DELIVERABILITY.md (b), the code table,
+//! Classification: every fixture reply, the code table,
 //! normalisation, operator rules and their file's errors, and properties.
 
 use baton_reputation::category::{Category, Scope};

@@ -1,4 +1,4 @@
-//! `[shaping]`, `[[shaping.site]]` and `[tenants]` (CONTRACT.md): how fast each
+//! `[shaping]`, `[[shaping.site]]` and `[tenants]` (README, "Configuration reference"): how fast each
 //! destination site is sent to and how that changes with its replies, and when a
 //! tenant is warned or paused. Turned into `baton_reputation`'s pure types here.
 

@@ -237,14 +237,18 @@ mod tests {
         assert!(!c.stressed());
     }
 
-    #[test]
-    fn command_line_deadline_runs_from_its_first_byte() {
-        let t0 = Instant::now();
-        let t = Timeouts {
+    fn timeouts() -> Timeouts {
+        Timeouts {
             command: Duration::from_secs(10),
             data: Duration::from_secs(5),
             data_min_rate: 100,
-        };
+        }
+    }
+
+    #[test]
+    fn command_line_deadline_runs_from_its_first_byte() {
+        let t0 = Instant::now();
+        let t = timeouts();
         let mut d = Deadlines::default();
         d.update(t0, false, false, 0, false);
         assert_eq!(d.next(t0, &t), t0 + t.command);
@@ -268,11 +272,7 @@ mod tests {
     #[test]
     fn body_must_keep_the_minimum_rate_after_its_first_timeout() {
         let t0 = Instant::now();
-        let t = Timeouts {
-            command: Duration::from_secs(10),
-            data: Duration::from_secs(5),
-            data_min_rate: 100,
-        };
+        let t = timeouts();
         let mut d = Deadlines::default();
         d.update(t0, true, false, 0, false);
         assert_eq!(d.next(t0, &t), t0 + t.data);
