@@ -29,6 +29,10 @@ pub fn event_pb(position: u64, e: QEvent) -> Event {
         tls: e.remote.tls,
         reply: e.reply,
         node_id: e.node,
+        site: e.site,
+        tenant: e.tenant,
+        rule: e.rule,
+        detail: e.detail,
     }
 }
 

@@ -64,6 +64,16 @@ pub enum ConnError {
     Abandoned,
 }
 
+impl ConnError {
+    /// The remote's reply, when the error is one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            ConnError::Unavailable { reply, .. } => reply.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -368,10 +378,13 @@ impl Connection {
     fn failed(&mut self, action: ClientAction) -> ConnError {
         self.stream = Stream::Gone;
         match action {
-            ClientAction::Failed { reply, reason } => ConnError::Lost(match reply {
-                Some(r) => format!("{}: {r}", self.target.host),
-                None => format!("{}: {reason}", self.target.host),
-            }),
+            ClientAction::Failed { reply: Some(r), .. } => ConnError::Unavailable {
+                reason: format!("{}: {r}", self.target.host),
+                reply: Some(r),
+            },
+            ClientAction::Failed { reason, .. } => {
+                ConnError::Lost(format!("{}: {reason}", self.target.host))
+            }
             ClientAction::Closed => {
                 ConnError::Lost(format!("{} closed the connection", self.target.host))
             }

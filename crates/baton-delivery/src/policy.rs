@@ -191,6 +191,20 @@ pub fn from_transaction(
     plan.decided.merge(a)
 }
 
+/// Moves the refusals `about_site` says are about the site (a rate limit, a block)
+/// from failed to deferred: the recipient is not at fault, so even a 5xx is retried
+/// once the site allows. Returns whether the attempt deferred anything and every
+/// deferral was such a refusal (then it was the site's throttle, not an attempt).
+pub fn site_refusals(a: &mut Attempt, about_site: impl Fn(&str) -> bool) -> bool {
+    let (site, failed): (Vec<_>, Vec<_>) = std::mem::take(&mut a.failed)
+        .into_iter()
+        .partition(|(_, _, reply)| about_site(reply));
+    a.failed = failed;
+    a.deferred
+        .extend(site.into_iter().map(|(r, _, reply)| (r, reply)));
+    !a.deferred.is_empty() && a.deferred.iter().all(|(_, reply)| about_site(reply))
+}
+
 /// A transaction that failed before the remote answered for the message (a lost
 /// connection, a refused TLS): every recipient sent to is deferred.
 pub fn from_error(plan: Plan, reason: &str, remote: Remote) -> Attempt {

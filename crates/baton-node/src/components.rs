@@ -38,7 +38,7 @@ pub struct Shared {
     /// The node may start deliveries: caught up and not draining.
     pub deliver: watch::Sender<bool>,
     pub committer: Slot<BatcherMsg<NewMessage>>,
-    pub outcomes: Slot<BatcherMsg<baton_queue::Outcome>>,
+    pub outcomes: Slot<BatcherMsg<baton_queue::types::Finished>>,
     /// Set by the delivery drain when nothing was left in flight: only then may the lease
     /// drain hand the domains back at once.
     pub delivery_drained: AtomicBool,
@@ -543,7 +543,7 @@ impl Admin {
             hostname: s.config.smtp.hostname.clone(),
             advertise: s.config.cluster.advertise.clone(),
             in_flight: Arc::new(move |domain: &str| delivery.in_flight.count(domain)),
-            classifier: Arc::new(s.config.shaping.classifier()),
+            classifier: self.2.classifier(),
         };
         let token = c.token.clone();
         self.1

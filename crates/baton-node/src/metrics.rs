@@ -41,6 +41,11 @@
 //! | `baton_smtp_stressed_sessions_total` | counter | sessions started with nine in ten general slots taken (short timeouts) |
 //! | `baton_smtp_auth_throttled_total` | counter | AUTH refused unchecked: too many failures from the client address |
 //! | `baton_smtp_refused_messages_total` | counter | messages or senders refused for their bytes, lines or `allowed_from` |
+//! | `baton_site_state{site}` | gauge | on the site's owner: 0 normal, 1 throttled, 2 suspended, 3 probing |
+//! | `baton_site_rate_per_minute{site}` | gauge | on the site's owner: messages per minute allowed (-1: no limit) |
+//! | `baton_site_connections{site}` | gauge | on the site's owner: connections allowed |
+//! | `baton_site_replies_total{site,category}` | counter | classified non-2xx replies from a site's hosts |
+//! | `baton_messages_auto_suppressed_total` | counter | recipients put on the suppression list by a hard bounce |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -75,6 +80,11 @@ pub const WEBHOOK_POSITION: &str = "baton_webhook_position";
 pub const WEBHOOK_FAILURES: &str = "baton_webhook_failures_total";
 pub const COMPONENT_UP: &str = "baton_component_up";
 pub const COMPONENT_RESTARTS: &str = "baton_component_restarts_total";
+pub const SITE_STATE: &str = "baton_site_state";
+pub const SITE_RATE: &str = "baton_site_rate_per_minute";
+pub const SITE_CONNECTIONS: &str = "baton_site_connections";
+pub const SITE_REPLIES: &str = "baton_site_replies_total";
+pub const AUTO_SUPPRESSED: &str = "baton_messages_auto_suppressed_total";
 pub const DOMAIN_CRASHES: &str = "baton_delivery_domain_crashes_total";
 pub const WORKER_CRASHES: &str = "baton_delivery_worker_crashes_total";
 pub const SESSION_CRASHES: &str = "baton_smtp_session_crashes_total";
@@ -111,6 +121,23 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(RECEIVED, "Messages accepted (250) at ingress.");
+    describe_gauge!(
+        SITE_STATE,
+        "A site's throttle on its owner: 0 normal, 1 throttled, 2 suspended, 3 probing."
+    );
+    describe_gauge!(
+        SITE_RATE,
+        "Messages per minute a site allows now (-1: no limit)."
+    );
+    describe_gauge!(SITE_CONNECTIONS, "Connections a site allows now.");
+    describe_counter!(
+        SITE_REPLIES,
+        "Classified non-2xx replies from a site's hosts, by category."
+    );
+    describe_counter!(
+        AUTO_SUPPRESSED,
+        "Recipients put on the suppression list by a hard bounce."
+    );
     describe_counter!(DELIVERED, "Recipients delivered (remote 2xx).");
     describe_counter!(DEFERRED, "Recipients deferred for a later attempt.");
     describe_counter!(BOUNCED, "Recipients failed for good.");

@@ -5,7 +5,7 @@ use crate::auth::Users;
 use crate::batcher::{BatcherArgs, BatcherComponent, WriteFn};
 use crate::components::*;
 use crate::config::{Config, TlsMode};
-use crate::delivery::DeliveryContext;
+use crate::delivery::{DeliveryContext, SiteSetup};
 use crate::ingress::IngressShared;
 use crate::supervisor::{Component, Node, Statuses};
 use anyhow::Context;
@@ -15,8 +15,8 @@ use baton_delivery::retry::RetryPolicy;
 use baton_delivery::route::{RouteConfig, Router};
 use baton_delivery::tls::{TlsClients, TlsPolicy};
 use baton_queue::clock::now_ms;
-use baton_queue::types::Request;
-use baton_queue::{NewMessage, Outcome, QueueNode, QueueOptions};
+use baton_queue::types::{Finished, Request};
+use baton_queue::{NewMessage, QueueNode, QueueOptions};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -136,13 +136,13 @@ fn committer(s: &Arc<Shared>) -> BatcherComponent<NewMessage> {
     }
 }
 
-/// The OutcomeBatcher: delivery outcomes, group-committed into `Outcomes` entries.
-fn outcome_batcher(s: &Arc<Shared>) -> BatcherComponent<Outcome> {
+/// The OutcomeBatcher: delivery outcomes, group-committed into `Finished` entries.
+fn outcome_batcher(s: &Arc<Shared>) -> BatcherComponent<Finished> {
     let w = s.writer.clone();
-    let write: WriteFn<Outcome> = Arc::new(move |results| {
+    let write: WriteFn<Finished> = Arc::new(move |results| {
         let w = w.clone();
         Box::pin(async move {
-            let request = Request::Outcomes {
+            let request = Request::Finished {
                 now_ms: now_ms(),
                 results,
             };
@@ -157,7 +157,7 @@ fn outcome_batcher(s: &Arc<Shared>) -> BatcherComponent<Outcome> {
             write,
             max_batch: 1024,
             max_in_flight: 1,
-            weight: |o: &Outcome| o.dsn.as_ref().map_or(256, |d| d.body.len()),
+            weight: |f: &Finished| f.outcome.dsn.as_ref().map_or(256, |d| d.body.len()),
             max_batch_bytes: 16 * 1024 * 1024,
         },
         slot: s.outcomes.clone(),
@@ -192,8 +192,6 @@ fn delivery_context(s: &Arc<Shared>) -> anyhow::Result<Arc<DeliveryContext>> {
             connect: d.connect_timeout,
             ..Timeouts::default()
         },
-        max_connections: d.max_connections_per_domain,
-        max_messages_per_connection: d.max_messages_per_connection,
         outcomes: s.outcomes.clone(),
         may_deliver: s.deliver.subscribe(),
         me: c.node.id,
@@ -201,5 +199,13 @@ fn delivery_context(s: &Arc<Shared>) -> anyhow::Result<Arc<DeliveryContext>> {
         lease_margin: c.cluster.lease / 4,
         ownership: s.queue.reader.shared.ownership.subscribe(),
         in_flight: Default::default(),
+        writer: s.writer.clone(),
+        classifier: std::sync::RwLock::new(Arc::new(c.shaping.classifier())),
+        setup: SiteSetup {
+            config: c.shaping.clone(),
+            legacy_connections: d.max_connections_per_domain,
+            legacy_per_connection: d.max_messages_per_connection,
+        },
+        sites: Default::default(),
     }))
 }

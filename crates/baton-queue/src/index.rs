@@ -3,7 +3,8 @@
 //! Readers (delivery) wait on [`Shared::changed`] and then ask for due work.
 
 use crate::ownership::Ownership;
-use crate::types::NodeId;
+use crate::types::{NodeId, SiteOf};
+use baton_reputation::site::SiteState;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -23,6 +24,12 @@ pub struct Index {
     dirty: HashSet<String>,
     /// Domains an operator suspended: nothing of theirs is due.
     suspended: HashSet<String>,
+    /// Each domain's site, once its owner resolved it.
+    sites: HashMap<String, SiteOf>,
+    /// Each site's replicated throttle.
+    site_states: HashMap<String, SiteState>,
+    /// The ownership table as applied with the sites above.
+    ownership: Arc<Ownership>,
 }
 
 impl Index {
@@ -75,6 +82,75 @@ impl Index {
         if changed {
             self.dirty.insert(domain.to_string());
         }
+    }
+
+    pub(crate) fn set_sites(
+        &mut self,
+        sites: HashMap<String, SiteOf>,
+        states: HashMap<String, SiteState>,
+        ownership: Arc<Ownership>,
+    ) {
+        self.dirty.extend(sites.keys().cloned());
+        self.dirty.extend(self.sites.keys().cloned());
+        self.sites = sites;
+        self.site_states = states;
+        self.ownership = ownership;
+    }
+
+    pub(crate) fn map_site(&mut self, domain: String, of: SiteOf) {
+        self.dirty.insert(domain.clone());
+        self.sites.insert(domain, of);
+    }
+
+    pub(crate) fn set_site_state(&mut self, site: String, state: SiteState) {
+        self.site_states.insert(site, state);
+    }
+
+    pub(crate) fn set_ownership(&mut self, ownership: Arc<Ownership>) {
+        self.ownership = ownership;
+    }
+
+    /// The site `domain` belongs to, once resolved.
+    pub fn site_of(&self, domain: &str) -> Option<&SiteOf> {
+        self.sites.get(domain)
+    }
+
+    /// What delivery ownership of `domain` follows: its site, or the domain itself
+    /// while its site is not known.
+    pub fn owner_key<'a>(&'a self, domain: &'a str) -> &'a str {
+        self.sites.get(domain).map_or(domain, |s| s.site.as_str())
+    }
+
+    /// The owner of `domain` (by its site) in the current epoch.
+    pub fn owner(&self, domain: &str) -> Option<NodeId> {
+        self.ownership.owner(self.owner_key(domain))
+    }
+
+    /// Whether `node` may deliver `domain` by the ownership table and sites applied
+    /// together (its lease aside).
+    pub fn may_deliver(&self, node: NodeId, domain: &str) -> bool {
+        self.ownership.may_deliver(node, self.owner_key(domain))
+    }
+
+    /// A site's replicated throttle, if it ever changed.
+    pub fn site_state(&self, site: &str) -> Option<&SiteState> {
+        self.site_states.get(site)
+    }
+
+    /// Every site with a known throttle or domain, with its domains.
+    pub fn sites(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = self
+            .site_states
+            .keys()
+            .map(|s| (s.clone(), Vec::new()))
+            .collect();
+        for (domain, of) in &self.sites {
+            out.entry(of.site.clone()).or_default().push(domain.clone());
+        }
+        for domains in out.values_mut() {
+            domains.sort();
+        }
+        out
     }
 
     /// Whether an operator suspended delivery to `domain`.

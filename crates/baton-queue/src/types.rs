@@ -86,10 +86,22 @@ pub enum EventKind {
     Expired,
     Suppressed,
     Deleted,
+    // New kinds go last: a variant's place is its encoding in the state.
+    /// A site's rate or connections went down.
+    Throttled,
+    /// They went up again.
+    ThrottleRelaxed,
+    SiteSuspended,
+    /// A suspension ended: one message may go.
+    SiteProbe,
+    SiteResumed,
+    TenantWarning,
+    TenantPaused,
+    TenantResumed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Received,
         EventKind::Delivered,
         EventKind::Deferred,
@@ -97,6 +109,14 @@ impl EventKind {
         EventKind::Expired,
         EventKind::Suppressed,
         EventKind::Deleted,
+        EventKind::Throttled,
+        EventKind::ThrottleRelaxed,
+        EventKind::SiteSuspended,
+        EventKind::SiteProbe,
+        EventKind::SiteResumed,
+        EventKind::TenantWarning,
+        EventKind::TenantPaused,
+        EventKind::TenantResumed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +128,14 @@ impl EventKind {
             EventKind::Expired => "expired",
             EventKind::Suppressed => "suppressed",
             EventKind::Deleted => "deleted",
+            EventKind::Throttled => "throttled",
+            EventKind::ThrottleRelaxed => "throttle_relaxed",
+            EventKind::SiteSuspended => "site_suspended",
+            EventKind::SiteProbe => "site_probe",
+            EventKind::SiteResumed => "site_resumed",
+            EventKind::TenantWarning => "tenant_warning",
+            EventKind::TenantPaused => "tenant_paused",
+            EventKind::TenantResumed => "tenant_resumed",
         }
     }
 
@@ -128,6 +156,86 @@ pub struct Event {
     pub remote: Remote,
     pub reply: String,
     pub node: NodeId,
+    /// The destination site, for site events (and deliveries, when known).
+    pub site: String,
+    /// The tenant, for tenant events.
+    pub tenant: String,
+    /// The classification rule that caused a policy event.
+    pub rule: String,
+    /// What changed, for people: "rate 1.5/s, 3 connections".
+    pub detail: String,
+}
+
+/// An event as stored before sites and tenants (read from older state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventV1 {
+    pub time_ms: u64,
+    pub kind: EventKind,
+    pub id: String,
+    pub recipient: String,
+    pub domain: String,
+    pub sender: String,
+    pub remote: Remote,
+    pub reply: String,
+    pub node: NodeId,
+}
+
+impl From<EventV1> for Event {
+    fn from(e: EventV1) -> Event {
+        Event {
+            time_ms: e.time_ms,
+            kind: e.kind,
+            id: e.id,
+            recipient: e.recipient,
+            domain: e.domain,
+            sender: e.sender,
+            remote: e.remote,
+            reply: e.reply,
+            node: e.node,
+            site: String::new(),
+            tenant: String::new(),
+            rule: String::new(),
+            detail: String::new(),
+        }
+    }
+}
+
+/// A domain's site, as committed by the node that resolved its MX hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteOf {
+    pub site: String,
+    /// The log index that set it: a [`Request::SetSite`] names the one it replaces.
+    pub index: u64,
+    /// When the MX hosts were resolved (unix ms).
+    pub resolved_ms: u64,
+}
+
+/// A recipient suppressed because the remote said it does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoSuppression {
+    pub address: String,
+    /// The reply's category (`bad_mailbox`, `inactive_mailbox`, `bad_domain`).
+    pub category: String,
+    pub reply: String,
+}
+
+/// An outcome and what it teaches beyond the message (a [`Request::Finished`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub outcome: Outcome,
+    pub suppress: Vec<AutoSuppression>,
+    /// The deferral was the site's throttle: it does not count as an attempt.
+    pub throttled: bool,
+}
+
+/// The event a site's transition makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteEvent {
+    pub kind: EventKind,
+    pub rule: String,
+    pub reply: String,
+    pub detail: String,
+    pub time_ms: u64,
 }
 
 /// An operator's note on a suspended domain or a suppressed address.
@@ -138,7 +246,7 @@ pub struct Listing {
 }
 
 /// A command in the Raft log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Accept messages into the queue.
     Enqueue {
@@ -231,6 +339,30 @@ pub enum Request {
     EnqueueFrom {
         node: NodeId,
         messages: Vec<NewMessage>,
+    },
+    /// `by`, which may deliver `domain` now and has none of it in flight, found its site:
+    /// the domain's delivery moves to the site's owner. Applied only while `base` is
+    /// still the index of the domain's site record (0: none) and `by` may still deliver
+    /// it, so a stale or repeated proposal changes nothing.
+    SetSite {
+        domain: String,
+        site: String,
+        base: u64,
+        by: NodeId,
+        resolved_ms: u64,
+    },
+    /// The owner of `site` changed its throttle (applied only if `by` still owns it).
+    SiteUpdate {
+        site: String,
+        by: NodeId,
+        state: baton_reputation::site::SiteState,
+        event: Option<SiteEvent>,
+    },
+    /// Delivery outcomes with what they teach: `Outcomes` plus hard bounces to suppress.
+    /// Delivery writes this; `Outcomes` stays for entries already in logs.
+    Finished {
+        now_ms: u64,
+        results: Vec<Finished>,
     },
 }
 

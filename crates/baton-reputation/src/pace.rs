@@ -11,6 +11,15 @@ pub struct Pace {
 }
 
 impl Pace {
+    /// A bucket with nothing saved up at `now_ms`: after a rate change, the new rate
+    /// starts from zero instead of a burst earned at the old one.
+    pub fn empty(now_ms: u64) -> Pace {
+        Pace {
+            tokens: 0.0,
+            at_ms: now_ms,
+        }
+    }
+
     /// Takes one message's token at `rate` (`None`: no limit): `Ok`, or how long to
     /// wait before asking again.
     pub fn take(&mut self, now_ms: u64, rate: Option<f64>) -> Result<(), Duration> {
@@ -31,5 +40,10 @@ impl Pace {
             let wait = (1.0 - self.tokens) / rate;
             Err(Duration::from_secs_f64(wait.min(3600.0)))
         }
+    }
+
+    /// Gives back a token taken for a message that was then not sent.
+    pub fn give_back(&mut self) {
+        self.tokens += 1.0;
     }
 }

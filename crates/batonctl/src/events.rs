@@ -81,15 +81,35 @@ fn print_event(json: bool, header: &mut bool, e: &pb::Event) {
             );
             *header = false;
         }
+        // Site and tenant events name their site or tenant where a recipient goes,
+        // and say what changed and which rule caused it before the reply.
+        let (who, reply) = if e.site.is_empty() && e.tenant.is_empty() {
+            (e.recipient.clone(), e.reply.clone())
+        } else {
+            let who = if e.site.is_empty() {
+                format!("tenant {}", e.tenant)
+            } else {
+                format!("site {}", e.site)
+            };
+            let rule = if e.rule.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", e.rule)
+            };
+            (
+                who,
+                format!("{}{rule} {}", e.detail, e.reply).trim().to_string(),
+            )
+        };
         println!(
             "{:<8} {:<20} {:<10} {:<26} {:<30} {:<24} {}",
             e.position,
             time(e.time_unix_ms),
             e.kind,
             e.message_id,
-            e.recipient,
+            who,
             remote(e),
-            e.reply
+            reply
         );
     }
     let _ = std::io::stdout().flush();

@@ -132,6 +132,7 @@ enum State {
 /// `events --kind`: the kinds of admin.proto's `Event.kind` (tests/admin.rs checks that
 /// every kind the queue records is accepted here).
 #[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
 enum Kind {
     Received,
     Delivered,
@@ -140,6 +141,14 @@ enum Kind {
     Expired,
     Suppressed,
     Deleted,
+    Throttled,
+    ThrottleRelaxed,
+    SiteSuspended,
+    SiteProbe,
+    SiteResumed,
+    TenantWarning,
+    TenantPaused,
+    TenantResumed,
 }
 
 /// The name a value has on the command line, which is the name the API uses.

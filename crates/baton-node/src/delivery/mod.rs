@@ -22,6 +22,7 @@
 
 mod domain;
 mod manager;
+pub mod site;
 mod worker;
 
 #[cfg(test)]
@@ -29,20 +30,21 @@ mod tests;
 
 pub use domain::DomainMsg;
 pub use manager::{DeliveryManager, ManagerMsg};
+pub use site::{SiteRegistry, SiteSetup};
 
 use crate::batcher::BatcherMsg;
 use crate::supervisor::Slot;
-use baton_cluster::Lease;
+use baton_cluster::{Lease, Writer};
 use baton_delivery::outbound::Timeouts;
 use baton_delivery::retry::RetryPolicy;
 use baton_delivery::route::Router;
 use baton_delivery::tls::{TlsClients, TlsPolicy};
-use baton_queue::Outcome;
 use baton_queue::ownership::Ownership;
 use baton_queue::state_machine::QueueReader;
+use baton_reputation::classify::Classifier;
 use ractor::ActorRef;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -55,9 +57,7 @@ pub struct DeliveryContext {
     pub tls_policy: TlsPolicy,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
-    pub max_connections: usize,
-    pub max_messages_per_connection: usize,
-    pub outcomes: Slot<BatcherMsg<Outcome>>,
+    pub outcomes: Slot<BatcherMsg<baton_queue::types::Finished>>,
     /// False while this node must not start transactions (catching up, draining).
     pub may_deliver: watch::Receiver<bool>,
     /// This node, its lease and the replicated ownership table.
@@ -67,20 +67,44 @@ pub struct DeliveryContext {
     pub lease_margin: Duration,
     pub ownership: watch::Receiver<Arc<Ownership>>,
     pub in_flight: InFlightRegistry,
+    /// Proposes site moves and site state.
+    pub writer: Writer,
+    /// Classifies remote replies (replaced on SIGHUP).
+    pub classifier: RwLock<Arc<Classifier>>,
+    /// `[shaping]`, for each site's limits.
+    pub setup: SiteSetup,
+    /// The sites this node delivers.
+    pub sites: SiteRegistry,
 }
 
 impl DeliveryContext {
-    /// Whether this node owns `domain` in the current epoch (it may still have to wait
-    /// for the epoch to settle).
+    /// Whether this node owns `domain` (by its site) in the current epoch (it may
+    /// still have to wait for the epoch to settle).
     pub fn owns(&self, domain: &str) -> bool {
-        self.ownership.borrow().owner(domain) == Some(self.me)
+        self.reader.shared.with(|i| i.owner(domain)) == Some(self.me)
     }
 
-    /// Whether a transaction to `domain` may start now.
+    /// Whether this node owns the ownership key (a site, or an unmapped domain) now.
+    pub fn owns_key(&self, key: &str) -> bool {
+        self.ownership.borrow().owner(key) == Some(self.me)
+    }
+
+    /// Whether a transaction to `domain` may start now: this node may deliver, its
+    /// lease holds, it owns the domain's site in the current and the settled epoch,
+    /// and the domain is not moving to another site.
     pub fn allowed(&self, domain: &str) -> bool {
         *self.may_deliver.borrow()
             && self.lease.left() > self.lease_margin
-            && self.ownership.borrow().may_deliver(self.me, domain)
+            && self.reader.shared.with(|i| i.may_deliver(self.me, domain))
+            && !self.in_flight.moving(domain)
+    }
+
+    /// The classifier in force.
+    pub fn classifier(&self) -> Arc<Classifier> {
+        self.classifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Takes up to `want` messages of `domain` due at `now_ms` into flight, if the
@@ -124,10 +148,14 @@ impl DeliveryContext {
     }
 
     /// Whether nothing in flight is forbidden by `view` (then this node may acknowledge
-    /// `view`'s epoch).
+    /// `view`'s epoch). A domain in flight here cannot change site meanwhile: only the
+    /// node that may deliver it proposes that, with none of it in flight.
     pub fn clean_for(&self, view: &Ownership) -> bool {
         let map = self.in_flight.lock();
-        map.keys().all(|d| view.may_deliver(self.me, d))
+        self.reader.shared.with(|i| {
+            map.keys()
+                .all(|d| view.may_deliver(self.me, i.owner_key(d)))
+        })
     }
 }
 
@@ -136,6 +164,9 @@ impl DeliveryContext {
 #[derive(Clone)]
 pub struct InFlightRegistry {
     domains: Arc<Mutex<HashMap<String, HashSet<String>>>>,
+    /// Domains whose move to another site is proposed: none of their mail is taken
+    /// until the proposal is decided. Locked after `domains`.
+    moving: Arc<Mutex<HashSet<String>>>,
     /// How many there are in all, changed under the lock: a drain waits for zero.
     total: Arc<watch::Sender<usize>>,
 }
@@ -144,6 +175,7 @@ impl Default for InFlightRegistry {
     fn default() -> Self {
         InFlightRegistry {
             domains: Default::default(),
+            moving: Default::default(),
             total: Arc::new(watch::channel(0).0),
         }
     }
@@ -158,6 +190,30 @@ impl InFlightRegistry {
     /// Messages of `domain` this node is sending now.
     pub fn count(&self, domain: &str) -> usize {
         self.lock().get(domain).map_or(0, HashSet::len)
+    }
+
+    fn moving_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.moving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `domain` is moving to another site.
+    pub fn moving(&self, domain: &str) -> bool {
+        self.moving_set().contains(domain)
+    }
+
+    /// Marks `domain` as moving if none of it is in flight; false otherwise.
+    pub fn begin_move(&self, domain: &str) -> bool {
+        let map = self.lock();
+        if map.get(domain).is_some_and(|ids| !ids.is_empty()) {
+            return false;
+        }
+        self.moving_set().insert(domain.to_string());
+        true
+    }
+
+    /// The move of `domain` was decided (applied or refused).
+    pub fn end_move(&self, domain: &str) {
+        self.moving_set().remove(domain);
     }
 
     /// Messages in flight, all domains.

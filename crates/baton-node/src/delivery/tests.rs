@@ -59,10 +59,10 @@ impl Rig {
         let writer = Writer::new(queue.clone(), Peers::default());
         let outcomes = Slot::default();
         let w = writer.clone();
-        let write: WriteFn<Outcome> = Arc::new(move |results| {
+        let write: WriteFn<baton_queue::types::Finished> = Arc::new(move |results| {
             let w = w.clone();
             Box::pin(async move {
-                let request = Request::Outcomes {
+                let request = Request::Finished {
                     now_ms: baton_queue::clock::now_ms(),
                     results,
                 };
@@ -73,7 +73,7 @@ impl Rig {
             write,
             max_batch: 100,
             max_in_flight: 1,
-            weight: |_: &Outcome| 1,
+            weight: |_: &baton_queue::types::Finished| 1,
             max_batch_bytes: 1 << 20,
         };
         let (batcher, _) = Actor::spawn(None, Batcher::default(), args)
@@ -104,10 +104,6 @@ impl Rig {
                 max_age: Duration::from_secs(3600),
             },
             timeouts: Timeouts::default(),
-            // One connection: a crashed worker's slot must be freed for anything more
-            // to be sent to its domain.
-            max_connections: 1,
-            max_messages_per_connection: 10,
             outcomes,
             may_deliver,
             me: 1,
@@ -115,6 +111,16 @@ impl Rig {
             lease_margin: Duration::from_secs(1),
             ownership: queue.reader.shared.ownership.subscribe(),
             in_flight: InFlightRegistry::default(),
+            writer: writer.clone(),
+            classifier: RwLock::new(Arc::new(Classifier::default())),
+            // One connection: a crashed worker's slot must be freed for anything more
+            // to be sent to its domain.
+            setup: SiteSetup {
+                config: Default::default(),
+                legacy_connections: 1,
+                legacy_per_connection: 10,
+            },
+            sites: SiteRegistry::default(),
         });
         Actor::spawn(None, DeliveryManager, (ctx.clone(), writer))
             .await

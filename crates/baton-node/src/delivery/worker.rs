@@ -9,6 +9,7 @@
 //! message, so duplicates after a crash are bounded by the open connections.
 
 use super::domain::DomainMsg;
+use super::site::{ConnectionPermit, SiteGate, SiteMsg, Wait};
 use super::{DeliveryContext, InFlight};
 use crate::batcher;
 use crate::logfmt::Safe;
@@ -16,10 +17,11 @@ use crate::metrics as m;
 use baton_delivery::outbound::{ConnError, Connection, OpenFailed, Transaction};
 use baton_delivery::policy::{self, Attempt, Job, Plan, Prepared};
 use baton_delivery::route::{RouteError, Target};
-use baton_queue::Outcome;
 use baton_queue::clock::now_ms;
-use baton_queue::types::Remote;
+use baton_queue::types::{AutoSuppression, Finished, Remote};
+use baton_reputation::category::Category;
 use baton_smtp::client::OutboundMessage;
+use baton_smtp::reply::Reply;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ use tokio::task::JoinHandle;
 const UNREADABLE_PAUSE: Duration = Duration::from_secs(5);
 /// How long one try to commit an outcome may take before it is tried again.
 const COMMIT_TRY: Duration = Duration::from_secs(60);
+/// A worker waiting longer than this for its site's next token closes its connection.
+const IDLE_CLOSE: Duration = Duration::from_secs(2);
 
 pub struct Worker;
 
@@ -36,20 +40,35 @@ pub struct WorkerState {
     ctx: Arc<DeliveryContext>,
     domain: String,
     actor: ActorRef<DomainMsg>,
+    gate: Arc<SiteGate>,
+    /// This worker's connection slot at the site, held while it lives.
+    _permit: ConnectionPermit,
 }
 
 impl Actor for Worker {
     type Msg = ();
     type State = WorkerState;
-    type Arguments = (Arc<DeliveryContext>, String, ActorRef<DomainMsg>);
+    type Arguments = (
+        Arc<DeliveryContext>,
+        String,
+        ActorRef<DomainMsg>,
+        Arc<SiteGate>,
+        ConnectionPermit,
+    );
 
     async fn pre_start(
         &self,
         myself: ActorRef<()>,
-        (ctx, domain, actor): Self::Arguments,
+        (ctx, domain, actor, gate, permit): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(())?;
-        Ok(WorkerState { ctx, domain, actor })
+        Ok(WorkerState {
+            ctx,
+            domain,
+            actor,
+            gate,
+            _permit: permit,
+        })
     }
 
     async fn handle(
@@ -119,9 +138,42 @@ impl WorkerState {
         }
     }
 
+    /// Waits for the site's next token; false when this worker should stop (the site
+    /// is suspended, moved away, or has fewer connections now).
+    async fn paced(&self, conn: &mut Conn) -> bool {
+        loop {
+            if self.gate.over_connections() {
+                return false;
+            }
+            match self.gate.take(now_ms()) {
+                Ok(()) => return true,
+                Err(Wait::Stop) => return false,
+                Err(Wait::For(wait)) => {
+                    if wait > IDLE_CLOSE
+                        && let Some(open) = conn.open.take()
+                    {
+                        open.conn.quit().await;
+                        conn.sent = 0;
+                    }
+                    tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+                    if !self.ctx.allowed(&self.domain) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     async fn run(&self, conn: &mut Conn) -> Result<(), ActorProcessingErr> {
         let mut unsettled: Option<JoinHandle<()>> = None;
-        while let Some(token) = self.next().await? {
+        loop {
+            if !self.paced(conn).await {
+                break;
+            }
+            let Some(token) = self.next().await? else {
+                self.gate.untake(now_ms());
+                break;
+            };
             #[cfg(test)]
             super::tests::maybe_panic(&token.id);
             let Some(job) = self.load(&token) else {
@@ -153,7 +205,7 @@ impl WorkerState {
                 }
             }
             if conn.open.as_ref().is_some_and(|o| !o.conn.is_ready())
-                || conn.sent >= self.ctx.max_messages_per_connection
+                || conn.sent >= self.gate.per_connection
             {
                 if let Some(open) = conn.open.take() {
                     open.conn.quit().await;
@@ -187,6 +239,37 @@ impl WorkerState {
             conn.sent += 1;
         }
         Ok(())
+    }
+
+    /// Tells the site's actor what a remote reply says about the site; returns its
+    /// category.
+    fn observe(&self, reply: &str) -> Category {
+        let verdict = self.ctx.classifier().classify(reply);
+        let category = verdict.category;
+        if category != Category::Delivered {
+            metrics::counter!(m::SITE_REPLIES, "site" => self.gate.name.clone(), "category" => category.name())
+                .increment(1);
+        }
+        if about_site(category) {
+            self.gate.tell(SiteMsg::Reply(Box::new(verdict)));
+        }
+        category
+    }
+
+    /// What an attempt's replies say, told to the site: deliveries, and the refusals
+    /// that are about the site. Ends a probe that settled nothing.
+    fn observe_transaction(&self, rcpt_replies: &[Reply], data_reply: Option<&Reply>) {
+        for r in rcpt_replies.iter().filter(|r| !r.is_positive()) {
+            self.observe(&r.to_string());
+        }
+        match data_reply {
+            Some(d) if d.is_completion() => self.gate.tell(SiteMsg::Delivered),
+            Some(d) => {
+                self.observe(&d.to_string());
+            }
+            None => {}
+        }
+        self.gate.tell(SiteMsg::ProbeOver);
     }
 
     fn load(&self, token: &InFlight) -> Option<Job> {
@@ -237,9 +320,10 @@ impl WorkerState {
                 rcpt_replies,
                 data_reply,
             }) => {
+                self.observe_transaction(&rcpt_replies, data_reply.as_ref());
                 // Logged per recipient by `finish`.
                 let a = policy::from_transaction(plan, &rcpt_replies, data_reply.as_ref(), remote);
-                Some(self.finish(&job, token, a))
+                Some(self.finish_classified(&job, token, a))
             }
             Err(ConnError::Abandoned) => {
                 tracing::info!(id = %job.id, "delivery abandoned before the final dot");
@@ -248,7 +332,12 @@ impl WorkerState {
             Err(e) => {
                 let reason = e.to_string();
                 tracing::info!(id = %job.id, domain = %self.domain, error = %Safe(&reason), "attempt failed");
-                self.finish(&job, token, policy::from_error(plan, &reason, remote));
+                if let Some(reply) = e.reply() {
+                    self.observe(&reply.to_string());
+                }
+                self.gate.tell(SiteMsg::ProbeOver);
+                let a = policy::from_error(plan, &reason, remote);
+                self.finish_classified(&job, token, a);
                 None
             }
         }
@@ -288,6 +377,10 @@ impl WorkerState {
     ) -> Result<(), ActorProcessingErr> {
         let reason = failed.reason(&self.domain, self.ctx.router.uses_smarthost());
         tracing::info!(domain = %self.domain, error = %reason, "no connection");
+        if let Some(reply) = failed.tried.last().and_then(|(_, e)| e.reply()) {
+            self.observe(&reply.to_string());
+        }
+        self.gate.tell(SiteMsg::ProbeOver);
         let remote = failed
             .last_target()
             .map_or_else(Remote::default, |t| Remote {
@@ -310,9 +403,54 @@ impl WorkerState {
         Ok(())
     }
 
+    /// Commits the outcome of an attempt that reached the remote: refusals about the
+    /// site defer (even a 5xx) without using up an attempt, and hard bounces suppress
+    /// the address.
+    fn finish_classified(
+        &self,
+        job: &Job,
+        token: InFlight,
+        mut attempt: Attempt,
+    ) -> JoinHandle<()> {
+        let classifier = self.ctx.classifier();
+        let throttled = policy::site_refusals(&mut attempt, |reply| {
+            about_site(classifier.classify(reply).category)
+        });
+        let suppress: Vec<AutoSuppression> = attempt
+            .failed
+            .iter()
+            .filter_map(|(address, _, reply)| {
+                let verdict = classifier.classify(reply);
+                (verdict.category.is_hard_bounce() && reply.starts_with('5')).then(|| {
+                    AutoSuppression {
+                        address: address.to_ascii_lowercase(),
+                        category: verdict.category.name().to_string(),
+                        reply: reply.clone(),
+                    }
+                })
+            })
+            .collect();
+        metrics::counter!(m::AUTO_SUPPRESSED).increment(suppress.len() as u64);
+        self.finish_with(job, token, attempt, suppress, throttled)
+    }
+
     /// Commits the outcome of `attempt` in a task of its own; the message stays in
     /// flight (the task holds its token) until the outcome is committed.
     fn finish(&self, job: &Job, token: InFlight, attempt: Attempt) -> JoinHandle<()> {
+        self.finish_with(job, token, attempt, Vec::new(), false)
+    }
+
+    /// [`WorkerState::finish`], with the addresses to suppress; `throttled`: the
+    /// deferral was the site's throttle, so the message is due again at once (the
+    /// site's gate paces it) and the attempt is not counted.
+    fn finish_with(
+        &self,
+        job: &Job,
+        token: InFlight,
+        attempt: Attempt,
+        suppress: Vec<AutoSuppression>,
+        throttled: bool,
+    ) -> JoinHandle<()> {
         let now = now_ms();
         count(&self.domain, job, &attempt, now);
         log_outcomes(job, &attempt, now);
@@ -323,14 +461,22 @@ impl WorkerState {
             now_ms: now,
         };
         let reader = &self.ctx.reader;
-        let outcome = policy::outcome(
+        let mut outcome = policy::outcome(
             job,
             attempt,
             &ctx,
             || reader.body(&job.id).ok().flatten().unwrap_or_default(),
             || ulid::Ulid::new().to_string(),
         );
-        tokio::spawn(commit(self.ctx.clone(), outcome, token))
+        if throttled {
+            outcome.next_attempt_ms = now;
+        }
+        let finished = Finished {
+            outcome,
+            suppress,
+            throttled,
+        };
+        tokio::spawn(commit(self.ctx.clone(), finished, token))
     }
 }
 
@@ -339,17 +485,18 @@ impl WorkerState {
 /// Enqueue and outcomes are idempotent, so retrying is safe. Gives up only once the
 /// OutcomeBatcher is gone for good (drained at the end of a node's drain, when nothing
 /// takes the message again here): the record stays queued for the next owner.
-async fn commit(ctx: Arc<DeliveryContext>, outcome: Outcome, token: InFlight) {
+async fn commit(ctx: Arc<DeliveryContext>, finished: Finished, token: InFlight) {
     let mut wait = Duration::from_millis(200);
+    let id = finished.outcome.id.clone();
     loop {
-        match batcher::submit(&ctx.outcomes, outcome.clone(), COMMIT_TRY).await {
+        match batcher::submit(&ctx.outcomes, finished.clone(), COMMIT_TRY).await {
             Some(Ok(())) => break,
             _ if ctx.outcomes.get().is_none() => {
-                tracing::warn!(id = %outcome.id, "outcome not committed: the node stopped");
+                tracing::warn!(%id, "outcome not committed: the node stopped");
                 break;
             }
             result => {
-                tracing::warn!(id = %outcome.id, result = ?result.map(|r| r.err()), "outcome not committed yet; retrying");
+                tracing::warn!(%id, result = ?result.map(|r| r.err()), "outcome not committed yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
@@ -367,7 +514,15 @@ fn release_later(token: InFlight) {
     });
 }
 
-/// The metrics of one attempt.
+/// Whether a reply of `category` is about the site rather than the recipient or the
+/// message: the site's actor acts on it, and it defers even when permanent.
+fn about_site(category: Category) -> bool {
+    matches!(
+        category,
+        Category::RateLimited | Category::ConnectionLimited | Category::Blocklisted
+    )
+}
+
 /// One line per recipient, for an operator who greps like Postfix's log:
 /// `id to relay delay dsn status tls reply`.
 fn log_outcomes(job: &Job, a: &Attempt, now: u64) {

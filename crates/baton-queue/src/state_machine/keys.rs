@@ -18,6 +18,11 @@
 //! | `e/<position BE>` | the [`Event`](crate::types::Event)s one entry added, from that position on (one record per entry, not per event: sled's memory grows with its record count) |
 //! | `x/<domain>` | a suspended domain: [`Listing`](crate::types::Listing) |
 //! | `u/<address>` | a suppressed recipient (lower-cased): [`Listing`](crate::types::Listing) |
+//! | `y/<domain>` | the domain's site: [`SiteOf`](crate::types::SiteOf) |
+//! | `r/<site>` | the site's replicated throttle: [`SiteState`](baton_reputation::site::SiteState) |
+//!
+//! Event records written since sites exist start with [`EVENTS_V2`] (eight 0xff bytes,
+//! which no older record starts with: those begin with a little-endian count).
 
 use crate::db::DbError;
 use serde::Serialize;
@@ -41,6 +46,9 @@ pub(crate) const EVENTS: &[u8] = b"e/";
 pub(crate) const EVENTS_END: &[u8] = b"e0";
 pub(crate) const SUSPENDED: &[u8] = b"x/";
 pub(crate) const SUPPRESSED: &[u8] = b"u/";
+pub(crate) const SITE_OF: &[u8] = b"y/";
+pub(crate) const SITE_STATES: &[u8] = b"r/";
+pub(crate) const EVENTS_V2: [u8; 8] = [0xff; 8];
 
 pub(crate) fn msg_key(id: &str) -> Vec<u8> {
     [MESSAGES, id.as_bytes()].concat()
@@ -99,6 +107,26 @@ pub(crate) fn suspend_key(domain: &str) -> Vec<u8> {
 pub(crate) fn suppress_key(address: &str) -> Vec<u8> {
     [SUPPRESSED, address.to_ascii_lowercase().as_bytes()].concat()
 }
+pub(crate) fn site_of_key(domain: &str) -> Vec<u8> {
+    [SITE_OF, domain.as_bytes()].concat()
+}
+pub(crate) fn site_state_key(site: &str) -> Vec<u8> {
+    [SITE_STATES, site.as_bytes()].concat()
+}
+/// One entry's events as stored.
+pub(crate) fn encode_events(events: &[crate::types::Event]) -> Vec<u8> {
+    [&EVENTS_V2[..], &encode(&events)].concat()
+}
+/// An event record, of either format.
+pub(crate) fn decode_events(bytes: &[u8]) -> Result<Vec<crate::types::Event>, DbError> {
+    match bytes.strip_prefix(&EVENTS_V2[..]) {
+        Some(rest) => decode(rest, "events"),
+        None => Ok(decode::<Vec<crate::types::EventV1>>(bytes, "events")?
+            .into_iter()
+            .map(Into::into)
+            .collect()),
+    }
+}
 /// The name after a two-byte family prefix (`x/`, `u/`, `p/`, ...).
 pub(crate) fn name_of(key: &[u8]) -> String {
     String::from_utf8_lossy(key.get(2..).unwrap_or_default()).into_owned()
@@ -136,5 +164,33 @@ mod tests {
         assert_eq!(tomb_time_id(&tomb_time_key(42, "01ID")), "01ID");
         assert_eq!(event_position(&event_key(7)), 7);
         assert_eq!(name_of(&suppress_key("A@B.test")), "a@b.test");
+        assert_eq!(name_of(&site_of_key("gmail.com")), "gmail.com");
+    }
+
+    #[test]
+    fn events_of_both_formats_decode() {
+        use crate::types::{Event, EventKind, EventV1, Remote};
+        let old = EventV1 {
+            time_ms: 5,
+            kind: EventKind::Delivered,
+            id: "01ID".into(),
+            recipient: "a@b.test".into(),
+            domain: "b.test".into(),
+            sender: "s@x.test".into(),
+            remote: Remote::default(),
+            reply: "250 ok".into(),
+            node: 2,
+        };
+        let stored = encode(&vec![old.clone()]);
+        let back = decode_events(&stored).unwrap();
+        assert_eq!(back, vec![Event::from(old)]);
+        let mut new = back[0].clone();
+        new.kind = EventKind::Throttled;
+        new.site = "mx.b.test".into();
+        new.rule = "gmail-rate".into();
+        assert_eq!(
+            decode_events(&encode_events(&[new.clone()])).unwrap(),
+            vec![new]
+        );
     }
 }

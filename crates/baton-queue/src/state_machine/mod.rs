@@ -43,7 +43,7 @@ use reader::{body_err, lock};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tx::{IndexOp, Meta, Tx};
+use tx::{IndexOp, Meta, SiteOp, Tx};
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::<NodeId>::write_state_machine(&e).into()
@@ -156,8 +156,20 @@ impl StateMachine {
             let (key, _) = pair?;
             suspended.insert(name_of(&key));
         }
+        let mut sites = HashMap::new();
+        for pair in self.state.scan_prefix(SITE_OF) {
+            let (key, value) = pair?;
+            sites.insert(name_of(&key), decode(&value, "site")?);
+        }
+        let mut site_states = HashMap::new();
+        for pair in self.state.scan_prefix(SITE_STATES) {
+            let (key, value) = pair?;
+            site_states.insert(name_of(&key), decode(&value, "site state")?);
+        }
+        let ownership = Arc::new(self.meta.ownership.clone());
         self.shared.with(|index| {
             index.clear();
+            index.set_sites(sites, site_states, ownership);
             for (domain, id, due) in &records {
                 index.upsert(domain, id, *due);
             }
@@ -205,6 +217,11 @@ impl StateMachine {
                         put(dsn)?;
                     }
                 }
+                EntryPayload::Normal(Request::Finished { results, .. }) => {
+                    for dsn in results.iter().filter_map(|f| f.outcome.dsn.as_ref()) {
+                        put(dsn)?;
+                    }
+                }
                 EntryPayload::Normal(Request::Delete { dsn: Some(dsn), .. }) => put(dsn)?,
                 EntryPayload::Normal(Request::DeleteMany { messages, .. }) => {
                     for dsn in messages.iter().filter_map(|m| m.dsn.as_ref()) {
@@ -245,11 +262,12 @@ impl StateMachine {
             bodies,
             ownership,
             renewal,
+            site_ops,
             ..
         } = tx;
         let mut next = self.events_next;
         if !events.is_empty() {
-            batch.insert(event_key(next), encode(&events));
+            batch.insert(event_key(next), encode_events(&events));
             next += events.len() as u64;
             batch.insert(EVENTS_NEXT, next.to_be_bytes());
         }
@@ -268,6 +286,16 @@ impl StateMachine {
             index.add_messages(message_delta);
             if let Some((domain, on)) = suspend {
                 index.suspend(&domain, on);
+            }
+            for op in site_ops {
+                match op {
+                    SiteOp::Map(domain, of) => index.map_site(domain, of),
+                    SiteOp::State(site, state) => index.set_site_state(site, state),
+                }
+            }
+            // Under the same lock as the sites: one consistent view for delivery.
+            if let Some(o) = &ownership {
+                index.set_ownership(Arc::new(o.clone()));
             }
         });
         if let Some((node, index)) = renewal {

@@ -129,7 +129,7 @@ impl QueueReader {
         self.state.range(&start, EVENTS_END).flat_map(move |pair| {
             let chunk: Result<Vec<(u64, Event)>, DbError> = pair.and_then(|(key, value)| {
                 let first = event_position(&key);
-                let events: Vec<Event> = decode(&value, "events")?;
+                let events: Vec<Event> = decode_events(&value)?;
                 Ok((first..).zip(events).filter(|(p, _)| *p > after).collect())
             });
             match chunk {

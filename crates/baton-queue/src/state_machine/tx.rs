@@ -13,9 +13,10 @@ use crate::bodies::{Bodies, BodyRef};
 use crate::db::{Batch, DbError, Store};
 use crate::ownership::Ownership;
 use crate::types::{
-    DeliveryRecord, Entry, Event, EventKind, Listing, MessageMeta, NewMessage, NodeId, Outcome,
-    Remote, Request, Response, StoredMembership, domain_of,
+    AutoSuppression, DeliveryRecord, Entry, Event, EventKind, Listing, MessageMeta, NewMessage,
+    NodeId, Outcome, Remote, Request, Response, SiteEvent, SiteOf, StoredMembership, domain_of,
 };
+use baton_reputation::site::SiteState;
 use openraft::EntryPayload;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -30,6 +31,14 @@ pub const TOMBSTONE_MS: u64 = 24 * 3600 * 1000;
 pub(crate) enum IndexOp {
     Upsert(String, String, u64),
     Remove(String, String),
+}
+
+/// A change to the index's sites.
+pub(crate) enum SiteOp {
+    /// A domain's site.
+    Map(String, SiteOf),
+    /// A site's throttle.
+    State(String, SiteState),
 }
 
 /// What the machine knows besides its store, which entries read and change.
@@ -67,6 +76,8 @@ pub(crate) struct Tx<'a> {
     pub ownership: Option<Ownership>,
     /// A node's lease renewal this entry applied, at this log index.
     pub renewal: Option<(NodeId, u64)>,
+    /// Sites this entry changed.
+    pub site_ops: Vec<SiteOp>,
 }
 
 impl<'a> Tx<'a> {
@@ -92,6 +103,7 @@ impl<'a> Tx<'a> {
             suspend: None,
             ownership: None,
             renewal: None,
+            site_ops: Vec::new(),
         }
     }
 
@@ -151,9 +163,46 @@ impl<'a> Tx<'a> {
             }
             Request::Outcomes { now_ms, results } => {
                 for outcome in results {
-                    self.outcome(outcome, *now_ms)?;
+                    self.outcome(outcome, *now_ms, true)?;
                 }
                 self.expire_tombstones(*now_ms)?;
+            }
+            Request::Finished { now_ms, results } => {
+                for finished in results {
+                    self.outcome(&finished.outcome, *now_ms, !finished.throttled)?;
+                    for s in &finished.suppress {
+                        self.auto_suppress(s, *now_ms)?;
+                    }
+                }
+                self.expire_tombstones(*now_ms)?;
+            }
+            Request::SetSite {
+                domain,
+                site,
+                base,
+                by,
+                resolved_ms,
+            } => {
+                response.changed =
+                    self.set_site(domain, site, *base, *by, *resolved_ms, index, meta)?;
+            }
+            Request::SiteUpdate {
+                site,
+                by,
+                state,
+                event,
+            } => {
+                // Only the site's owner may change it: a deposed owner's late
+                // proposal changes nothing.
+                if meta.ownership.may_deliver(*by, site) {
+                    self.batch.insert(site_state_key(site), encode(state));
+                    self.site_ops
+                        .push(SiteOp::State(site.clone(), state.clone()));
+                    if let Some(e) = event {
+                        self.site_event(site, e, *by);
+                    }
+                    response.changed = true;
+                }
             }
             Request::Retry { id } => response.changed = self.retry(id, None)?,
             Request::Delete { id, now_ms, dsn } => {
@@ -272,7 +321,77 @@ impl<'a> Tx<'a> {
             remote: remote.clone(),
             reply: reply.to_string(),
             node,
+            site: String::new(),
+            tenant: String::new(),
+            rule: String::new(),
+            detail: String::new(),
         });
+    }
+
+    fn site_event(&mut self, site: &str, e: &SiteEvent, node: NodeId) {
+        self.events.push(Event {
+            time_ms: e.time_ms,
+            kind: e.kind,
+            id: String::new(),
+            recipient: String::new(),
+            domain: String::new(),
+            sender: String::new(),
+            remote: Remote::default(),
+            reply: e.reply.clone(),
+            node,
+            site: site.to_string(),
+            tenant: String::new(),
+            rule: e.rule.clone(),
+            detail: e.detail.clone(),
+        });
+    }
+
+    /// A hard bounce: the address goes on the suppression list, unless it is there.
+    fn auto_suppress(&mut self, s: &AutoSuppression, now_ms: u64) -> Result<(), DbError> {
+        let key = suppress_key(&s.address);
+        if self.state.contains(&key)? {
+            return Ok(());
+        }
+        let listing = Listing {
+            reason: format!("{}: {}", s.category, s.reply),
+            since_ms: now_ms,
+        };
+        self.batch.insert(key, encode(&listing));
+        Ok(())
+    }
+
+    /// [`Request::SetSite`]: whether it applied.
+    #[allow(clippy::too_many_arguments)]
+    fn set_site(
+        &mut self,
+        domain: &str,
+        site: &str,
+        base: u64,
+        by: NodeId,
+        resolved_ms: u64,
+        index: u64,
+        meta: &Meta,
+    ) -> Result<bool, DbError> {
+        let key = site_of_key(domain);
+        let current: Option<SiteOf> = match self.state.get(&key)? {
+            Some(v) => Some(decode(&v, "site")?),
+            None => None,
+        };
+        let (current_index, current_key) = match &current {
+            Some(c) => (c.index, c.site.as_str()),
+            None => (0, domain),
+        };
+        if current_index != base || !meta.ownership.may_deliver(by, current_key) {
+            return Ok(false);
+        }
+        let of = SiteOf {
+            site: site.to_string(),
+            index,
+            resolved_ms,
+        };
+        self.batch.insert(key, encode(&of));
+        self.site_ops.push(SiteOp::Map(domain.to_string(), of));
+        Ok(true)
     }
 
     /// Adds a message (with a `Received` event per recipient, naming `node`, when
@@ -343,7 +462,9 @@ impl<'a> Tx<'a> {
         Ok(true)
     }
 
-    fn outcome(&mut self, o: &Outcome, now_ms: u64) -> Result<(), DbError> {
+    /// Records an outcome; `count_attempt`: false when the deferral was a site's
+    /// throttle.
+    fn outcome(&mut self, o: &Outcome, now_ms: u64, count_attempt: bool) -> Result<(), DbError> {
         let Some(mut record) = self.get_delivery(&o.domain, &o.id)? else {
             return Ok(()); // already finished: a repeated outcome changes nothing
         };
@@ -378,7 +499,9 @@ impl<'a> Tx<'a> {
         }
         record.recipients.retain(|r| !o.finished.contains(r));
         if !record.recipients.is_empty() {
-            record.attempts += 1;
+            if count_attempt {
+                record.attempts += 1;
+            }
             record.next_attempt_ms = o.next_attempt_ms;
             record.last_reply = o.last_reply.clone();
             self.index_ops.push(IndexOp::Upsert(
@@ -513,7 +636,7 @@ impl<'a> Tx<'a> {
         let mut changed = false;
         for pair in self.state.range(EVENTS, &event_key(below)).take(TRIM_MAX) {
             let (key, value) = pair?;
-            let events: Vec<Event> = decode(&value, "events")?;
+            let events: Vec<Event> = decode_events(&value)?;
             if event_position(&key) + events.len() as u64 > below {
                 break;
             }

@@ -1,0 +1,334 @@
+//! Reputation end to end: a real batond delivering through dnsmasq to scripted sinks
+//! that answer like Gmail and Outlook do. Time is scaled through `[shaping]`'s
+//! intervals (seconds where production uses minutes).
+
+use baton_tests::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Gmail's rate limit, first line as in DELIVERABILITY.md's fixture.
+const GMAIL_RATE: &str = "421-4.7.28 Gmail has detected an unusual rate of email originating from your IP address 127.0.0.1. To protect our users from spam, email sent from your IP address has been temporarily rate limited.\n421 4.7.28 Please visit https://support.google.com/mail/?p=UnsolicitedRateLimitError - gsmtp";
+/// Outlook's block.
+const S3150: &str = "550 5.7.1 Unfortunately, messages from [127.0.0.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).";
+const GMAIL_GONE: &str = "550-5.1.1 The email account that you tried to reach does not exist. Please try\n550-5.1.1 double-checking the recipient's email address for typos or\n550 5.1.1 unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser - gsmtp";
+const GMAIL_BUSY: &str = "450-4.2.1 The user you are trying to contact is receiving mail at a rate that\n450 4.2.1 prevents additional messages from being delivered. - gsmtp";
+
+fn ctl(node: &Node, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("batonctl"))
+        .arg("--server")
+        .arg(format!("http://{}", node.admin))
+        .args(args)
+        .env_remove("BATON_TOKEN")
+        .env_remove("BATON_SERVER")
+        .output()
+        .expect("run batonctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Events of `kind` (JSON objects), oldest first.
+fn events(node: &Node, kind: &str) -> Vec<Value> {
+    let (code, out, err) = ctl(node, &["--json", "events", "--kind", kind]);
+    assert_eq!(code, 0, "batonctl events: {err}");
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A node delivering to `port` of the MX hosts `dns` names, with `shaping` appended.
+fn node(dns: &Dns, port: u16, shaping: &str) -> Node {
+    Node::start(NodeOptions {
+        dns: Some(dns.addr),
+        mx_port: port,
+        tail: shaping.to_string(),
+        ..Default::default()
+    })
+}
+
+/// Queues `n` messages to `to` over one session.
+fn queue(node: &Node, n: usize, to: &str) {
+    let mut c = node.smtp();
+    c.hello();
+    for i in 0..n {
+        let body = format!("From: <s@src.test>\r\nTo: <{to}>\r\nSubject: m{i}\r\n\r\nHello.\r\n");
+        let reply = c.send_mail("s@src.test", &[to], &body);
+        assert!(reply.starts_with("250 "), "{reply}");
+    }
+    c.cmd("QUIT", "221");
+}
+
+/// Counts per wall-clock second (the sink's windows) of `times` (unix ms).
+fn per_second(times: &[u64]) -> BTreeMap<u64, usize> {
+    let mut out = BTreeMap::new();
+    for t in times {
+        *out.entry(t / 1000).or_insert(0) += 1;
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The sink accepts R messages a second and answers Gmail's 421 beyond. Baton slows
+/// down to between 0.5R and 1.1R a second with few 421s, bounces nothing, and climbs
+/// back above 1.5R once the limit is lifted.
+#[test]
+fn a_rate_limited_site_is_paced_below_its_limit_and_climbs_back() {
+    const R: usize = 10;
+    const MESSAGES: usize = 400;
+    let port = free_port();
+    let dns = Dns::start(
+        &Zone::new()
+            .mx("gmail.test", 10, "mx1.gmail.test")
+            .a("mx1.gmail.test", "127.0.0.71"),
+    );
+    let rules = format!(
+        "[[rule]]\nstage = \"data\"\nrate = \"{R}/s\"\nreply = '''{GMAIL_RATE}'''\nclose = true\n"
+    );
+    let sink = Sink::start_with_rules(format!("127.0.0.71:{port}").parse().unwrap(), &rules);
+    let node = node(
+        &dns,
+        port,
+        "[shaping]\nconnections = 4\ndecrease_factor = 0.7\nmin_decrease_interval = \"500ms\"\n\
+         increase_interval = \"1s\"\nincrease_step = 0.1\nmin_rate = \"60/min\"\n",
+    );
+    queue(&node, MESSAGES, "user@gmail.test");
+
+    // Limited for 15 seconds of deliveries.
+    let first = wait_until("the first delivery", WAIT, || {
+        sink.accepted_times_ms().first().copied()
+    });
+    let lift_at = first / 1000 * 1000 + 16_000;
+    wait_until("15 s of limited delivery", WAIT, || {
+        (now_ms() >= lift_at).then_some(())
+    });
+    sink.set_rules("");
+    let lifted = now_ms();
+    // Then until everything is delivered.
+    wait_until("every message delivered", Duration::from_secs(90), || {
+        (sink.accepted_times_ms().len() >= MESSAGES).then_some(())
+    });
+
+    let accepted = per_second(&sink.accepted_times_ms());
+    let refused = per_second(&sink.hit_times_ms(0));
+    let start = first / 1000;
+    let mut series = String::new();
+    for s in start..=accepted.keys().last().copied().unwrap_or(start) {
+        let a = accepted.get(&s).copied().unwrap_or(0);
+        let r = refused.get(&s).copied().unwrap_or(0);
+        let phase = if s * 1000 < lifted {
+            "limited"
+        } else {
+            "lifted"
+        };
+        series.push_str(&format!(
+            "t={:>3}s {phase:<7} delivered {a:>3} 421s {r:>2}\n",
+            s - start
+        ));
+    }
+    println!("per-second series (R = {R}):\n{series}");
+
+    // After the first two intervals, while limited: between 0.5R and 1.1R each second,
+    // and 421s at most a fifth of the attempts.
+    let limited: Vec<u64> = (start + 2..lifted / 1000).collect();
+    let mut delivered = 0;
+    let mut refusals = 0;
+    for s in &limited {
+        let a = accepted.get(s).copied().unwrap_or(0);
+        assert!(
+            (R / 2..=R * 11 / 10).contains(&a),
+            "second {}: {a} delivered, outside 0.5R..1.1R\n{series}",
+            s - start
+        );
+        delivered += a;
+        refusals += refused.get(s).copied().unwrap_or(0);
+    }
+    assert!(
+        refusals * 5 <= delivered + refusals,
+        "{refusals} 421s of {} attempts\n{series}",
+        delivered + refusals
+    );
+    // Lifted: above 1.5R within the ramp (from ~0.8R at +0.1R a second).
+    let climbed = accepted
+        .iter()
+        .find(|(s, n)| **s * 1000 >= lifted && **n > R * 3 / 2)
+        .map(|(s, _)| *s);
+    let climbed = climbed.unwrap_or_else(|| panic!("never above 1.5R after the lift\n{series}"));
+    assert!(
+        climbed * 1000 <= lifted + 20_000,
+        "above 1.5R only {}s after the lift\n{series}",
+        (climbed * 1000).saturating_sub(lifted) / 1000
+    );
+    // Nothing bounced, nothing lost, and the throttle was explained.
+    wait_until("an empty queue", WAIT, || {
+        (node.metric("baton_queue_messages") == 0.0).then_some(())
+    });
+    assert_eq!(node.metric("baton_messages_bounced_total"), 0.0);
+    assert_eq!(
+        node.metric("baton_messages_delivered_total"),
+        MESSAGES as f64
+    );
+    let throttled = events(&node, "throttled");
+    assert!(!throttled.is_empty());
+    assert_eq!(throttled[0]["site"], "mx1.gmail.test");
+    assert_eq!(
+        throttled[0]["rule"], "gmail-unusual-rate",
+        "{}",
+        throttled[0]
+    );
+    assert!(
+        throttled[0]["reply"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unusual rate"),
+        "{}",
+        throttled[0]
+    );
+    assert!(!events(&node, "throttle_relaxed").is_empty());
+}
+
+/// Outlook's S3150 block suspends the site at once: no connection until the
+/// cool-down ends, then exactly one probe; refused, the suspension doubles; accepted,
+/// delivery resumes. Nothing is bounced or suppressed.
+#[test]
+fn a_block_suspends_the_site_until_one_probe_gets_through() {
+    let port = free_port();
+    let dns = Dns::start(
+        &Zone::new()
+            .mx("outlook.test", 10, "mx.outlook.test")
+            .a("mx.outlook.test", "127.0.0.72"),
+    );
+    let rules = format!("[[rule]]\nstage = \"mail\"\nreply = '''{S3150}'''\n");
+    let sink = Sink::start_with_rules(format!("127.0.0.72:{port}").parse().unwrap(), &rules);
+    let node = node(
+        &dns,
+        port,
+        "[shaping]\nsuspend = \"3s\"\nmax_suspend = \"1m\"\nmin_rate = \"60/min\"\n",
+    );
+    queue(&node, 3, "user@outlook.test");
+
+    let first = wait_until("the first refusal", WAIT, || {
+        sink.hit_times_ms(0).first().copied()
+    });
+    wait_until("site_suspended", Duration::from_secs(5), || {
+        events(&node, "site_suspended").first().cloned()
+    });
+    // The probe comes after the 3 s cool-down, and is alone.
+    let probe = wait_until("the probe", Duration::from_secs(10), || {
+        sink.hit_times_ms(0).get(1).copied()
+    });
+    let hits = sink.hit_times_ms(0);
+    assert!(
+        probe >= first + 3000,
+        "a connection {} ms into a 3 s suspension: {hits:?}",
+        probe - first
+    );
+    assert!(!events(&node, "site_probe").is_empty());
+    // Refused again: 6 s now. Lift the block meanwhile; the next probe is accepted.
+    sink.set_rules("");
+    let delivered = sink.wait_for(3, Duration::from_secs(30));
+    let accepted_at = sink.accepted_times_ms();
+    let hits = sink.hit_times_ms(0);
+    assert_eq!(hits.len(), 2, "exactly one probe: {hits:?}");
+    assert!(
+        accepted_at[0] >= probe + 6000,
+        "delivered {} ms after the refused probe, inside its 6 s suspension",
+        accepted_at[0] - probe
+    );
+    assert_eq!(delivered.len(), 3);
+    assert!(!events(&node, "site_resumed").is_empty());
+    assert_eq!(node.metric("baton_messages_bounced_total"), 0.0);
+    let (_, list, _) = ctl(&node, &["--json", "suppression", "list"]);
+    assert!(!list.contains("outlook.test"), "{list}");
+}
+
+/// A multi-line 550-5.1.1 bounces and suppresses the address, whose next RCPT gets the
+/// suppressed reply; a 450-4.2.1 defers only its recipient and leaves the site alone.
+#[test]
+fn a_bad_mailbox_is_suppressed_and_a_busy_one_only_deferred() {
+    let port = free_port();
+    let dns = Dns::start(
+        &Zone::new()
+            .mx("gmail.test", 10, "mx1.gmail.test")
+            .a("mx1.gmail.test", "127.0.0.73"),
+    );
+    let rules = format!(
+        "[[rule]]\nstage = \"rcpt\"\nrcpt = \"gone@*\"\nreply = '''{GMAIL_GONE}'''\n\n\
+         [[rule]]\nstage = \"rcpt\"\nrcpt = \"busy@*\"\nreply = '''{GMAIL_BUSY}'''\n"
+    );
+    let sink = Sink::start_with_rules(format!("127.0.0.73:{port}").parse().unwrap(), &rules);
+    let node = node(&dns, port, "");
+    let mut c = node.smtp();
+    c.hello();
+    let reply = c.send_mail(
+        "s@src.test",
+        &["gone@gmail.test", "busy@gmail.test", "ok@gmail.test"],
+        "Subject: three\r\n\r\nHello.\r\n",
+    );
+    assert!(reply.starts_with("250 "), "{reply}");
+    let got = sink.wait_for(1, WAIT);
+    assert_eq!(got[0].rcpts, vec!["ok@gmail.test"]);
+
+    let started = Instant::now();
+    let entry = wait_until("the suppression", WAIT, || {
+        let (_, out, _) = ctl(&node, &["--json", "suppression", "list"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["entries"]
+            .as_array()?
+            .iter()
+            .find(|e| e["address"] == "gone@gmail.test")
+            .cloned()
+    });
+    println!(
+        "suppressed {:?} after the delivery: {entry}",
+        started.elapsed()
+    );
+    let reason = entry["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with("bad_mailbox: 550") && reason.contains("NoSuchUser"),
+        "{entry}"
+    );
+    // The bounce: one `bounced` event, and a DSN queued to the sender.
+    let bounced: Vec<Value> = events(&node, "bounced")
+        .into_iter()
+        .filter(|e| e["domain"] == "gmail.test")
+        .collect();
+    assert_eq!(bounced.len(), 1, "{bounced:?}");
+    assert_eq!(bounced[0]["recipient"], "gone@gmail.test");
+    let received = events(&node, "received");
+    assert!(
+        received
+            .iter()
+            .any(|e| e["sender"] == "" && e["recipient"] == "s@src.test"),
+        "no DSN to the sender: {received:?}"
+    );
+    // busy@ was deferred, the site untouched.
+    let deferred = events(&node, "deferred");
+    assert!(
+        deferred.iter().all(|e| e["recipient"] == "busy@gmail.test"),
+        "{deferred:?}"
+    );
+    assert!(!deferred.is_empty());
+    assert!(events(&node, "throttled").is_empty());
+    assert!(events(&node, "site_suspended").is_empty());
+    let (_, list, _) = ctl(&node, &["--json", "suppression", "list"]);
+    assert!(!list.contains("busy@"), "{list}");
+
+    c.cmd("MAIL FROM:<s@src.test>", "250");
+    let refused = c.cmd("RCPT TO:<gone@gmail.test>", "550");
+    assert!(
+        refused.contains("5.1.1") && refused.contains("recipient address suppressed"),
+        "{refused}"
+    );
+}
