@@ -5,12 +5,12 @@ use crate::batcher::BatcherMsg;
 use crate::config::Config;
 use crate::delivery::{DeliveryContext, DeliveryManager, ManagerMsg};
 use crate::http::{self, HttpState};
-use crate::ingress::{IngressShared, Listener};
+use crate::ingress::{Accepted, IngressShared, Listener};
 use crate::supervisor::{BoxFuture, Component, Slot, Statuses, spawn_task};
 use anyhow::Context as _;
 use baton_cluster::{Lease, Peers, RaftService, Writer, lease};
+use baton_queue::QueueNode;
 use baton_queue::types::Request;
-use baton_queue::{NewMessage, QueueNode};
 use ractor::{Actor, ActorCell, ActorRef};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ pub struct Shared {
     pub ready: watch::Sender<bool>,
     /// The node may start deliveries: caught up and not draining.
     pub deliver: watch::Sender<bool>,
-    pub committer: Slot<BatcherMsg<NewMessage>>,
+    pub committer: Slot<BatcherMsg<Accepted>>,
     pub outcomes: Slot<BatcherMsg<baton_queue::types::Finished>>,
     /// Set by the delivery drain when nothing was left in flight: only then may the lease
     /// drain hand the domains back at once.

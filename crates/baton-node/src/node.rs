@@ -6,7 +6,7 @@ use crate::batcher::{BatcherArgs, BatcherComponent, WriteFn};
 use crate::components::*;
 use crate::config::{Config, TlsMode};
 use crate::delivery::{DeliveryContext, SiteSetup};
-use crate::ingress::IngressShared;
+use crate::ingress::{Accepted, IngressShared};
 use crate::supervisor::{Component, Node, Statuses};
 use anyhow::Context;
 use baton_cluster::{GrpcNetwork, Lease, Peers, Writer};
@@ -16,7 +16,7 @@ use baton_delivery::route::{RouteConfig, Router};
 use baton_delivery::tls::{TlsClients, TlsPolicy};
 use baton_queue::clock::now_ms;
 use baton_queue::types::{Finished, Request};
-use baton_queue::{NewMessage, QueueNode, QueueOptions};
+use baton_queue::{QueueNode, QueueOptions};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -108,15 +108,22 @@ fn queue_options(config: &Config) -> QueueOptions {
     }
 }
 
-/// The Committer: messages from every session, group-committed into `Enqueue` entries.
-fn committer(s: &Arc<Shared>) -> BatcherComponent<NewMessage> {
+/// The Committer: messages from every session, group-committed into `EnqueueTenants`
+/// entries (each message with its tenant).
+fn committer(s: &Arc<Shared>) -> BatcherComponent<Accepted> {
     let w = s.writer.clone();
     let node = s.config.node.id;
-    let write: WriteFn<NewMessage> = Arc::new(move |messages| {
+    let write: WriteFn<Accepted> = Arc::new(move |accepted| {
         let w = w.clone();
         Box::pin(async move {
             let started = tokio::time::Instant::now();
-            let result = w.write(Request::EnqueueFrom { node, messages }).await;
+            let (messages, tenants) = accepted.into_iter().map(|a| (a.message, a.tenant)).unzip();
+            let request = Request::EnqueueTenants {
+                node,
+                messages,
+                tenants,
+            };
+            let result = w.write(request).await;
             metrics::histogram!(crate::metrics::RAFT_APPEND)
                 .record(started.elapsed().as_secs_f64());
             result.map(|_| ())
@@ -128,7 +135,7 @@ fn committer(s: &Arc<Shared>) -> BatcherComponent<NewMessage> {
             write,
             max_batch: 512,
             max_in_flight: 1,
-            weight: |m: &NewMessage| m.body.len(),
+            weight: |a: &Accepted| a.message.body.len(),
             max_batch_bytes: 16 * 1024 * 1024,
         },
         slot: s.committer.clone(),
@@ -136,15 +143,20 @@ fn committer(s: &Arc<Shared>) -> BatcherComponent<NewMessage> {
     }
 }
 
-/// The OutcomeBatcher: delivery outcomes, group-committed into `Finished` entries.
+/// The OutcomeBatcher: delivery outcomes, group-committed into `Finished` entries with
+/// this node's `[tenants]` thresholds.
 fn outcome_batcher(s: &Arc<Shared>) -> BatcherComponent<Finished> {
     let w = s.writer.clone();
+    // The tenants' verdicts are reached with this node's `[tenants]`, carried in the log.
+    let thresholds = s.config.tenants.thresholds();
     let write: WriteFn<Finished> = Arc::new(move |results| {
         let w = w.clone();
+        let thresholds = thresholds.clone();
         Box::pin(async move {
             let request = Request::Finished {
                 now_ms: now_ms(),
                 results,
+                thresholds,
             };
             // Applied here before the messages leave flight, or this node's index
             // would still show them due and send them again.

@@ -1,6 +1,10 @@
 //! The in-memory scheduling index: for each destination domain, which messages are due
 //! when. Rebuilt from the state on open and on snapshot install; kept current by `apply`.
 //! Readers (delivery) wait on [`Shared::changed`] and then ask for due work.
+//!
+//! The deliveries of a paused tenant's messages are held aside, out of their domains'
+//! queues: delivery does not see them (nothing due, nothing queued) until the tenant is
+//! resumed and they go back.
 
 use crate::ownership::Ownership;
 use crate::types::{NodeId, SiteOf};
@@ -14,6 +18,39 @@ use tokio::time::Instant;
 struct DomainQueue {
     due: BTreeSet<(u64, String)>,
     by_id: HashMap<String, u64>,
+}
+
+/// Which queued message is whose, and the deliveries held for paused tenants.
+#[derive(Default)]
+struct Tenants {
+    /// The tenant of each queued message that has one (names shared).
+    of: HashMap<String, Arc<str>>,
+    names: HashSet<Arc<str>>,
+    /// Paused tenants, with what their senders are told.
+    paused: HashMap<String, String>,
+    /// A paused tenant's deliveries: (domain, id) and when each was due.
+    held: HashMap<Arc<str>, HashMap<(String, String), u64>>,
+}
+
+impl Tenants {
+    fn intern(&mut self, name: String) -> Arc<str> {
+        match self.names.get(name.as_str()) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = name.into();
+                self.names.insert(n.clone());
+                n
+            }
+        }
+    }
+
+    /// The paused tenant of message `id`, if its tenant is paused.
+    fn paused_of(&self, id: &str) -> Option<Arc<str>> {
+        self.of
+            .get(id)
+            .filter(|t| self.paused.contains_key(&***t))
+            .cloned()
+    }
 }
 
 /// Due work per domain.
@@ -30,10 +67,19 @@ pub struct Index {
     site_states: HashMap<String, SiteState>,
     /// The ownership table as applied with the sites above.
     ownership: Arc<Ownership>,
+    tenants: Tenants,
 }
 
 impl Index {
     pub(crate) fn upsert(&mut self, domain: &str, id: &str, due_ms: u64) {
+        if let Some(tenant) = self.tenants.paused_of(id) {
+            self.tenants
+                .held
+                .entry(tenant)
+                .or_default()
+                .insert((domain.to_string(), id.to_string()), due_ms);
+            return;
+        }
         let queue = self.domains.entry(domain.to_string()).or_default();
         if let Some(old) = queue.by_id.insert(id.to_string(), due_ms) {
             queue.due.remove(&(old, id.to_string()));
@@ -43,6 +89,15 @@ impl Index {
     }
 
     pub(crate) fn remove(&mut self, domain: &str, id: &str) {
+        if let Some(tenant) = self.tenants.of.get(id)
+            && let Some(held) = self.tenants.held.get_mut(tenant)
+        {
+            held.remove(&(domain.to_string(), id.to_string()));
+            if held.is_empty() {
+                let tenant = tenant.clone();
+                self.tenants.held.remove(&tenant);
+            }
+        }
         if let Some(queue) = self.domains.get_mut(domain) {
             if let Some(old) = queue.by_id.remove(id) {
                 queue.due.remove(&(old, id.to_string()));
@@ -64,6 +119,73 @@ impl Index {
         }
         self.domains.clear();
         self.messages = 0;
+        self.tenants = Tenants::default();
+    }
+
+    /// Every queued message's tenant, and the paused tenants with their reasons (before
+    /// the deliveries are upserted).
+    pub(crate) fn set_tenants(
+        &mut self,
+        of: HashMap<String, String>,
+        paused: HashMap<String, String>,
+    ) {
+        for (id, tenant) in of {
+            self.set_tenant(id, Some(tenant));
+        }
+        self.tenants.paused = paused;
+    }
+
+    /// Message `id`'s tenant, or none (the message is gone).
+    pub(crate) fn set_tenant(&mut self, id: String, tenant: Option<String>) {
+        match tenant {
+            Some(t) => {
+                let t = self.tenants.intern(t);
+                self.tenants.of.insert(id, t);
+            }
+            None => {
+                self.tenants.of.remove(&id);
+            }
+        }
+    }
+
+    /// Pauses `tenant` (with the reason its senders are told): its deliveries leave
+    /// their domains' queues. Or resumes it (`None`): they go back, as due as they were.
+    pub(crate) fn pause_tenant(&mut self, tenant: String, reason: Option<String>) {
+        match reason {
+            Some(reason) => {
+                self.tenants.paused.insert(tenant.clone(), reason);
+                let mut moving = Vec::new();
+                for (domain, q) in &self.domains {
+                    for (id, due) in &q.by_id {
+                        if self.tenants.of.get(id).is_some_and(|t| **t == *tenant) {
+                            moving.push((domain.clone(), id.clone(), *due));
+                        }
+                    }
+                }
+                for (domain, id, due) in moving {
+                    self.remove(&domain, &id);
+                    self.upsert(&domain, &id, due);
+                }
+            }
+            None => {
+                self.tenants.paused.remove(&tenant);
+                if let Some(held) = self.tenants.held.remove(tenant.as_str()) {
+                    for ((domain, id), due) in held {
+                        self.upsert(&domain, &id, due);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Why `tenant` is paused (what its senders are told), if it is.
+    pub fn tenant_paused(&self, tenant: &str) -> Option<&str> {
+        self.tenants.paused.get(tenant).map(String::as_str)
+    }
+
+    /// Deliveries (message, domain) held because `tenant` is paused.
+    pub fn held(&self, tenant: &str) -> usize {
+        self.tenants.held.get(tenant).map_or(0, |h| h.len())
     }
 
     pub(crate) fn set_suspended(&mut self, domains: HashSet<String>) {

@@ -219,6 +219,27 @@ pub struct AutoSuppression {
     pub reply: String,
 }
 
+/// A tenant's counters and standing as replicated (the tenant is the AUTH user of the
+/// session that sent its mail, else the sender's domain).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub tenant: baton_reputation::tenant::Tenant,
+    /// When its standing last changed (unix ms, the proposer's clock; 0: never).
+    pub since_ms: u64,
+    /// The thresholds of its last verdict (none before its first counted recipient).
+    pub thresholds: Option<baton_reputation::tenant::Thresholds>,
+}
+
+impl TenantRecord {
+    /// Why it is paused (what its senders are told), if it is.
+    pub fn pause_reason(&self) -> Option<&str> {
+        match &self.tenant.standing {
+            baton_reputation::tenant::Standing::Paused { note, .. } => Some(note),
+            _ => None,
+        }
+    }
+}
+
 /// An outcome and what it teaches beyond the message (a [`Request::Finished`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finished {
@@ -358,11 +379,47 @@ pub enum Request {
         state: baton_reputation::site::SiteState,
         event: Option<SiteEvent>,
     },
-    /// Delivery outcomes with what they teach: `Outcomes` plus hard bounces to suppress.
+    /// Delivery outcomes with what they teach: `Outcomes` plus hard bounces to suppress,
+    /// and the counts of each message's tenant (recipients finished with a remote's
+    /// answer, hard bounces, deliveries), judged against `thresholds` (the proposer's
+    /// `[tenants]`: carried here so that every node reaches the same verdict).
     /// Delivery writes this; `Outcomes` stays for entries already in logs.
     Finished {
         now_ms: u64,
         results: Vec<Finished>,
+        thresholds: baton_reputation::tenant::Thresholds,
+    },
+    /// Accept messages received by `node`, each with its tenant: `tenants[i]` is
+    /// `messages[i]`'s ("" for none, as for the null sender without AUTH; missing entries
+    /// count as ""). Ingress writes this; `EnqueueFrom` stays for entries already in logs.
+    EnqueueTenants {
+        node: NodeId,
+        messages: Vec<NewMessage>,
+        tenants: Vec<String>,
+    },
+    /// An operator pauses `tenant`: its mail is refused at MAIL and its queued mail held.
+    /// [`Response::changed`] is false if it was paused already (the reason is kept).
+    PauseTenant {
+        tenant: String,
+        reason: String,
+        now_ms: u64,
+    },
+    /// An operator lifts a tenant's pause (by the thresholds or by hand): a fresh window
+    /// starts and its held mail is due again.
+    ResumeTenant {
+        tenant: String,
+        now_ms: u64,
+    },
+    /// An operator suppresses `address` (lower-cased) for `tenant`'s mail only.
+    SuppressForTenant {
+        tenant: String,
+        address: String,
+        reason: String,
+        now_ms: u64,
+    },
+    UnsuppressForTenant {
+        tenant: String,
+        address: String,
     },
 }
 

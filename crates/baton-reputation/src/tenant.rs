@@ -11,8 +11,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-/// `[tenants]`.
-#[derive(Debug, Clone, PartialEq)]
+/// `[tenants]`. Serializable: the state machine takes them from the log, so every node
+/// judges with the same ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
     pub bounce_warn_rate: f64,
     pub bounce_pause_rate: f64,
@@ -42,6 +43,16 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// The warn and pause rates of `signal`.
+    pub fn limits(&self, signal: Signal) -> (f64, f64) {
+        match signal {
+            Signal::HardBounce => (self.bounce_warn_rate, self.bounce_pause_rate),
+            Signal::Complaint => (self.complaint_warn_rate, self.complaint_pause_rate),
+        }
+    }
+}
+
 /// Counts to add, for one tenant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -54,7 +65,17 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, other: &Counts) {
+    /// Hard bounces over attempted recipients (0 with none attempted).
+    pub fn bounce_rate(&self) -> f64 {
+        ratio(self.hard, self.attempted)
+    }
+
+    /// Complaints over delivered recipients (0 with none delivered).
+    pub fn complaint_rate(&self) -> f64 {
+        ratio(self.complaints, self.delivered)
+    }
+
+    pub fn add(&mut self, other: &Counts) {
         self.attempted += other.attempted;
         self.hard += other.hard;
         self.delivered += other.delivered;
@@ -85,11 +106,7 @@ impl fmt::Display for Reason {
             Signal::HardBounce => "hard-bounce",
             Signal::Complaint => "complaint",
         };
-        let rate = if self.of == 0 {
-            0.0
-        } else {
-            self.count as f64 / self.of as f64
-        };
+        let rate = ratio(self.count, self.of);
         write!(
             f,
             "{name} rate {} ({}/{}, limit {})",
@@ -98,6 +115,14 @@ impl fmt::Display for Reason {
             self.of,
             percent(self.limit)
         )
+    }
+}
+
+fn ratio(count: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        count as f64 / of as f64
     }
 }
 
@@ -199,6 +224,11 @@ impl Tenant {
             }
             _ => None,
         }
+    }
+
+    /// The start of the oldest hour in the window (unix ms), if it holds any.
+    pub fn window_start_ms(&self) -> Option<u64> {
+        self.buckets.front().map(|(h, _)| *h)
     }
 
     /// The totals in the window.

@@ -344,6 +344,29 @@ pub fn suppressed(address: &str) -> Reply {
         format!("<{address}>: recipient address suppressed"),
     )
 }
+/// A recipient suppressed for this tenant's mail only (a complaint, an unsubscribe, an
+/// operator), at RCPT.
+pub fn suppressed_for_sender(address: &str) -> Reply {
+    Reply::new(
+        550,
+        "5.7.1",
+        format!("<{address}>: recipient suppressed for this sender"),
+    )
+}
+/// The sender's tenant is paused (its bounce or complaint rate, or an operator), at MAIL.
+/// Control characters in the names are shown as spaces: the reply stays one line.
+pub fn tenant_paused(tenant: &str, reason: &str) -> Reply {
+    let clean = |s: &str| s.replace(|c: char| c.is_control(), " ");
+    Reply::new(
+        450,
+        "4.7.1",
+        format!(
+            "Sending paused for tenant {}: {}",
+            clean(tenant),
+            clean(reason)
+        ),
+    )
+}
 /// The suppression list could not be read: the recipient is not taken (at RCPT) or not
 /// sent to (in delivery) now.
 pub fn suppression_unreadable() -> Reply {
@@ -498,6 +521,8 @@ mod tests {
             not_accepting("h"),
             shutting_down("h"),
             suppressed("a@b"),
+            suppressed_for_sender("a@b"),
+            tenant_paused("t1", "hard-bounce rate 12.5% (125/1000, limit 10%)"),
             suppression_unreadable(),
             queue_busy(),
             queue_unavailable(),
@@ -512,6 +537,26 @@ mod tests {
             sender_unparsable("x@"),
             deleted_by_operator(),
         ]
+    }
+
+    /// The texts CONTRACT.md promises for tenants, to the letter.
+    #[test]
+    fn tenant_replies_read_as_the_contract_says() {
+        assert_eq!(
+            suppressed_for_sender("bob@x.test").to_string(),
+            "550 5.7.1 <bob@x.test>: recipient suppressed for this sender"
+        );
+        let r = tenant_paused("t1", "hard-bounce rate 12.5% (125/1000, limit 10%)");
+        assert_eq!(
+            r.to_string(),
+            "450 4.7.1 Sending paused for tenant t1: hard-bounce rate 12.5% (125/1000, limit 10%)"
+        );
+        // Whatever an operator typed, the reply stays one line.
+        let r = tenant_paused("t\r\n1", "a\r\nb");
+        assert_eq!(
+            r.to_bytes(),
+            b"450 4.7.1 Sending paused for tenant t  1: a  b\r\n"
+        );
     }
 
     #[test]

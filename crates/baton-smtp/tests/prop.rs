@@ -77,6 +77,7 @@ fn transcript(input: &[u8], cuts: &[usize]) -> Vec<u8> {
         auth_enabled: true,
         relay_allowed: true,
         check_recipients: true,
+        check_senders: true,
         ..ServerConfig::default()
     });
     let mut wire = Vec::new();
@@ -95,6 +96,7 @@ fn transcript(input: &[u8], cuts: &[usize]) -> Vec<u8> {
                     None
                 }
                 Action::CheckAuth { .. } => Some(Event::AuthChecked(AuthResult::valid())),
+                Action::CheckMail { .. } => Some(Event::MailChecked(Ok(()))),
                 Action::CheckRcpt { .. } => Some(Event::RcptChecked(Ok(()))),
                 Action::Enqueue(env) => {
                     wire.extend(b"<enqueued ");

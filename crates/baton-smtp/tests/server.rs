@@ -494,6 +494,41 @@ fn recipient_checks_wait_and_buffer() {
 }
 
 #[test]
+fn sender_checks_wait_and_a_refused_sender_starts_no_transaction() {
+    let mut t = T::new(ServerConfig {
+        check_senders: true,
+        ..relay_cfg()
+    });
+    t.ehlo();
+    // Pipelined: RCPT waits behind the sender's check.
+    let step = t.raw(b"MAIL FROM:<a@paused.test>\r\nRCPT TO:<x@y>\r\n");
+    assert!(step.replies().is_empty(), "{:?}", step.replies());
+    assert!(step.has(&Action::CheckMail {
+        from: ReversePath::Mailbox(mb("a@paused.test")),
+    }));
+    assert!(t.s.waiting());
+    let paused = Reply::new(450, "4.7.1", "Sending paused for tenant paused.test: why");
+    let step = t.event(Event::MailChecked(Err(paused.clone())));
+    // Refused: logged, and the RCPT after it finds no transaction.
+    assert_eq!(step.codes(), vec!["450 4.7.1", "503 5.5.1"]);
+    assert!(step.0.iter().any(|a| matches!(
+        a,
+        Action::Refused(r) if r.reply == paused && r.from == "<a@paused.test>"
+    )));
+    // Accepted: the transaction goes on as without the check.
+    let step = t.send("MAIL FROM:<a@ok.test>");
+    assert!(step.has(&Action::CheckMail {
+        from: ReversePath::Mailbox(mb("a@ok.test")),
+    }));
+    let step = t.event(Event::MailChecked(Ok(())));
+    assert_eq!(step.codes(), vec!["250 2.1.0"]);
+    t.send("RCPT TO:<x@y>").expect("250 2.1.5");
+    // A stray answer changes nothing.
+    assert!(t.event(Event::MailChecked(Ok(()))).0.is_empty());
+    t.send("MAIL FROM:<a@ok.test>").expect("503 5.5.1");
+}
+
+#[test]
 fn bdat() {
     let mut t = T::relay();
     t.ehlo();

@@ -65,6 +65,7 @@ impl Rig {
                 let request = Request::Finished {
                     now_ms: baton_queue::clock::now_ms(),
                     results,
+                    thresholds: Default::default(),
                 };
                 w.write_applied(request).await.map(|_| ())
             })

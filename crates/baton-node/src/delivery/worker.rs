@@ -18,6 +18,7 @@ use baton_delivery::outbound::{ConnError, Connection, OpenFailed, Transaction};
 use baton_delivery::policy::{self, Attempt, Job, Plan, Prepared};
 use baton_delivery::route::{RouteError, Target};
 use baton_queue::clock::now_ms;
+use baton_queue::db::DbError;
 use baton_queue::types::{AutoSuppression, Finished, Remote};
 use baton_reputation::category::Category;
 use baton_smtp::client::OutboundMessage;
@@ -180,7 +181,8 @@ impl WorkerState {
                 release_later(token);
                 continue;
             };
-            let prepared = policy::prepare(&job, |r| self.ctx.reader.is_suppressed(r));
+            let tenant = self.ctx.reader.tenant_of(&job.id);
+            let prepared = policy::prepare(&job, |r| self.suppressed(&tenant, r));
             let plan = match (prepared, policy::expired(&job, &self.ctx.retry, now_ms())) {
                 // Held before anything else: expiring it would bounce to the address
                 // that does not parse.
@@ -270,6 +272,26 @@ impl WorkerState {
             None => {}
         }
         self.gate.tell(SiteMsg::ProbeOver);
+    }
+
+    /// Whether `rcpt` is on the global suppression list, or on that of the message's
+    /// `tenant` (as read: an error defers the recipient, like the list's own).
+    fn suppressed(
+        &self,
+        tenant: &Result<Option<String>, DbError>,
+        rcpt: &str,
+    ) -> Result<bool, String> {
+        let reader = &self.ctx.reader;
+        if reader.is_suppressed(rcpt).map_err(|e| e.to_string())? {
+            return Ok(true);
+        }
+        match tenant {
+            Ok(Some(tenant)) => reader
+                .is_suppressed_for(tenant, rcpt)
+                .map_err(|e| e.to_string()),
+            Ok(None) => Ok(false),
+            Err(e) => Err(format!("the message's tenant: {e}")),
+        }
     }
 
     fn load(&self, token: &InFlight) -> Option<Job> {

@@ -2,8 +2,8 @@
 //! connection driving `baton_smtp::server::ServerSession` over the socket.
 //!
 //! The session loop is thin: feed bytes to the engine, carry out its actions (write a
-//! reply, upgrade to TLS, check credentials, hand a message to the Committer), feed the
-//! results back. A message is answered 250 only after the Committer reports its `Enqueue`
+//! reply, upgrade to TLS, check credentials, senders and recipients, hand a message to the
+//! Committer), feed the results back. A message is answered 250 only after the Committer reports its `Enqueue`
 //! committed and flushed; from the end of its data until then, the session holds an
 //! activity token, so a drain waits for it.
 //!
@@ -23,6 +23,7 @@ use baton_delivery::date::rfc5322;
 use baton_queue::clock::now_ms;
 use baton_queue::state_machine::QueueReader;
 use baton_queue::{NewMessage, QueueError};
+use baton_smtp::address::ReversePath;
 use baton_smtp::command::BodyType;
 use baton_smtp::reply::Reply;
 use baton_smtp::server::{
@@ -47,11 +48,29 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bodies waiting for their commit, at most (KiB).
 const COMMIT_BUDGET_KIB: u32 = 512 * 1024;
 
+/// A message answered 250 once committed, with its tenant, for the Committer.
+pub struct Accepted {
+    pub message: NewMessage,
+    /// The AUTH user, else the sender's domain (lower-cased); "" for neither (the null
+    /// sender without AUTH).
+    pub tenant: String,
+}
+
+/// The tenant of mail from a session: its AUTH user, else the sender's domain,
+/// lower-cased (README, "Tenants"); "" for the null sender without AUTH.
+pub fn tenant_of(authenticated: Option<&str>, from: &ReversePath) -> String {
+    match (authenticated, from.mailbox()) {
+        (Some(user), _) => user.to_string(),
+        (None, Some(sender)) => sender.domain.to_ascii_lowercase(),
+        (None, None) => String::new(),
+    }
+}
+
 /// What every session of a node shares.
 pub struct IngressShared {
     pub smtp: SmtpConfig,
     pub users: Users,
-    pub committer: Slot<BatcherMsg<NewMessage>>,
+    pub committer: Slot<BatcherMsg<Accepted>>,
     capacity: Capacity,
     auth_failures: AuthFailures,
     /// Messages between the end of their data and their commit's answer.
@@ -62,7 +81,7 @@ pub struct IngressShared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Set while the node accepts mail (leader known, not draining).
     pub accepting: watch::Receiver<bool>,
-    /// The replicated state, for the suppression list.
+    /// The replicated state, for the suppression lists and paused tenants.
     pub reader: QueueReader,
 }
 
@@ -70,7 +89,7 @@ impl IngressShared {
     pub fn new(
         smtp: SmtpConfig,
         users: Users,
-        committer: Slot<BatcherMsg<NewMessage>>,
+        committer: Slot<BatcherMsg<Accepted>>,
         accepting: watch::Receiver<bool>,
         reader: QueueReader,
     ) -> Arc<IngressShared> {
@@ -320,6 +339,7 @@ async fn serve(
         require_auth: listener.mode == ListenerMode::Submission,
         relay_allowed,
         check_recipients: true,
+        check_senders: true,
         greeting_banner: "ESMTP Baton".into(),
     });
 
@@ -358,16 +378,23 @@ async fn serve(
                     let result = check_auth(&shared, client, &username, &password, &authzid).await;
                     actions.extend(session.handle(Event::AuthChecked(result)));
                 }
-                Action::CheckRcpt { to, .. } => {
-                    let address = to.to_string();
-                    let verdict = match shared.reader.is_suppressed(&address) {
-                        Ok(false) => Ok(()),
-                        Ok(true) => Err(replies::suppressed(&address)),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot read the suppression list");
-                            Err(replies::suppression_unreadable())
-                        }
+                Action::CheckMail { from } => {
+                    let tenant = tenant_of(session.authenticated(), &from);
+                    let paused = (!tenant.is_empty())
+                        .then(|| {
+                            let index = &shared.reader.shared;
+                            index.with(|i| i.tenant_paused(&tenant).map(str::to_string))
+                        })
+                        .flatten();
+                    let verdict = match paused {
+                        Some(reason) => Err(replies::tenant_paused(&tenant, &reason)),
+                        None => Ok(()),
                     };
+                    actions.extend(session.handle(Event::MailChecked(verdict)));
+                }
+                Action::CheckRcpt { from, to } => {
+                    let tenant = tenant_of(session.authenticated(), &from);
+                    let verdict = check_rcpt(&shared.reader, &tenant, &to.to_string());
                     actions.extend(session.handle(Event::RcptChecked(verdict)));
                 }
                 Action::Refused(refusal) => log_refusal(&refusal, client, session.authenticated()),
@@ -446,6 +473,25 @@ async fn serve(
                 progressed = actions.len() > before;
             }
             Some(Ok(Err(e))) => return Err(e),
+        }
+    }
+}
+
+/// A recipient on the global suppression list, or on `tenant`'s: the reply that refuses
+/// it.
+fn check_rcpt(reader: &QueueReader, tenant: &str, address: &str) -> Result<(), Reply> {
+    let listed = reader.is_suppressed(address).and_then(|global| {
+        let for_tenant =
+            !global && !tenant.is_empty() && reader.is_suppressed_for(tenant, address)?;
+        Ok((global, for_tenant))
+    });
+    match listed {
+        Ok((true, _)) => Err(replies::suppressed(address)),
+        Ok((false, true)) => Err(replies::suppressed_for_sender(address)),
+        Ok((false, false)) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the suppression list");
+            Err(replies::suppression_unreadable())
         }
     }
 }
@@ -574,12 +620,7 @@ async fn commit(
     // From the end of the data until the answer: a drain waits for this.
     let _activity = shared.activity.begin();
     let id = ulid::Ulid::new().to_string();
-    // The tenant: the AUTH user, else the sender's domain (CONTRACT, "Reputation").
-    let tenant = match (&envelope.authenticated, envelope.from.mailbox()) {
-        (Some(user), _) => user.clone(),
-        (None, Some(sender)) => sender.domain.to_ascii_lowercase(),
-        (None, None) => String::new(),
-    };
+    let tenant = tenant_of(envelope.authenticated.as_deref(), &envelope.from);
     let from = envelope.from.to_string();
     let message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
     let (size, nrcpt) = (message.body.len(), message.recipients.len());
@@ -592,7 +633,11 @@ async fn commit(
         // Nothing was handed over: 451 is truthful.
         return Some(Err(replies::queue_busy()));
     };
-    match batcher::submit(&shared.committer, message, shared.smtp.commit_timeout).await? {
+    let accepted = Accepted {
+        message,
+        tenant: tenant.clone(),
+    };
+    match batcher::submit(&shared.committer, accepted, shared.smtp.commit_timeout).await? {
         Ok(()) => {
             metrics::counter!(m::RECEIVED).increment(1);
             tracing::info!(id = %id, from = %Safe(&from), size, nrcpt, client = %client, tenant = %Safe(&tenant), tls, "received");

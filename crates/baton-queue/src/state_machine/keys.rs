@@ -20,6 +20,9 @@
 //! | `u/<address>` | a suppressed recipient (lower-cased): [`Listing`](crate::types::Listing) |
 //! | `y/<domain>` | the domain's site: [`SiteOf`](crate::types::SiteOf) |
 //! | `r/<site>` | the site's replicated throttle: [`SiteState`](baton_reputation::site::SiteState) |
+//! | `n/<id>` | the tenant of a queued message (UTF-8; absent: none), removed with the message |
+//! | `c/<tenant>` | the tenant's counters and standing: [`TenantRecord`](crate::types::TenantRecord) |
+//! | `v/<tenant>\0<address>` | an address suppressed for one tenant's mail (lower-cased): [`Listing`](crate::types::Listing) |
 //!
 //! Event records written since sites exist start with [`EVENTS_V2`] (eight 0xff bytes,
 //! which no older record starts with: those begin with a little-endian count).
@@ -48,6 +51,9 @@ pub(crate) const SUSPENDED: &[u8] = b"x/";
 pub(crate) const SUPPRESSED: &[u8] = b"u/";
 pub(crate) const SITE_OF: &[u8] = b"y/";
 pub(crate) const SITE_STATES: &[u8] = b"r/";
+pub(crate) const TENANT_OF: &[u8] = b"n/";
+pub(crate) const TENANTS: &[u8] = b"c/";
+pub(crate) const TENANT_SUPPRESSED: &[u8] = b"v/";
 pub(crate) const EVENTS_V2: [u8; 8] = [0xff; 8];
 
 pub(crate) fn msg_key(id: &str) -> Vec<u8> {
@@ -113,6 +119,32 @@ pub(crate) fn site_of_key(domain: &str) -> Vec<u8> {
 pub(crate) fn site_state_key(site: &str) -> Vec<u8> {
     [SITE_STATES, site.as_bytes()].concat()
 }
+pub(crate) fn tenant_of_key(id: &str) -> Vec<u8> {
+    [TENANT_OF, id.as_bytes()].concat()
+}
+pub(crate) fn tenant_key(tenant: &str) -> Vec<u8> {
+    [TENANTS, tenant.as_bytes()].concat()
+}
+pub(crate) fn tenant_suppress_key(tenant: &str, address: &str) -> Vec<u8> {
+    [
+        TENANT_SUPPRESSED,
+        tenant.as_bytes(),
+        b"\0",
+        address.to_ascii_lowercase().as_bytes(),
+    ]
+    .concat()
+}
+/// The tenant and address of a `v/<tenant>\0<address>` key.
+pub(crate) fn split_tenant_suppress_key(key: &[u8]) -> Result<(String, String), DbError> {
+    let rest = key.strip_prefix(TENANT_SUPPRESSED).unwrap_or(key);
+    let Some(split) = rest.iter().position(|&b| b == 0) else {
+        return Err(DbError::corrupt("tenant suppression key without separator"));
+    };
+    Ok((
+        String::from_utf8_lossy(&rest[..split]).into_owned(),
+        String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
+    ))
+}
 /// One entry's events as stored.
 pub(crate) fn encode_events(events: &[crate::types::Event]) -> Vec<u8> {
     [&EVENTS_V2[..], &encode(&events)].concat()
@@ -165,6 +197,12 @@ mod tests {
         assert_eq!(event_position(&event_key(7)), 7);
         assert_eq!(name_of(&suppress_key("A@B.test")), "a@b.test");
         assert_eq!(name_of(&site_of_key("gmail.com")), "gmail.com");
+        assert_eq!(name_of(&tenant_key("app1")), "app1");
+        assert_eq!(name_of(&tenant_of_key("01ID")), "01ID");
+        assert_eq!(
+            split_tenant_suppress_key(&tenant_suppress_key("app1", "Bob@X.test")).unwrap(),
+            ("app1".to_string(), "bob@x.test".to_string())
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::ownership::Ownership;
 use crate::snapshot;
 use crate::types::{
     DeliveryRecord, Entry, LogId, NewMessage, NodeId, Request, Response, Snapshot, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
+    StorageError, StoredMembership, TenantRecord, TypeConfig,
 };
 use compaction::{COMPACT_CHECK, Compaction};
 use keys::*;
@@ -166,10 +166,25 @@ impl StateMachine {
             let (key, value) = pair?;
             site_states.insert(name_of(&key), decode(&value, "site state")?);
         }
+        let mut tenant_of = HashMap::new();
+        for pair in self.state.scan_prefix(TENANT_OF) {
+            let (key, value) = pair?;
+            tenant_of.insert(name_of(&key), String::from_utf8_lossy(&value).into_owned());
+        }
+        let mut paused = HashMap::new();
+        for pair in self.state.scan_prefix(TENANTS) {
+            let (key, value) = pair?;
+            let record: TenantRecord = decode(&value, "tenant")?;
+            if let Some(reason) = record.pause_reason() {
+                paused.insert(name_of(&key), reason.to_string());
+            }
+        }
         let ownership = Arc::new(self.meta.ownership.clone());
         self.shared.with(|index| {
             index.clear();
             index.set_sites(sites, site_states, ownership);
+            // Before the deliveries: a paused tenant's are held as they come.
+            index.set_tenants(tenant_of, paused);
             for (domain, id, due) in &records {
                 index.upsert(domain, id, *due);
             }
@@ -206,7 +221,9 @@ impl StateMachine {
         for entry in entries {
             match &entry.payload {
                 EntryPayload::Normal(
-                    Request::Enqueue { messages } | Request::EnqueueFrom { messages, .. },
+                    Request::Enqueue { messages }
+                    | Request::EnqueueFrom { messages, .. }
+                    | Request::EnqueueTenants { messages, .. },
                 ) => {
                     for m in messages {
                         put(m)?;
@@ -281,6 +298,8 @@ impl StateMachine {
                 match op {
                     IndexOp::Upsert(domain, id, due) => index.upsert(&domain, &id, due),
                     IndexOp::Remove(domain, id) => index.remove(&domain, &id),
+                    IndexOp::Tenant(id, tenant) => index.set_tenant(id, tenant),
+                    IndexOp::Pause(tenant, reason) => index.pause_tenant(tenant, reason),
                 }
             }
             index.add_messages(message_delta);

@@ -5,7 +5,7 @@ use super::keys::*;
 use crate::bodies::{self, Bodies, BodyRef};
 use crate::db::{DbError, Tree};
 use crate::index::Shared;
-use crate::types::{DeliveryRecord, Event, Listing, MessageMeta};
+use crate::types::{DeliveryRecord, Event, Listing, MessageMeta, TenantRecord};
 use std::sync::Arc;
 
 /// Read access to the queue's state, for delivery and operators. Cheap to clone.
@@ -166,6 +166,52 @@ impl QueueReader {
 
     pub fn is_suppressed(&self, address: &str) -> Result<bool, DbError> {
         self.state.contains(suppress_key(address))
+    }
+
+    /// The tenant of queued message `id`, if it has one.
+    pub fn tenant_of(&self, id: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .state
+            .get(tenant_of_key(id))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// A tenant's counters and standing, if any of its mail was ever counted or it was
+    /// ever paused.
+    pub fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DbError> {
+        match self.state.get(tenant_key(tenant))? {
+            Some(v) => Ok(Some(decode(&v, "tenant")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every known tenant, by name.
+    pub fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DbError> {
+        self.state
+            .scan_prefix(TENANTS)
+            .map(|pair| {
+                let (key, value) = pair?;
+                Ok((name_of(&key), decode(&value, "tenant")?))
+            })
+            .collect()
+    }
+
+    /// Whether `address` is suppressed for `tenant`'s mail (the global list aside).
+    pub fn is_suppressed_for(&self, tenant: &str, address: &str) -> Result<bool, DbError> {
+        self.state.contains(tenant_suppress_key(tenant, address))
+    }
+
+    /// The addresses suppressed for one tenant's mail: (tenant, address, listing), by
+    /// tenant, then address.
+    pub fn tenant_suppressions(&self) -> Result<Vec<(String, String, Listing)>, DbError> {
+        self.state
+            .scan_prefix(TENANT_SUPPRESSED)
+            .map(|pair| {
+                let (key, value) = pair?;
+                let (tenant, address) = split_tenant_suppress_key(&key)?;
+                Ok((tenant, address, decode(&value, "listing")?))
+            })
+            .collect()
     }
 
     fn listings(&self, prefix: &[u8]) -> Result<Vec<(String, Listing)>, DbError> {

@@ -7,6 +7,10 @@
 //!
 //! Nothing here reads the clock: every time comes from the entry (the proposer's clock),
 //! so every replica computes the same state.
+//!
+//! `tenants` (a child module, for the private fields): what entries do to tenants.
+
+mod tenants;
 
 use super::keys::*;
 use crate::bodies::{Bodies, BodyRef};
@@ -17,8 +21,9 @@ use crate::types::{
     NodeId, Outcome, Remote, Request, Response, SiteEvent, SiteOf, StoredMembership, domain_of,
 };
 use baton_reputation::site::SiteState;
+use baton_reputation::tenant::Counts;
 use openraft::EntryPayload;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// At most this many event records are trimmed by one entry (the leader writes more).
 const TRIM_MAX: usize = 10_000;
@@ -31,6 +36,11 @@ pub const TOMBSTONE_MS: u64 = 24 * 3600 * 1000;
 pub(crate) enum IndexOp {
     Upsert(String, String, u64),
     Remove(String, String),
+    /// A message's tenant (before its deliveries are upserted), or none once it is gone
+    /// (after they are removed).
+    Tenant(String, Option<String>),
+    /// A tenant paused (with the reason its senders are told) or resumed (`None`).
+    Pause(String, Option<String>),
 }
 
 /// A change to the index's sites.
@@ -148,13 +158,17 @@ impl<'a> Tx<'a> {
         response: &mut Response,
     ) -> Result<Option<Ownership>, DbError> {
         match request {
-            Request::Enqueue { messages } | Request::EnqueueFrom { messages, .. } => {
-                let node = match request {
-                    Request::EnqueueFrom { node, .. } => *node,
-                    _ => 0,
+            Request::Enqueue { messages }
+            | Request::EnqueueFrom { messages, .. }
+            | Request::EnqueueTenants { messages, .. } => {
+                let (node, tenants) = match request {
+                    Request::EnqueueFrom { node, .. } => (*node, &[][..]),
+                    Request::EnqueueTenants { node, tenants, .. } => (*node, &tenants[..]),
+                    _ => (0, &[][..]),
                 };
-                for message in messages {
-                    if self.enqueue(message, true, node)? {
+                for (i, message) in messages.iter().enumerate() {
+                    let tenant = tenants.get(i).map_or("", String::as_str);
+                    if self.enqueue(message, true, node, tenant)? {
                         response.added += 1;
                     } else {
                         response.duplicates += 1;
@@ -163,18 +177,58 @@ impl<'a> Tx<'a> {
             }
             Request::Outcomes { now_ms, results } => {
                 for outcome in results {
-                    self.outcome(outcome, *now_ms, true)?;
+                    self.outcome(outcome, *now_ms, true, &[])?;
                 }
                 self.expire_tombstones(*now_ms)?;
             }
-            Request::Finished { now_ms, results } => {
+            Request::Finished {
+                now_ms,
+                results,
+                thresholds,
+            } => {
+                // Per tenant, in name order: every replica judges them in the same order.
+                let mut deltas: BTreeMap<String, tenants::Delta> = BTreeMap::new();
                 for finished in results {
-                    self.outcome(&finished.outcome, *now_ms, !finished.throttled)?;
+                    let o = &finished.outcome;
+                    // Read before the outcome: its last delivery takes the tenant along.
+                    let tenant = self.tenant_of(&o.id)?;
+                    let counts =
+                        self.outcome(o, *now_ms, !finished.throttled, &finished.suppress)?;
+                    if let Some(tenant) = tenant
+                        && counts != Counts::default()
+                    {
+                        deltas
+                            .entry(tenant)
+                            .or_default()
+                            .add(counts, o.node, &finished.suppress);
+                    }
                     for s in &finished.suppress {
                         self.auto_suppress(s, *now_ms)?;
                     }
                 }
+                for (tenant, delta) in deltas {
+                    self.count_tenant(&tenant, delta, *now_ms, thresholds)?;
+                }
                 self.expire_tombstones(*now_ms)?;
+            }
+            Request::PauseTenant {
+                tenant,
+                reason,
+                now_ms,
+            } => response.changed = self.pause_tenant(tenant, reason, *now_ms)?,
+            Request::ResumeTenant { tenant, now_ms } => {
+                response.changed = self.resume_tenant(tenant, *now_ms)?;
+            }
+            Request::SuppressForTenant {
+                tenant,
+                address,
+                reason,
+                now_ms,
+            } => {
+                response.changed = self.suppress_for_tenant(tenant, address, reason, *now_ms)?;
+            }
+            Request::UnsuppressForTenant { tenant, address } => {
+                response.changed = self.unsuppress_for_tenant(tenant, address)?;
             }
             Request::SetSite {
                 domain,
@@ -395,13 +449,25 @@ impl<'a> Tx<'a> {
     }
 
     /// Adds a message (with a `Received` event per recipient, naming `node`, when
-    /// `events`); false when the id is already known.
-    fn enqueue(&mut self, m: &NewMessage, events: bool, node: NodeId) -> Result<bool, DbError> {
+    /// `events`) of `tenant` ("": none); false when the id is already known.
+    fn enqueue(
+        &mut self,
+        m: &NewMessage,
+        events: bool,
+        node: NodeId,
+        tenant: &str,
+    ) -> Result<bool, DbError> {
         if !self.seen.insert(m.id.clone())
             || self.state.contains(&msg_key(&m.id))?
             || self.state.contains(&tomb_key(&m.id))?
         {
             return Ok(false);
+        }
+        if !tenant.is_empty() {
+            // Before its deliveries reach the index, which holds a paused tenant's.
+            self.batch.insert(tenant_of_key(&m.id), tenant.as_bytes());
+            self.index_ops
+                .push(IndexOp::Tenant(m.id.clone(), Some(tenant.to_string())));
         }
         let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
         for rcpt in &m.recipients {
@@ -463,10 +529,19 @@ impl<'a> Tx<'a> {
     }
 
     /// Records an outcome; `count_attempt`: false when the deferral was a site's
-    /// throttle.
-    fn outcome(&mut self, o: &Outcome, now_ms: u64, count_attempt: bool) -> Result<(), DbError> {
+    /// throttle. Returns what it finished, for the message's tenant: recipients
+    /// delivered or failed (not expired, not suppressed), and of the failed those in
+    /// `hard` (hard bounces). A repeated outcome finishes nothing and counts nothing.
+    fn outcome(
+        &mut self,
+        o: &Outcome,
+        now_ms: u64,
+        count_attempt: bool,
+        hard: &[AutoSuppression],
+    ) -> Result<Counts, DbError> {
+        let mut counts = Counts::default();
         let Some(mut record) = self.get_delivery(&o.domain, &o.id)? else {
-            return Ok(()); // already finished: a repeated outcome changes nothing
+            return Ok(counts); // already finished: a repeated outcome changes nothing
         };
         // A DSN only for recipients this outcome really finishes (not for a repeat).
         let dsn_due = o.finished.iter().any(|r| record.recipients.contains(r));
@@ -487,6 +562,19 @@ impl<'a> Tx<'a> {
             } else {
                 EventKind::Bounced
             };
+            match kind {
+                EventKind::Delivered => {
+                    counts.attempted += 1;
+                    counts.delivered += 1;
+                }
+                EventKind::Bounced => {
+                    counts.attempted += 1;
+                    if hard.iter().any(|s| s.address.eq_ignore_ascii_case(&rcpt)) {
+                        counts.hard += 1;
+                    }
+                }
+                _ => {}
+            }
             self.event(
                 now_ms, kind, &o.id, &rcpt, &sender, &o.remote, &reply, o.node,
             );
@@ -495,7 +583,7 @@ impl<'a> Tx<'a> {
         if let Some(dsn) = &o.dsn
             && dsn_due
         {
-            self.enqueue(dsn, true, o.node)?;
+            self.enqueue(dsn, true, o.node, "")?;
         }
         record.recipients.retain(|r| !o.finished.contains(r));
         if !record.recipients.is_empty() {
@@ -510,9 +598,10 @@ impl<'a> Tx<'a> {
                 o.next_attempt_ms,
             ));
             self.put_delivery(&o.domain, &o.id, Some(record));
-            return Ok(());
+            return Ok(counts);
         }
-        self.close_delivery(&o.domain, &o.id, now_ms)
+        self.close_delivery(&o.domain, &o.id, now_ms)?;
+        Ok(counts)
     }
 
     /// Removes a finished (message, domain) record; the message goes with its last one.
@@ -538,6 +627,8 @@ impl<'a> Tx<'a> {
                 },
             };
             self.released.extend(r);
+            self.batch.remove(tenant_of_key(id));
+            self.index_ops.push(IndexOp::Tenant(id.to_string(), None));
             self.batch.insert(tomb_key(id), now_ms.to_be_bytes());
             self.batch.insert(tomb_time_key(now_ms, id), []);
             self.message_delta -= 1;
@@ -610,7 +701,7 @@ impl<'a> Tx<'a> {
             self.close_delivery(&domain, id, now_ms)?;
         }
         if let Some(dsn) = dsn {
-            self.enqueue(dsn, true, 0)?;
+            self.enqueue(dsn, true, 0, "")?;
         }
         Ok(true)
     }

@@ -65,6 +65,7 @@ pub fn server_session(data: &[u8]) {
         require_auth: flags & 8 != 0,
         relay_allowed: flags & 16 != 0,
         check_recipients: flags & 32 != 0,
+        check_senders: flags & 64 != 0,
         greeting_banner: "ESMTP".into(),
     };
     let mut s = ServerSession::new(cfg);
@@ -109,6 +110,12 @@ fn answer(s: &mut ServerSession, mut actions: Vec<Action>, enqueued: &mut u32) -
                 AuthResult::Invalid
             })),
             Action::Refused(_) => None,
+            Action::CheckMail { from } => Some(Event::MailChecked(match from.mailbox() {
+                Some(m) if m.local.starts_with('p') => {
+                    Err(Reply::new(450, "4.7.1", "Sending paused for tenant x: y"))
+                }
+                _ => Ok(()),
+            })),
             Action::CheckRcpt { to, .. } => {
                 Some(Event::RcptChecked(if to.local.starts_with('s') {
                     Err(Reply::new(550, "5.1.1", "suppressed"))

@@ -106,6 +106,16 @@ impl ServerSession {
             self.refused(from.to_string(), 0, 0, reply.clone());
             return self.error(reply);
         }
+        if self.cfg.check_senders {
+            self.out.push(Action::CheckMail { from: from.clone() });
+            self.wait = Wait::Mail(from, params);
+            return;
+        }
+        self.begin_txn(from, params);
+    }
+
+    /// A sender accepted: the transaction starts.
+    pub(super) fn begin_txn(&mut self, from: ReversePath, params: MailParams) {
         self.txn = Some(Txn {
             from,
             params,
@@ -273,7 +283,7 @@ impl ServerSession {
     }
 
     /// Tell the IO layer, for its log, what was refused.
-    fn refused(&mut self, from: String, rcpts: usize, size: u64, reply: Reply) {
+    pub(super) fn refused(&mut self, from: String, rcpts: usize, size: u64, reply: Reply) {
         self.out.push(Action::Refused(Refusal {
             from,
             rcpts,

@@ -4,7 +4,8 @@
 //!
 //! The engine owns line reading, DATA and BDAT decoding and the buffering of pipelined
 //! input. While it waits for the result of an action it asked for ([`Action::CheckAuth`],
-//! [`Action::CheckRcpt`], [`Action::Enqueue`]) it processes no input but buffers it;
+//! [`Action::CheckMail`], [`Action::CheckRcpt`], [`Action::Enqueue`]) it processes no
+//! input but buffers it;
 //! the IO layer should stop reading the socket while [`ServerSession::waiting`] is true
 //! (backpressure).
 //!
@@ -53,6 +54,9 @@ pub struct ServerConfig {
     /// Ask the IO layer about each recipient ([`Action::CheckRcpt`]); if false,
     /// recipients passing the engine's own checks are accepted at once.
     pub check_recipients: bool,
+    /// Ask the IO layer about each sender ([`Action::CheckMail`]); if false, a MAIL
+    /// passing the engine's own checks is accepted at once.
+    pub check_senders: bool,
     /// Text after the hostname in the 220 greeting.
     pub greeting_banner: String,
 }
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             require_auth: false,
             relay_allowed: false,
             check_recipients: false,
+            check_senders: false,
             greeting_banner: "ESMTP Baton".into(),
         }
     }
@@ -88,6 +93,8 @@ pub enum Event<'a> {
     AuthChecked(AuthResult),
     /// Result of [`Action::CheckRcpt`]: accept, or the reply to refuse with.
     RcptChecked(Result<(), Reply>),
+    /// Result of [`Action::CheckMail`]: accept, or the reply to refuse with.
+    MailChecked(Result<(), Reply>),
     /// Result of [`Action::Enqueue`]: the queue id, or the reply to refuse with
     /// (e.g. `451 4.3.0`).
     Enqueued(Result<String, Reply>),
@@ -139,6 +146,13 @@ pub enum Action {
         username: String,
         /// Password.
         password: String,
+    },
+    /// Apply extra sender policy (a paused tenant, ...), then send
+    /// [`Event::MailChecked`]. Only if [`ServerConfig::check_senders`]; the
+    /// authenticated user, if any, is [`ServerSession::authenticated`].
+    CheckMail {
+        /// The sender.
+        from: ReversePath,
     },
     /// Apply extra recipient policy (suppression list, ...), then send
     /// [`Event::RcptChecked`]. Only if [`ServerConfig::check_recipients`].
@@ -244,6 +258,7 @@ enum State {
 enum Wait {
     None,
     Auth { user: String },
+    Mail(ReversePath, MailParams),
     Rcpt(Mailbox),
     Enqueue,
 }
@@ -321,7 +336,7 @@ impl ServerSession {
         out.append(&mut self.out);
     }
 
-    /// Waiting for an answer to CheckAuth, CheckRcpt or Enqueue.
+    /// Waiting for an answer to CheckAuth, CheckMail, CheckRcpt or Enqueue.
     pub fn waiting(&self) -> bool {
         !matches!(self.wait, Wait::None)
     }
@@ -434,6 +449,18 @@ impl ServerSession {
                             self.reply(replies::rcpt_ok());
                         }
                         Err(r) => self.reply(r),
+                    }
+                    self.process();
+                }
+            }
+            Event::MailChecked(result) => {
+                if let Wait::Mail(from, params) = std::mem::replace(&mut self.wait, Wait::None) {
+                    match result {
+                        Ok(()) => self.begin_txn(from, params),
+                        Err(r) => {
+                            self.refused(from.to_string(), 0, 0, r.clone());
+                            self.reply(r);
+                        }
                     }
                     self.process();
                 }
