@@ -7,7 +7,9 @@
 //!   health beside it;
 //! - `bulk` — `RetryQueue` and `DeleteQueue`: every message of a domain (or all), in
 //!   batches of one log entry, and the DSN of an operator's delete;
-//! - [`convert`] — queue records into API messages, and the checks of request fields.
+//! - [`convert`] — queue records into API messages, and the checks of request fields;
+//! - `tenants` — the tenant RPCs (list, show, pause, resume) and tenant-scoped
+//!   suppressions.
 //! - [`pb`] — the generated API, from the `baton-admin-proto` crate (which the `batonctl`
 //!   crate uses too, without this one).
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@ mod bulk;
 pub mod convert;
 pub mod serve;
 pub mod server;
+mod tenants;
 
 /// Generated from proto/admin.proto (the `baton-admin-proto` crate).
 pub use baton_admin_proto as pb;

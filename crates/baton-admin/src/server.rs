@@ -12,6 +12,7 @@ use crate::bulk;
 use crate::convert::*;
 use crate::pb::admin_server::Admin;
 use crate::pb::*;
+use crate::tenants;
 use baton_cluster::join::{Change, change_membership};
 use baton_cluster::{Lease, Peers, Writer};
 use baton_queue::types::{EventKind, Request};
@@ -560,7 +561,9 @@ impl Admin for AdminService {
                 address,
                 reason: l.reason,
                 since_unix_ms: l.since_ms,
+                tenant: String::new(),
             })
+            .chain(tenants::suppressions(&self.ctx)?)
             .collect();
         Ok(GrpcResponse::new(ListSuppressionsReply {
             applied_index: applied,
@@ -573,6 +576,11 @@ impl Admin for AdminService {
         req: GrpcRequest<AddSuppressionRequest>,
     ) -> Result<GrpcResponse<ChangeReply>, Status> {
         let r = req.into_inner();
+        if !r.tenant.is_empty() {
+            return Ok(GrpcResponse::new(
+                tenants::add_suppression(&self.ctx, r).await?,
+            ));
+        }
         let address = valid_address(&r.address)?;
         self.change(Request::Suppress {
             address,
@@ -586,7 +594,13 @@ impl Admin for AdminService {
         &self,
         req: GrpcRequest<AddressRequest>,
     ) -> Result<GrpcResponse<ChangeReply>, Status> {
-        let address = valid_address(&req.into_inner().address)?;
+        let r = req.into_inner();
+        if !r.tenant.is_empty() {
+            return Ok(GrpcResponse::new(
+                tenants::remove_suppression(&self.ctx, r).await?,
+            ));
+        }
+        let address = valid_address(&r.address)?;
         self.change(Request::Unsuppress { address }).await
     }
 
@@ -678,5 +692,40 @@ impl Admin for AdminService {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(GrpcResponse::new(Box::pin(stream)))
+    }
+
+    async fn list_tenants(
+        &self,
+        _req: GrpcRequest<ListTenantsRequest>,
+    ) -> Result<GrpcResponse<ListTenantsReply>, Status> {
+        Ok(GrpcResponse::new(tenants::list(&self.ctx)?))
+    }
+
+    async fn get_tenant(
+        &self,
+        req: GrpcRequest<TenantRequest>,
+    ) -> Result<GrpcResponse<TenantReply>, Status> {
+        Ok(GrpcResponse::new(tenants::get(
+            &self.ctx,
+            req.into_inner(),
+        )?))
+    }
+
+    async fn pause_tenant(
+        &self,
+        req: GrpcRequest<PauseTenantRequest>,
+    ) -> Result<GrpcResponse<ChangeReply>, Status> {
+        Ok(GrpcResponse::new(
+            tenants::pause(&self.ctx, req.into_inner()).await?,
+        ))
+    }
+
+    async fn resume_tenant(
+        &self,
+        req: GrpcRequest<TenantRequest>,
+    ) -> Result<GrpcResponse<ChangeReply>, Status> {
+        Ok(GrpcResponse::new(
+            tenants::resume(&self.ctx, req.into_inner()).await?,
+        ))
     }
 }

@@ -88,6 +88,18 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
         0.0
     });
     metrics::gauge!(m::LEASE_LEFT).set(state.lease.left().as_secs_f64());
+    // From the replicated state: every node shows the same values.
+    if let Ok(tenants) = q.reader.tenants() {
+        for (name, t) in tenants {
+            let totals = t.tenant.totals();
+            let paused = if t.tenant.paused() { 1.0 } else { 0.0 };
+            metrics::gauge!(m::TENANT_BOUNCE_RATE, "tenant" => name.clone())
+                .set(totals.bounce_rate());
+            metrics::gauge!(m::TENANT_COMPLAINT_RATE, "tenant" => name.clone())
+                .set(totals.complaint_rate());
+            metrics::gauge!(m::TENANT_PAUSED, "tenant" => name).set(paused);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.prometheus.render(),

@@ -46,6 +46,9 @@
 //! | `baton_site_connections{site}` | gauge | on the site's owner: connections allowed |
 //! | `baton_site_replies_total{site,category}` | counter | classified non-2xx replies from a site's hosts |
 //! | `baton_messages_auto_suppressed_total` | counter | recipients put on the suppression list by a hard bounce |
+//! | `baton_tenant_bounce_rate{tenant}` | gauge | a tenant's hard bounces over attempted recipients in its window (0 with none attempted) |
+//! | `baton_tenant_complaint_rate{tenant}` | gauge | a tenant's complaints over delivered recipients in its window (0 with none delivered) |
+//! | `baton_tenant_paused{tenant}` | gauge | 1 while a tenant is paused |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -85,6 +88,9 @@ pub const SITE_RATE: &str = "baton_site_rate_per_minute";
 pub const SITE_CONNECTIONS: &str = "baton_site_connections";
 pub const SITE_REPLIES: &str = "baton_site_replies_total";
 pub const AUTO_SUPPRESSED: &str = "baton_messages_auto_suppressed_total";
+pub const TENANT_BOUNCE_RATE: &str = "baton_tenant_bounce_rate";
+pub const TENANT_COMPLAINT_RATE: &str = "baton_tenant_complaint_rate";
+pub const TENANT_PAUSED: &str = "baton_tenant_paused";
 pub const DOMAIN_CRASHES: &str = "baton_delivery_domain_crashes_total";
 pub const WORKER_CRASHES: &str = "baton_delivery_worker_crashes_total";
 pub const SESSION_CRASHES: &str = "baton_smtp_session_crashes_total";
@@ -138,6 +144,15 @@ fn describe() {
         AUTO_SUPPRESSED,
         "Recipients put on the suppression list by a hard bounce."
     );
+    describe_gauge!(
+        TENANT_BOUNCE_RATE,
+        "A tenant's hard bounces over attempted recipients in its window."
+    );
+    describe_gauge!(
+        TENANT_COMPLAINT_RATE,
+        "A tenant's complaints over delivered recipients in its window."
+    );
+    describe_gauge!(TENANT_PAUSED, "1 while a tenant is paused.");
     describe_counter!(DELIVERED, "Recipients delivered (remote 2xx).");
     describe_counter!(DEFERRED, "Recipients deferred for a later attempt.");
     describe_counter!(BOUNCED, "Recipients failed for good.");

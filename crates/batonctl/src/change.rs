@@ -187,6 +187,7 @@ pub async fn add_suppression(
         .add_suppression(pb::AddSuppressionRequest {
             address: address.to_string(),
             reason: reason.to_string(),
+            tenant: String::new(),
         })
         .await?
         .into_inner();
@@ -204,6 +205,7 @@ pub async fn remove_suppression(client: &mut Client, json: bool, address: &str) 
     let r = client
         .remove_suppression(pb::AddressRequest {
             address: address.to_string(),
+            tenant: String::new(),
         })
         .await?
         .into_inner();

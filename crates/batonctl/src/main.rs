@@ -12,6 +12,7 @@
 //! - [`show`] — the read commands (status, queue, messages, message show, suppressions);
 //! - [`change`] — the commands that change the cluster (`queue retry|delete` among them);
 //! - [`events`] — the event log, listed or followed across servers;
+//! - [`tenant`] — `tenant list|show|pause|resume` and tenant-scoped suppressions;
 //! - [`output`] — tables, JSON and time formats;
 //! - [`password`] — `hash-password`, which needs no server;
 //! - [`failure`] — the message and exit code of a failed command.
@@ -24,6 +25,7 @@ mod failure;
 mod output;
 mod password;
 mod show;
+mod tenant;
 
 use baton_admin_proto as pb;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -119,6 +121,27 @@ enum Command {
     /// Hash a password for `[[smtp.user]] password_hash` (argon2id). Reads the password
     /// from standard input (one line), or prompts on a terminal.
     HashPassword,
+    /// Tenants (the AUTH user, else the sender's domain): standing, bounce and complaint
+    /// rates; pause and resume.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Every tenant: standing, window counts and rates, held deliveries, reason.
+    List,
+    /// One tenant: standing and why, its window, rates and thresholds.
+    Show { tenant: String },
+    /// Refuse its mail at MAIL (450 4.7.1) and hold its queued mail.
+    Pause {
+        tenant: String,
+        /// Told to its senders in the 450.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a pause: a fresh window starts and its held mail goes out.
+    Resume { tenant: String },
 }
 
 /// `messages --state`: the states of admin.proto's `ListMessagesRequest.state`.
@@ -234,9 +257,15 @@ enum SuppressionCmd {
         address: String,
         #[arg(long, default_value = "")]
         reason: String,
+        /// For this tenant's mail only (550 5.7.1 at RCPT).
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        tenant: Option<String>,
     },
     Remove {
         address: String,
+        /// The tenant's entry, not the global one.
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        tenant: Option<String>,
     },
 }
 
@@ -307,12 +336,30 @@ async fn run(args: &Args) -> Result<()> {
         }
         Command::Suppression(SuppressionCmd::List) => show::suppressions(c, json).await,
         Command::Classify { reply } => show::classify(c, json, reply).await,
-        Command::Suppression(SuppressionCmd::Add { address, reason }) => {
-            change::add_suppression(c, json, address, reason).await
+        Command::Suppression(SuppressionCmd::Add {
+            address,
+            reason,
+            tenant: None,
+        }) => change::add_suppression(c, json, address, reason).await,
+        Command::Suppression(SuppressionCmd::Remove {
+            address,
+            tenant: None,
+        }) => change::remove_suppression(c, json, address).await,
+        Command::Suppression(SuppressionCmd::Add {
+            address,
+            reason,
+            tenant: Some(t),
+        }) => tenant::add_suppression(c, json, address, t, reason).await,
+        Command::Suppression(SuppressionCmd::Remove {
+            address,
+            tenant: Some(t),
+        }) => tenant::remove_suppression(c, json, address, t).await,
+        Command::Tenant(TenantCmd::List) => tenant::list(c, json).await,
+        Command::Tenant(TenantCmd::Show { tenant: t }) => tenant::show(c, json, t).await,
+        Command::Tenant(TenantCmd::Pause { tenant: t, reason }) => {
+            tenant::pause(c, json, t, reason).await
         }
-        Command::Suppression(SuppressionCmd::Remove { address }) => {
-            change::remove_suppression(c, json, address).await
-        }
+        Command::Tenant(TenantCmd::Resume { tenant: t }) => tenant::resume(c, json, t).await,
         Command::Node(NodeCmd::Add { id, addr }) => change::add_node(c, json, *id, addr).await,
         Command::Node(NodeCmd::Remove { id }) => change::remove_node(c, json, *id).await,
         Command::Events {
@@ -401,6 +448,39 @@ mod tests {
             &["queue", "retry", "--domain", "a.test", "--all"],
             &["queue", "delete", "--yes"],
             &["queue", "retry", "--dsn", "--all"],
+        ] {
+            let e = parse(args).err();
+            assert_eq!(e.map(|e| e.exit_code()), Some(2), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn tenant_commands_and_tenant_scoped_suppressions_parse() {
+        let Ok(Args {
+            command: Command::Tenant(TenantCmd::Pause { tenant, reason }),
+            ..
+        }) = parse(&["tenant", "pause", "app1", "--reason", "spam run"])
+        else {
+            panic!("tenant pause");
+        };
+        assert_eq!((tenant.as_str(), reason.as_str()), ("app1", "spam run"));
+        let Ok(Args {
+            command:
+                Command::Suppression(SuppressionCmd::Add {
+                    tenant: Some(t), ..
+                }),
+            ..
+        }) = parse(&["suppression", "add", "a@b.test", "--tenant", "app1"])
+        else {
+            panic!("suppression add --tenant");
+        };
+        assert_eq!(t, "app1");
+        // An empty tenant would mean the global list: refused as a usage error.
+        for args in [
+            &["suppression", "add", "a@b.test", "--tenant", ""][..],
+            &["suppression", "remove", "a@b.test", "--tenant", ""],
+            &["tenant", "show"],
+            &["tenant", "bogus"],
         ] {
             let e = parse(args).err();
             assert_eq!(e.map(|e| e.exit_code()), Some(2), "{args:?}");

@@ -263,7 +263,8 @@ fn message_text(m: &pb::Message, body: bool) -> String {
         .collect()
 }
 
-/// `suppression list`: every suppressed address.
+/// `suppression list`: every suppressed address, for everyone's mail (scope `global`) or
+/// one tenant's.
 pub async fn suppressions(client: &mut Client, json: bool) -> Result<()> {
     let l = client
         .list_suppressions(pb::ListSuppressionsRequest {})
@@ -276,9 +277,21 @@ pub async fn suppressions(client: &mut Client, json: bool) -> Result<()> {
     let rows = l
         .entries
         .iter()
-        .map(|e| vec![e.address.clone(), time(e.since_unix_ms), or_dash(&e.reason)])
+        .map(|e| {
+            let scope = if e.tenant.is_empty() {
+                "global".to_string()
+            } else {
+                format!("tenant {}", e.tenant)
+            };
+            vec![
+                e.address.clone(),
+                scope,
+                time(e.since_unix_ms),
+                or_dash(&e.reason),
+            ]
+        })
         .collect();
-    table(&["ADDRESS", "SINCE", "REASON"], rows);
+    table(&["ADDRESS", "SCOPE", "SINCE", "REASON"], rows);
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //! there is none, opening (and reopening) one connection to the domain's MX hosts. For
 //! each message it reads the job, asks the policy what to do, sends, and hands the
 //! outcome to a commit task that holds the message's [`InFlight`] token until the
-//! OutcomeBatcher has committed it. A message the remote accepted but whose outcome is
+//! OutcomeBatcher has committed it. A message whose tenant was paused after it was taken
+//! is given back unsent (the index holds it until the tenant is resumed). A message the remote accepted but whose outcome is
 //! not committed is the one a crash would send twice: a worker keeps at most one such
 //! message, so duplicates after a crash are bounded by the open connections.
 
@@ -182,6 +183,19 @@ impl WorkerState {
                 continue;
             };
             let tenant = self.ctx.reader.tenant_of(&job.id);
+            if let Ok(Some(t)) = &tenant
+                && self
+                    .ctx
+                    .reader
+                    .shared
+                    .with(|i| i.tenant_paused(t).is_some())
+            {
+                // Its tenant was paused since it was taken: not attempted, not counted.
+                // The index holds it aside, so it is not taken again until a resume.
+                drop(token);
+                self.gate.untake(now_ms());
+                continue;
+            }
             let prepared = policy::prepare(&job, |r| self.suppressed(&tenant, r));
             let plan = match (prepared, policy::expired(&job, &self.ctx.retry, now_ms())) {
                 // Held before anything else: expiring it would bounce to the address
