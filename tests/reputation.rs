@@ -221,9 +221,27 @@ fn a_block_suspends_the_site_until_one_probe_gets_through() {
     let first = wait_until("the first refusal", WAIT, || {
         sink.hit_times_ms(0).first().copied()
     });
-    wait_until("site_suspended", Duration::from_secs(5), || {
+    let suspended = wait_until("site_suspended", Duration::from_secs(5), || {
         events(&node, "site_suspended").first().cloned()
     });
+    assert_eq!(suspended["rule"], "ms-block-list", "{suspended}");
+    assert!(
+        suspended["reply"].as_str().unwrap_or("").contains("S3150"),
+        "{suspended}"
+    );
+    // Explained: the site, and the queue's view of its domain.
+    let (code, out, err) = ctl(&node, &["--json", "site", "show", "mx.outlook.test"]);
+    assert_eq!(code, 0, "{err}");
+    let site: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(site["state"], "suspended", "{site}");
+    assert_eq!(site["domains"][0], "outlook.test", "{site}");
+    assert!(site["suspended_until_unix_ms"].as_u64().unwrap_or(0) > first);
+    let (_, out, _) = ctl(&node, &["--json", "queue"]);
+    let queue: Value = serde_json::from_str(&out).expect("json");
+    let row = &queue["domains"][0];
+    assert_eq!(row["domain"], "outlook.test");
+    assert_eq!(row["site"], "mx.outlook.test", "{row}");
+    assert_eq!(row["throttle"], "suspended", "{row}");
     // The probe comes after the 3 s cool-down, and is alone.
     let probe = wait_until("the probe", Duration::from_secs(10), || {
         sink.hit_times_ms(0).get(1).copied()
@@ -330,5 +348,48 @@ fn a_bad_mailbox_is_suppressed_and_a_busy_one_only_deferred() {
     assert!(
         refused.contains("5.1.1") && refused.contains("recipient address suppressed"),
         "{refused}"
+    );
+}
+
+/// `batonctl site resume` ends a suspension at once; unknown sites are NOT_FOUND.
+#[test]
+fn an_operator_resumes_a_suspended_site() {
+    let port = free_port();
+    let dns = Dns::start(
+        &Zone::new()
+            .mx("outlook.test", 10, "mx.outlook.test")
+            .a("mx.outlook.test", "127.0.0.76"),
+    );
+    let rules = format!("[[rule]]\nstage = \"mail\"\nreply = '''{S3150}'''\n");
+    let sink = Sink::start_with_rules(format!("127.0.0.76:{port}").parse().unwrap(), &rules);
+    let node = node(&dns, port, "[shaping]\nsuspend = \"1h\"\n");
+    queue(&node, 2, "user@outlook.test");
+    wait_until("site_suspended", WAIT, || {
+        events(&node, "site_suspended").first().cloned()
+    });
+    sink.set_rules("");
+    let (code, out, err) = ctl(&node, &["site", "resume", "mx.outlook.test"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("resumed"), "{out}");
+    // An hour's suspension ends now: the mail goes.
+    sink.wait_for(2, WAIT);
+    let resumed = events(&node, "site_resumed");
+    assert!(
+        resumed
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap_or("").contains("operator")),
+        "{resumed:?}"
+    );
+    let (_, out, _) = ctl(&node, &["--json", "site", "show", "mx.outlook.test"]);
+    let site: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(site["state"], "normal", "{site}");
+    let (code, _, err) = ctl(&node, &["site", "resume", "mx.nowhere.test"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no site"), "{err}");
+    let (code, out, _) = ctl(&node, &["site", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("mx.outlook.test") && out.contains("normal"),
+        "{out}"
     );
 }

@@ -17,6 +17,7 @@ mod bulk;
 pub mod convert;
 pub mod serve;
 pub mod server;
+mod sites;
 
 /// Generated from proto/admin.proto (the `baton-admin-proto` crate).
 pub use baton_admin_proto as pb;

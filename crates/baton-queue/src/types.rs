@@ -364,6 +364,12 @@ pub enum Request {
         now_ms: u64,
         results: Vec<Finished>,
     },
+    /// An operator ends `site`'s throttle or suspension: its replicated state goes (a
+    /// site starts at its configured limits) and its owner's actor, if running, resumes.
+    SiteResume {
+        site: String,
+        now_ms: u64,
+    },
 }
 
 /// One message of a [`Request::DeleteMany`].
