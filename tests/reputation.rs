@@ -393,3 +393,54 @@ fn an_operator_resumes_a_suspended_site() {
         "{out}"
     );
 }
+
+/// SIGHUP reloads `shaping.rules_file`; a file that no longer parses keeps the rules
+/// in force and says why in the log.
+#[test]
+fn sighup_reloads_the_classification_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.toml");
+    let write = |name: &str| {
+        let text =
+            format!("[[rule]]\nname = \"{name}\"\nregex = 'FOOBAR'\ncategory = \"blocklisted\"\n");
+        std::fs::write(&rules, text).expect("write rules");
+    };
+    write("first");
+    let node = Node::start(NodeOptions {
+        tail: format!("[shaping]\nrules_file = \"{}\"\n", rules.display()),
+        ..Default::default()
+    });
+    let rule = |node: &Node| {
+        let (code, out, err) = ctl(node, &["--json", "classify", "550 5.7.1 FOOBAR here"]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["rule"].as_str().unwrap_or("").to_string()
+    };
+    assert_eq!(rule(&node), "first");
+    let hup = |node: &Node| {
+        let pid = node.proc.as_ref().expect("running").pid();
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    write("second");
+    hup(&node);
+    wait_until("the new rule", WAIT, || {
+        (rule(&node) == "second").then_some(())
+    });
+    assert!(node.log().contains("classification rules reloaded"));
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"bad\"\nregex = '('\ncategory = \"nope\"\n",
+    )
+    .expect("write rules");
+    hup(&node);
+    wait_until("the refused reload in the log", WAIT, || {
+        node.log()
+            .contains("classification rules not reloaded")
+            .then_some(())
+    });
+    assert_eq!(rule(&node), "second", "a bad file keeps the rules in force");
+}

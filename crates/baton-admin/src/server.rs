@@ -38,8 +38,8 @@ pub struct AdminContext {
     pub advertise: String,
     /// How many messages this node is sending to a domain right now.
     pub in_flight: Arc<dyn Fn(&str) -> usize + Send + Sync>,
-    /// The node's live classification rules.
-    pub classifier: Arc<baton_reputation::classify::Classifier>,
+    /// The node's live classification rules (they change on SIGHUP).
+    pub classifier: Arc<dyn Fn() -> Arc<baton_reputation::classify::Classifier> + Send + Sync>,
 }
 
 /// A row of the queue summary, read under the index's lock.
@@ -635,7 +635,7 @@ impl Admin for AdminService {
                 "give the reply text to classify, e.g. \"550 5.1.1 no such user\"",
             ));
         }
-        let v = self.ctx.classifier.classify(&reply);
+        let v = (self.ctx.classifier)().classify(&reply);
         Ok(GrpcResponse::new(ClassifyReply {
             category: v.category.name().to_string(),
             scope: v.category.scope().name().to_string(),
