@@ -581,3 +581,6 @@ fn lease_renewals_of_voters_join_the_owner_set() {
     assert_eq!(m.sm.meta.ownership, *ownership);
     assert_eq!(m.sm.meta.voters, [1, 2].into());
 }
+
+#[path = "site_tests.rs"]
+mod sites;
