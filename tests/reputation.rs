@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Gmail's rate limit, first line as in DELIVERABILITY.md's fixture.
+/// Gmail's rate limit, first line as in the classification fixtures (crates/baton-reputation/tests/fixtures).
 const GMAIL_RATE: &str = "421-4.7.28 Gmail has detected an unusual rate of email originating from your IP address 127.0.0.1. To protect our users from spam, email sent from your IP address has been temporarily rate limited.\n421 4.7.28 Please visit https://support.google.com/mail/?p=UnsolicitedRateLimitError - gsmtp";
 /// Outlook's block.
 const S3150: &str = "550 5.7.1 Unfortunately, messages from [127.0.0.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).";
