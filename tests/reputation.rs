@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Gmail's rate limit, first line as in DELIVERABILITY.md's fixture.
+/// Gmail's rate limit, first line as in the classification fixtures (crates/baton-reputation/tests/fixtures).
 const GMAIL_RATE: &str = "421-4.7.28 Gmail has detected an unusual rate of email originating from your IP address 127.0.0.1. To protect our users from spam, email sent from your IP address has been temporarily rate limited.\n421 4.7.28 Please visit https://support.google.com/mail/?p=UnsolicitedRateLimitError - gsmtp";
 /// Outlook's block.
 const S3150: &str = "550 5.7.1 Unfortunately, messages from [127.0.0.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).";
@@ -221,9 +221,27 @@ fn a_block_suspends_the_site_until_one_probe_gets_through() {
     let first = wait_until("the first refusal", WAIT, || {
         sink.hit_times_ms(0).first().copied()
     });
-    wait_until("site_suspended", Duration::from_secs(5), || {
+    let suspended = wait_until("site_suspended", Duration::from_secs(5), || {
         events(&node, "site_suspended").first().cloned()
     });
+    assert_eq!(suspended["rule"], "ms-block-list", "{suspended}");
+    assert!(
+        suspended["reply"].as_str().unwrap_or("").contains("S3150"),
+        "{suspended}"
+    );
+    // Explained: the site, and the queue's view of its domain.
+    let (code, out, err) = ctl(&node, &["--json", "site", "show", "mx.outlook.test"]);
+    assert_eq!(code, 0, "{err}");
+    let site: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(site["state"], "suspended", "{site}");
+    assert_eq!(site["domains"][0], "outlook.test", "{site}");
+    assert!(site["suspended_until_unix_ms"].as_u64().unwrap_or(0) > first);
+    let (_, out, _) = ctl(&node, &["--json", "queue"]);
+    let queue: Value = serde_json::from_str(&out).expect("json");
+    let row = &queue["domains"][0];
+    assert_eq!(row["domain"], "outlook.test");
+    assert_eq!(row["site"], "mx.outlook.test", "{row}");
+    assert_eq!(row["throttle"], "suspended", "{row}");
     // The probe comes after the 3 s cool-down, and is alone.
     let probe = wait_until("the probe", Duration::from_secs(10), || {
         sink.hit_times_ms(0).get(1).copied()
@@ -331,4 +349,98 @@ fn a_bad_mailbox_is_suppressed_and_a_busy_one_only_deferred() {
         refused.contains("5.1.1") && refused.contains("recipient address suppressed"),
         "{refused}"
     );
+}
+
+/// `batonctl site resume` ends a suspension at once; unknown sites are NOT_FOUND.
+#[test]
+fn an_operator_resumes_a_suspended_site() {
+    let port = free_port();
+    let dns = Dns::start(
+        &Zone::new()
+            .mx("outlook.test", 10, "mx.outlook.test")
+            .a("mx.outlook.test", "127.0.0.76"),
+    );
+    let rules = format!("[[rule]]\nstage = \"mail\"\nreply = '''{S3150}'''\n");
+    let sink = Sink::start_with_rules(format!("127.0.0.76:{port}").parse().unwrap(), &rules);
+    let node = node(&dns, port, "[shaping]\nsuspend = \"1h\"\n");
+    queue(&node, 2, "user@outlook.test");
+    wait_until("site_suspended", WAIT, || {
+        events(&node, "site_suspended").first().cloned()
+    });
+    sink.set_rules("");
+    let (code, out, err) = ctl(&node, &["site", "resume", "mx.outlook.test"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("resumed"), "{out}");
+    // An hour's suspension ends now: the mail goes.
+    sink.wait_for(2, WAIT);
+    let resumed = events(&node, "site_resumed");
+    assert!(
+        resumed
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap_or("").contains("operator")),
+        "{resumed:?}"
+    );
+    let (_, out, _) = ctl(&node, &["--json", "site", "show", "mx.outlook.test"]);
+    let site: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(site["state"], "normal", "{site}");
+    let (code, _, err) = ctl(&node, &["site", "resume", "mx.nowhere.test"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no site"), "{err}");
+    let (code, out, _) = ctl(&node, &["site", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("mx.outlook.test") && out.contains("normal"),
+        "{out}"
+    );
+}
+
+/// SIGHUP reloads `shaping.rules_file`; a file that no longer parses keeps the rules
+/// in force and says why in the log.
+#[test]
+fn sighup_reloads_the_classification_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.toml");
+    let write = |name: &str| {
+        let text =
+            format!("[[rule]]\nname = \"{name}\"\nregex = 'FOOBAR'\ncategory = \"blocklisted\"\n");
+        std::fs::write(&rules, text).expect("write rules");
+    };
+    write("first");
+    let node = Node::start(NodeOptions {
+        tail: format!("[shaping]\nrules_file = \"{}\"\n", rules.display()),
+        ..Default::default()
+    });
+    let rule = |node: &Node| {
+        let (code, out, err) = ctl(node, &["--json", "classify", "550 5.7.1 FOOBAR here"]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["rule"].as_str().unwrap_or("").to_string()
+    };
+    assert_eq!(rule(&node), "first");
+    let hup = |node: &Node| {
+        let pid = node.proc.as_ref().expect("running").pid();
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    write("second");
+    hup(&node);
+    wait_until("the new rule", WAIT, || {
+        (rule(&node) == "second").then_some(())
+    });
+    assert!(node.log().contains("classification rules reloaded"));
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"bad\"\nregex = '('\ncategory = \"nope\"\n",
+    )
+    .expect("write rules");
+    hup(&node);
+    wait_until("the refused reload in the log", WAIT, || {
+        node.log()
+            .contains("classification rules not reloaded")
+            .then_some(())
+    });
+    assert_eq!(rule(&node), "second", "a bad file keeps the rules in force");
 }

@@ -19,6 +19,7 @@ mod bulk;
 pub mod convert;
 pub mod serve;
 pub mod server;
+mod sites;
 mod tenants;
 
 /// Generated from proto/admin.proto (the `baton-admin-proto` crate).

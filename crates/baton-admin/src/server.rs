@@ -39,8 +39,26 @@ pub struct AdminContext {
     pub advertise: String,
     /// How many messages this node is sending to a domain right now.
     pub in_flight: Arc<dyn Fn(&str) -> usize + Send + Sync>,
-    /// The node's live classification rules.
-    pub classifier: Arc<baton_reputation::classify::Classifier>,
+    /// The node's live classification rules (they change on SIGHUP).
+    pub classifier: Arc<dyn Fn() -> Arc<baton_reputation::classify::Classifier> + Send + Sync>,
+}
+
+/// A row of the queue summary, read under the index's lock.
+struct DomainRow {
+    domain: String,
+    queued: u64,
+    deferred: u64,
+    oldest: Option<String>,
+    suspended: bool,
+    owner: u64,
+    site: Option<String>,
+    throttle: &'static str,
+}
+
+fn unknown_site(name: &str) -> Status {
+    Status::not_found(format!(
+        "no site {name:?}: `batonctl site list` shows the known ones (a site is named by its [[shaping.site]] name, else by its MX hosts joined with commas)"
+    ))
 }
 
 /// How long a membership change may take (a learner catching up, domains moving).
@@ -263,8 +281,7 @@ impl Admin for AdminService {
         let reader = &self.ctx.queue.reader;
         let applied = self.applied();
         let now = baton_queue::clock::now_ms();
-        let ownership = reader.shared.ownership.borrow().clone();
-        // (domain, queued, deferred, oldest id, suspended)
+        // (domain, queued, deferred, oldest id, suspended, owner, site, throttle)
         let (messages, rows) = reader.shared.with(|index| {
             let mut rows = Vec::new();
             for d in index.domains() {
@@ -281,28 +298,46 @@ impl Admin for AdminService {
                     }
                 }
                 let suspended = index.is_suspended(&d);
-                rows.push((d, queued, deferred, oldest, suspended));
+                let owner = index.owner(&d).unwrap_or(0);
+                let site = index.site_of(&d).map(|s| s.site.clone());
+                let throttle = if suspended {
+                    "suspended"
+                } else {
+                    crate::sites::state_name(index.site_state(index.owner_key(&d)))
+                };
+                rows.push(DomainRow {
+                    domain: d,
+                    queued,
+                    deferred,
+                    oldest,
+                    suspended,
+                    owner,
+                    site,
+                    throttle,
+                });
             }
             (index.messages() as u64, rows)
         });
         let mut domains: Vec<DomainSummary> = rows
             .into_iter()
-            .map(|(domain, queued, deferred, oldest, suspended)| {
+            .map(|r| {
                 // Ids are ULIDs: the smallest is the oldest; its meta says when.
-                let oldest_age_seconds = oldest
+                let oldest_age_seconds = r
+                    .oldest
                     .and_then(|id| reader.message(&id).ok().flatten())
                     .map_or(0.0, |m| {
                         now.saturating_sub(m.received_at_ms) as f64 / 1000.0
                     });
                 DomainSummary {
-                    in_flight: (self.ctx.in_flight)(&domain) as u64,
-                    owner: ownership.owner(&domain).unwrap_or(0),
-                    throttle: if suspended { "suspended" } else { "none" }.into(),
-                    domain,
-                    queued,
-                    deferred,
+                    in_flight: (self.ctx.in_flight)(&r.domain) as u64,
+                    owner: r.owner,
+                    throttle: r.throttle.into(),
+                    site: r.site.unwrap_or_default(),
+                    domain: r.domain,
+                    queued: r.queued,
+                    deferred: r.deferred,
                     oldest_age_seconds,
-                    suspended,
+                    suspended: r.suspended,
                 }
             })
             .collect();
@@ -614,7 +649,7 @@ impl Admin for AdminService {
                 "give the reply text to classify, e.g. \"550 5.1.1 no such user\"",
             ));
         }
-        let v = self.ctx.classifier.classify(&reply);
+        let v = (self.ctx.classifier)().classify(&reply);
         Ok(GrpcResponse::new(ClassifyReply {
             category: v.category.name().to_string(),
             scope: v.category.scope().name().to_string(),
@@ -623,6 +658,47 @@ impl Admin for AdminService {
             factor: v.factor,
             suspend_seconds: v.suspend.map(|d| d.as_secs()),
         }))
+    }
+
+    async fn list_sites(
+        &self,
+        _req: GrpcRequest<ListSitesRequest>,
+    ) -> Result<GrpcResponse<ListSitesReply>, Status> {
+        let shared = &self.ctx.queue.reader.shared;
+        let ownership = shared.ownership.borrow().clone();
+        let sites = shared.with(|i| crate::sites::all(i, &ownership));
+        Ok(GrpcResponse::new(ListSitesReply { sites }))
+    }
+
+    async fn get_site(&self, req: GrpcRequest<SiteRequest>) -> Result<GrpcResponse<Site>, Status> {
+        let name = req.into_inner().name;
+        let shared = &self.ctx.queue.reader.shared;
+        let ownership = shared.ownership.borrow().clone();
+        shared
+            .with(|i| crate::sites::get(i, &ownership, &name))
+            .map(GrpcResponse::new)
+            .ok_or_else(|| unknown_site(&name))
+    }
+
+    async fn resume_site(
+        &self,
+        req: GrpcRequest<SiteRequest>,
+    ) -> Result<GrpcResponse<ChangeReply>, Status> {
+        let name = req.into_inner().name;
+        let known = self
+            .ctx
+            .queue
+            .reader
+            .shared
+            .with(|i| i.sites().contains_key(&name));
+        if !known {
+            return Err(unknown_site(&name));
+        }
+        self.change(Request::SiteResume {
+            site: name,
+            now_ms: baton_queue::clock::now_ms(),
+        })
+        .await
     }
 
     type StreamEventsStream = EventStream;

@@ -542,8 +542,11 @@ impl Admin {
             lease: s.lease.clone(),
             hostname: s.config.smtp.hostname.clone(),
             advertise: s.config.cluster.advertise.clone(),
-            in_flight: Arc::new(move |domain: &str| delivery.in_flight.count(domain)),
-            classifier: self.2.classifier(),
+            in_flight: Arc::new({
+                let delivery = delivery.clone();
+                move |domain: &str| delivery.in_flight.count(domain)
+            }),
+            classifier: Arc::new(move || delivery.classifier()),
         };
         let token = c.token.clone();
         self.1

@@ -51,6 +51,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         writer,
     });
     let delivery = delivery_context(&s)?;
+    tokio::spawn(reload_on_hangup(delivery.clone()));
     let ingress = IngressShared::new(
         s.config.smtp.clone(),
         Users::new(&s.config.smtp.users),
@@ -220,4 +221,20 @@ fn delivery_context(s: &Arc<Shared>) -> anyhow::Result<Arc<DeliveryContext>> {
         },
         sites: Default::default(),
     }))
+}
+
+/// SIGHUP reloads what can change without a restart: the classification rules.
+async fn reload_on_hangup(delivery: Arc<DeliveryContext>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP cannot be handled: reloads need a restart");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading");
+        delivery.reload_rules();
+    }
 }

@@ -67,6 +67,9 @@ pub struct Index {
     site_states: HashMap<String, SiteState>,
     /// The ownership table as applied with the sites above.
     ownership: Arc<Ownership>,
+    /// The log index of each site's last operator resume (since this process started:
+    /// a site's actor acts on those applied after it started).
+    site_resumes: HashMap<String, u64>,
     tenants: Tenants,
 }
 
@@ -226,6 +229,16 @@ impl Index {
 
     pub(crate) fn set_site_state(&mut self, site: String, state: SiteState) {
         self.site_states.insert(site, state);
+    }
+
+    pub(crate) fn resume_site(&mut self, site: String, at: u64) {
+        self.site_states.remove(&site);
+        self.site_resumes.insert(site, at);
+    }
+
+    /// The log index of the last operator resume of `site` applied here (0: none).
+    pub fn site_resumed_at(&self, site: &str) -> u64 {
+        self.site_resumes.get(site).copied().unwrap_or(0)
     }
 
     pub(crate) fn set_ownership(&mut self, ownership: Arc<Ownership>) {

@@ -389,6 +389,12 @@ pub enum Request {
         results: Vec<Finished>,
         thresholds: baton_reputation::tenant::Thresholds,
     },
+    /// An operator ends `site`'s throttle or suspension: its replicated state goes (a
+    /// site starts at its configured limits) and its owner's actor, if running, resumes.
+    SiteResume {
+        site: String,
+        now_ms: u64,
+    },
     /// Accept messages received by `node`, each with its tenant: `tenants[i]` is
     /// `messages[i]`'s ("" for none, as for the null sender without AUTH; missing entries
     /// count as ""). Ingress writes this; `EnqueueFrom` stays for entries already in logs.

@@ -197,17 +197,22 @@ impl Site {
         self.state.mode == Mode::Probing
     }
 
-    /// The delivered rate over the last `increase_interval` (messages per second).
+    /// The delivered rate over the last `increase_interval` (messages per second), or
+    /// over the time since the first delivery this node saw when that is shorter (a
+    /// site that started sending moments ago is not averaged with the quiet before).
     pub fn delivered_rate(&self, now_ms: u64) -> f64 {
         let window = ms(self.cfg.increase_interval).max(1000);
         let from = now_ms.saturating_sub(window) / 1000;
-        let n: u32 = self
-            .delivered
-            .iter()
-            .filter(|(s, _)| *s >= from)
-            .map(|(_, n)| n)
-            .sum();
-        f64::from(n) * 1000.0 / window as f64
+        let mut first = None;
+        let mut n: u32 = 0;
+        for (s, count) in self.delivered.iter().filter(|(s, _)| *s >= from) {
+            first.get_or_insert(*s);
+            n += count;
+        }
+        let span = first.map_or(window, |s| {
+            now_ms.saturating_sub(s * 1000).clamp(1000, window)
+        });
+        f64::from(n) * 1000.0 / span as f64
     }
 
     /// A message was delivered (or accepted by the site, whatever happened to its

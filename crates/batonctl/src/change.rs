@@ -10,7 +10,7 @@ use crate::pb;
 
 /// Reports a change: the reply as JSON, or `what` (or `unchanged` when the change found
 /// nothing to do) with the log index.
-fn report_change(json: bool, r: &pb::ChangeReply, what: &str, unchanged: &str) {
+pub(crate) fn report_change(json: bool, r: &pb::ChangeReply, what: &str, unchanged: &str) {
     if json {
         print_json(r);
     } else if r.changed {

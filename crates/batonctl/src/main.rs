@@ -12,6 +12,7 @@
 //! - [`show`] — the read commands (status, queue, messages, message show, suppressions);
 //! - [`change`] — the commands that change the cluster (`queue retry|delete` among them);
 //! - [`events`] — the event log, listed or followed across servers;
+//! - [`site`] — destination sites and their throttle;
 //! - [`tenant`] — `tenant list|show|pause|resume` and tenant-scoped suppressions;
 //! - [`output`] — tables, JSON and time formats;
 //! - [`password`] — `hash-password`, which needs no server;
@@ -25,6 +26,7 @@ mod failure;
 mod output;
 mod password;
 mod show;
+mod site;
 mod tenant;
 
 use baton_admin_proto as pb;
@@ -93,6 +95,10 @@ enum Command {
     /// Add or remove a cluster node.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Destination sites (a domain's MX host set, or a [[shaping.site]]): their
+    /// throttle, suspension, domains and owner.
+    #[command(subcommand)]
+    Site(SiteCmd),
     /// Delivery events (received, delivered, deferred, bounced, expired, suppressed,
     /// deleted).
     Events {
@@ -270,6 +276,16 @@ enum SuppressionCmd {
 }
 
 #[derive(Subcommand)]
+enum SiteCmd {
+    /// Every known site: state, rate, connections, domains, queued, owner.
+    List,
+    /// One site in full.
+    Show { site: String },
+    /// End the site's throttle or suspension: back to its configured limits.
+    Resume { site: String },
+}
+
+#[derive(Subcommand)]
 enum NodeCmd {
     /// Add node ID, reachable by peers at ADDR (its cluster.advertise). It joins as a
     /// learner and becomes a voter once caught up.
@@ -362,6 +378,9 @@ async fn run(args: &Args) -> Result<()> {
         Command::Tenant(TenantCmd::Resume { tenant: t }) => tenant::resume(c, json, t).await,
         Command::Node(NodeCmd::Add { id, addr }) => change::add_node(c, json, *id, addr).await,
         Command::Node(NodeCmd::Remove { id }) => change::remove_node(c, json, *id).await,
+        Command::Site(SiteCmd::List) => site::list(c, json).await,
+        Command::Site(SiteCmd::Show { site }) => site::show(c, json, site).await,
+        Command::Site(SiteCmd::Resume { site }) => site::resume(c, json, site).await,
         Command::Events {
             follow,
             after,

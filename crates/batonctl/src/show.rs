@@ -102,6 +102,7 @@ pub async fn queue(client: &mut Client, json: bool) -> Result<()> {
                 d.deferred.to_string(),
                 d.in_flight.to_string(),
                 age(d.oldest_age_seconds),
+                or_dash(&d.site),
                 d.throttle.clone(),
                 if d.owner == 0 {
                     "-".into()
@@ -118,6 +119,7 @@ pub async fn queue(client: &mut Client, json: bool) -> Result<()> {
             "DEFERRED",
             "IN FLIGHT",
             "OLDEST",
+            "SITE",
             "THROTTLE",
             "OWNER",
         ],

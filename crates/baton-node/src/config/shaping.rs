@@ -148,27 +148,30 @@ impl ShapingConfig {
     /// built-in ones. A file that no longer reads or parses leaves the built-in rules,
     /// with an error in the log.
     pub fn classifier(&self) -> Classifier {
-        let Some(path) = &self.rules_file else {
-            return Classifier::default();
-        };
-        let parsed = std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                RulesFile::parse(&text, path).map_err(|problems| {
-                    problems
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-            });
-        match parsed {
-            Ok(rules) => Classifier::new(rules),
+        match self.load_rules() {
+            Ok(c) => c,
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "shaping.rules_file: using the built-in rules only");
+                tracing::error!(error = %e, "shaping.rules_file: using the built-in rules only");
                 Classifier::default()
             }
         }
+    }
+
+    /// The classifier from `rules_file` as it is now (the built-in rules alone without
+    /// one), or why the file does not read or parse, naming it and each bad line.
+    pub fn load_rules(&self) -> Result<Classifier, String> {
+        let Some(path) = &self.rules_file else {
+            return Ok(Classifier::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let rules = RulesFile::parse(&text, path).map_err(|problems| {
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Ok(Classifier::new(rules))
     }
 
     /// Every problem, each naming its key.

@@ -99,6 +99,22 @@ impl DeliveryContext {
             && !self.in_flight.moving(domain)
     }
 
+    /// Reads `shaping.rules_file` again (SIGHUP): the new rules replace the old ones,
+    /// or, when the file does not read or parse, the old ones stay and the error is
+    /// logged.
+    pub fn reload_rules(&self) {
+        match self.setup.config.load_rules() {
+            Ok(c) => {
+                let n = c.rules().len();
+                *self.classifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
+                tracing::info!(operator_rules = n, "classification rules reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "classification rules not reloaded; the previous rules stay");
+            }
+        }
+    }
+
     /// The classifier in force.
     pub fn classifier(&self) -> Arc<Classifier> {
         self.classifier

@@ -21,7 +21,7 @@ use baton_queue::types::{EventKind, Request, SiteEvent};
 use baton_reputation::classify::Verdict;
 use baton_reputation::pace::Pace;
 use baton_reputation::site::{Mode, Shaping, Site, SiteState, Transition};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -242,7 +242,9 @@ impl SiteRegistry {
                 rate: None,
                 connections: 0,
                 mode: Mode::Normal,
-                pace: Pace::default(),
+                // Nothing saved up: a new owner continues at the committed rate, with
+                // no burst of tokens earned while the site was elsewhere.
+                pace: Pace::empty(now_ms()),
                 open: 0,
                 probe_until: 0,
                 closed: false,
@@ -292,8 +294,6 @@ pub enum SiteMsg {
     ProbeOver,
     /// The clock.
     Tick,
-    /// An operator ends a suspension or throttle.
-    Resume(RpcReplyPort<bool>),
 }
 
 /// The reputation actor of one site.
@@ -312,6 +312,8 @@ pub struct SiteActorState {
     /// Replies of rules with a trigger: when each matched lately, by rule.
     seen: HashMap<String, VecDeque<u64>>,
     writer: Writer,
+    /// The last operator resume acted on (a log index).
+    resumed_at: u64,
 }
 
 impl Actor for SiteActor {
@@ -325,7 +327,13 @@ impl Actor for SiteActor {
         args: SiteArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(TICK, || SiteMsg::Tick);
+        let resumed_at = args
+            .ctx
+            .reader
+            .shared
+            .with(|i| i.site_resumed_at(&args.gate.name));
         Ok(SiteActorState {
+            resumed_at,
             writer: args.ctx.writer.clone(),
             ctx: args.ctx,
             gate: args.gate,
@@ -363,14 +371,20 @@ impl Actor for SiteActor {
                     myself.stop(None);
                     return Ok(());
                 }
+                let resumed_at = state
+                    .ctx
+                    .reader
+                    .shared
+                    .with(|i| i.site_resumed_at(&state.gate.name));
+                if resumed_at > state.resumed_at {
+                    // An operator resumed the site (the event is already logged).
+                    state.resumed_at = resumed_at;
+                    state.site.resume(now);
+                    state.gate.set(&state.site);
+                    publish(&state.gate.name, &state.site);
+                    return Ok(());
+                }
                 (state.site.tick(now), None)
-            }
-            SiteMsg::Resume(port) => {
-                let t = state.site.resume(now);
-                state.gate.set(&state.site);
-                state.commit(now, t, None).await;
-                let _ = port.send(true);
-                return Ok(());
             }
         };
         if let Some(t) = transition {

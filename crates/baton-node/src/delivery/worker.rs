@@ -266,7 +266,9 @@ impl WorkerState {
             metrics::counter!(m::SITE_REPLIES, "site" => self.gate.name.clone(), "category" => category.name())
                 .increment(1);
         }
-        if about_site(category) {
+        // The site's actor acts on the site-scoped ones; any other answer still ends a
+        // probe (the site talks again).
+        if category != Category::Delivered && category != Category::Transport {
             self.gate.tell(SiteMsg::Reply(Box::new(verdict)));
         }
         category

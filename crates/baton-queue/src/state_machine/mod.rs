@@ -310,6 +310,7 @@ impl StateMachine {
                 match op {
                     SiteOp::Map(domain, of) => index.map_site(domain, of),
                     SiteOp::State(site, state) => index.set_site_state(site, state),
+                    SiteOp::Resume(site, at) => index.resume_site(site, at),
                 }
             }
             // Under the same lock as the sites: one consistent view for delivery.

@@ -582,4 +582,8 @@ fn lease_renewals_of_voters_join_the_owner_set() {
     assert_eq!(m.sm.meta.voters, [1, 2].into());
 }
 
+#[path = "site_tests.rs"]
+mod sites;
+
+#[path = "tenant_tests.rs"]
 mod tenants;

@@ -49,6 +49,8 @@ pub(crate) enum SiteOp {
     Map(String, SiteOf),
     /// A site's throttle.
     State(String, SiteState),
+    /// An operator resumed a site (at this log index).
+    Resume(String, u64),
 }
 
 /// What the machine knows besides its store, which entries read and change.
@@ -239,6 +241,19 @@ impl<'a> Tx<'a> {
             } => {
                 response.changed =
                     self.set_site(domain, site, *base, *by, *resolved_ms, index, meta)?;
+            }
+            Request::SiteResume { site, now_ms } => {
+                self.batch.remove(site_state_key(site));
+                self.site_ops.push(SiteOp::Resume(site.clone(), index));
+                let event = SiteEvent {
+                    kind: EventKind::SiteResumed,
+                    rule: String::new(),
+                    reply: String::new(),
+                    detail: "resumed by an operator: configured limits".into(),
+                    time_ms: *now_ms,
+                };
+                self.site_event(site, &event, 0);
+                response.changed = true;
             }
             Request::SiteUpdate {
                 site,
