@@ -324,6 +324,13 @@ fn a_bad_mailbox_is_suppressed_and_a_busy_one_only_deferred() {
         .collect();
     assert_eq!(bounced.len(), 1, "{bounced:?}");
     assert_eq!(bounced[0]["recipient"], "gone@gmail.test");
+    // Its own reply, not the transaction's last one, and the rule that classified it.
+    let reply = bounced[0]["reply"].as_str().unwrap_or("");
+    assert!(
+        reply.starts_with("550 5.1.1") && reply.contains("NoSuchUser"),
+        "{reply}"
+    );
+    assert_eq!(bounced[0]["rule"], "code:5.1.1");
     let received = events(&node, "received");
     assert!(
         received
@@ -338,6 +345,13 @@ fn a_bad_mailbox_is_suppressed_and_a_busy_one_only_deferred() {
         "{deferred:?}"
     );
     assert!(!deferred.is_empty());
+    assert!(
+        deferred[0]["reply"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("450 4.2.1"),
+        "{deferred:?}"
+    );
     assert!(events(&node, "throttled").is_empty());
     assert!(events(&node, "site_suspended").is_empty());
     let (_, list, _) = ctl(&node, &["--json", "suppression", "list"]);

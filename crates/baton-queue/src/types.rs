@@ -247,6 +247,17 @@ pub struct Finished {
     pub suppress: Vec<AutoSuppression>,
     /// The deferral was the site's throttle: it does not count as an attempt.
     pub throttled: bool,
+    /// Each failed or deferred recipient's own reply and the rule that classified it,
+    /// for its event (`outcome.last_reply` is the transaction's last reply).
+    pub replies: Vec<RecipientReply>,
+}
+
+/// One recipient's reply in a [`Finished`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientReply {
+    pub recipient: String,
+    pub reply: String,
+    pub rule: String,
 }
 
 /// The event a site's transition makes.

@@ -23,6 +23,7 @@ use baton_reputation::pace::Pace;
 use baton_reputation::site::{Mode, Shaping, Site, SiteState, Transition};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub struct SiteGate {
     pub per_connection: usize,
     inner: Mutex<Gate>,
     actor: Mutex<Option<ActorRef<SiteMsg>>>,
+    /// Messages accepted since the actor last looked (it counts them on its tick:
+    /// no actor message per delivery).
+    delivered: AtomicU32,
 }
 
 struct Gate {
@@ -87,6 +91,10 @@ struct Gate {
     probe_until: u64,
     /// The actor stopped (the site moved away): nothing more goes.
     closed: bool,
+    /// Refusals about the site told to the actor and not yet decided: no token goes
+    /// out meanwhile, so parallel workers do not keep knocking on a site that just
+    /// said stop.
+    undecided: u32,
 }
 
 /// One of a site's connections, held by a worker; dropping it frees the slot.
@@ -164,6 +172,9 @@ impl SiteGate {
         if g.closed {
             return Err(Wait::Stop);
         }
+        if g.undecided > 0 {
+            return Err(Wait::For(Duration::from_millis(20)));
+        }
         match g.mode {
             Mode::Suspended { .. } => Err(Wait::Stop),
             Mode::Probing if g.probe_until > now => Err(Wait::For(Duration::from_millis(
@@ -191,12 +202,38 @@ impl SiteGate {
         }
     }
 
-    /// The site's actor, to tell it what the site said.
-    pub fn tell(&self, msg: SiteMsg) {
+    /// The site's actor, to tell it what the site said; false if there is none.
+    pub fn tell(&self, msg: SiteMsg) -> bool {
         let actor = self.actor.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(a) = actor {
-            let _ = a.cast(msg);
+        actor.is_some_and(|a| a.cast(msg).is_ok())
+    }
+
+    /// A refusal about the site: no token goes out until the actor has decided on it.
+    pub fn refused(&self, verdict: Verdict) {
+        self.lock().undecided += 1;
+        if !self.tell(SiteMsg::Refused(Box::new(verdict))) {
+            self.decided();
         }
+    }
+
+    fn decided(&self) {
+        let mut g = self.lock();
+        g.undecided = g.undecided.saturating_sub(1);
+    }
+
+    /// The site accepted a message: counted for the actor's next tick, or told at once
+    /// while probing (it ends the probe).
+    pub fn delivered(&self) {
+        if self.probing() {
+            self.tell(SiteMsg::Delivered);
+        } else {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the site is probing (one message at a time, until one settles it).
+    pub fn probing(&self) -> bool {
+        self.lock().mode == Mode::Probing
     }
 
     /// A probe's attempt ended without settling the site: another may go later.
@@ -248,8 +285,10 @@ impl SiteRegistry {
                 open: 0,
                 probe_until: 0,
                 closed: false,
+                undecided: 0,
             }),
             actor: Mutex::new(None),
+            delivered: AtomicU32::new(0),
         });
         gate.set(&throttle);
         {
@@ -288,6 +327,8 @@ impl SiteRegistry {
 pub enum SiteMsg {
     /// A classified reply from one of the site's hosts.
     Reply(Box<Verdict>),
+    /// A refusal about the site ([`SiteGate::refused`]): the gate waits for it.
+    Refused(Box<Verdict>),
     /// The site accepted a message.
     Delivered,
     /// A probe's attempt ended without an answer about the site.
@@ -359,6 +400,21 @@ impl Actor for SiteActor {
                     .signal(now, verdict.category, verdict.factor, verdict.suspend);
                 (t, Some(verdict))
             }
+            SiteMsg::Refused(verdict) => {
+                let t = if state.triggered(&verdict, now) {
+                    state
+                        .site
+                        .signal(now, verdict.category, verdict.factor, verdict.suspend)
+                } else {
+                    None
+                };
+                if t.is_some() {
+                    state.gate.set(&state.site);
+                }
+                // Decided (the gate shows it) before the commit's round trip.
+                state.gate.decided();
+                (t, Some(verdict))
+            }
             SiteMsg::Delivered => (state.site.delivered(now), None),
             SiteMsg::ProbeOver => {
                 state.gate.probe_over(now);
@@ -383,6 +439,9 @@ impl Actor for SiteActor {
                     state.gate.set(&state.site);
                     publish(&state.gate.name, &state.site);
                     return Ok(());
+                }
+                for _ in 0..state.gate.delivered.swap(0, Ordering::Relaxed) {
+                    state.site.delivered(now);
                 }
                 (state.site.tick(now), None)
             }

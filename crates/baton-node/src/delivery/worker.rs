@@ -20,7 +20,7 @@ use baton_delivery::policy::{self, Attempt, Job, Plan, Prepared};
 use baton_delivery::route::{RouteError, Target};
 use baton_queue::clock::now_ms;
 use baton_queue::db::DbError;
-use baton_queue::types::{AutoSuppression, Finished, Remote};
+use baton_queue::types::{AutoSuppression, Finished, RecipientReply, Remote};
 use baton_reputation::category::Category;
 use baton_smtp::client::OutboundMessage;
 use baton_smtp::reply::Reply;
@@ -257,6 +257,14 @@ impl WorkerState {
         Ok(())
     }
 
+    /// While the site is probing: this attempt is over (the site's actor frees the
+    /// probe if nothing it was told settled the site).
+    fn probe_over(&self) {
+        if self.gate.probing() {
+            self.gate.tell(SiteMsg::ProbeOver);
+        }
+    }
+
     /// Tells the site's actor what a remote reply says about the site; returns its
     /// category.
     fn observe(&self, reply: &str) -> Category {
@@ -268,7 +276,9 @@ impl WorkerState {
         }
         // The site's actor acts on the site-scoped ones; any other answer still ends a
         // probe (the site talks again).
-        if category != Category::Delivered && category != Category::Transport {
+        if about_site(category) {
+            self.gate.refused(verdict);
+        } else if category != Category::Delivered && category != Category::Transport {
             self.gate.tell(SiteMsg::Reply(Box::new(verdict)));
         }
         category
@@ -281,13 +291,13 @@ impl WorkerState {
             self.observe(&r.to_string());
         }
         match data_reply {
-            Some(d) if d.is_completion() => self.gate.tell(SiteMsg::Delivered),
+            Some(d) if d.is_completion() => self.gate.delivered(),
             Some(d) => {
                 self.observe(&d.to_string());
             }
             None => {}
         }
-        self.gate.tell(SiteMsg::ProbeOver);
+        self.probe_over();
     }
 
     /// Whether `rcpt` is on the global suppression list, or on that of the message's
@@ -373,7 +383,7 @@ impl WorkerState {
                 if let Some(reply) = e.reply() {
                     self.observe(&reply.to_string());
                 }
-                self.gate.tell(SiteMsg::ProbeOver);
+                self.probe_over();
                 let a = policy::from_error(plan, &reason, remote);
                 self.finish_classified(&job, token, a);
                 None
@@ -418,7 +428,7 @@ impl WorkerState {
         if let Some(reply) = failed.tried.last().and_then(|(_, e)| e.reply()) {
             self.observe(&reply.to_string());
         }
-        self.gate.tell(SiteMsg::ProbeOver);
+        self.probe_over();
         let remote = failed
             .last_target()
             .map_or_else(Remote::default, |t| Remote {
@@ -478,6 +488,29 @@ impl WorkerState {
         self.finish_with(job, token, attempt, Vec::new(), false)
     }
 
+    /// Each failed or deferred recipient's reply with the rule that classifies it (one
+    /// classification per distinct reply).
+    fn recipient_replies(&self, attempt: &Attempt) -> Vec<RecipientReply> {
+        let classifier = self.ctx.classifier();
+        let mut rules: std::collections::HashMap<&str, String> = Default::default();
+        let failed = attempt.failed.iter().map(|(r, _, reply)| (r, reply));
+        let deferred = attempt.deferred.iter().map(|(r, reply)| (r, reply));
+        failed
+            .chain(deferred)
+            .map(|(recipient, reply)| {
+                let rule = rules
+                    .entry(reply.as_str())
+                    .or_insert_with(|| classifier.classify(reply).rule)
+                    .clone();
+                RecipientReply {
+                    recipient: recipient.clone(),
+                    reply: reply.clone(),
+                    rule,
+                }
+            })
+            .collect()
+    }
+
     /// [`WorkerState::finish`], with the addresses to suppress; `throttled`: the
     /// deferral was the site's throttle, so the message is due again at once (the
     /// site's gate paces it) and the attempt is not counted.
@@ -492,6 +525,7 @@ impl WorkerState {
         let now = now_ms();
         count(&self.domain, job, &attempt, now);
         log_outcomes(job, &attempt, now);
+        let replies = self.recipient_replies(&attempt);
         let ctx = policy::Context {
             hostname: &self.ctx.hostname,
             retry: &self.ctx.retry,
@@ -513,6 +547,7 @@ impl WorkerState {
             outcome,
             suppress,
             throttled,
+            replies,
         };
         tokio::spawn(commit(self.ctx.clone(), finished, token))
     }

@@ -167,6 +167,7 @@ fn hard_bounces_suppress_with_their_reply_and_throttled_deferrals_use_no_attempt
             reply: "550 5.1.1 no such user".into(),
         }],
         throttled: true,
+        replies: Vec::new(),
     };
     m.apply(Request::Finished {
         now_ms: 400,
@@ -191,6 +192,7 @@ fn hard_bounces_suppress_with_their_reply_and_throttled_deferrals_use_no_attempt
             reply: "550 5.1.1 later".into(),
         }],
         throttled: false,
+        replies: Vec::new(),
     };
     m.apply(Request::Finished {
         now_ms: 800,

@@ -83,6 +83,7 @@ fn bounced(id: &str, rcpt: &str) -> Finished {
             reply: "550 5.1.1 no such user".into(),
         }],
         throttled: false,
+        replies: Vec::new(),
     }
 }
 

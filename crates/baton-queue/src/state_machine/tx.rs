@@ -10,6 +10,7 @@
 //!
 //! `tenants` (a child module, for the private fields): what entries do to tenants.
 
+mod sites;
 mod tenants;
 
 use super::keys::*;
@@ -18,7 +19,8 @@ use crate::db::{Batch, DbError, Store};
 use crate::ownership::Ownership;
 use crate::types::{
     AutoSuppression, DeliveryRecord, Entry, Event, EventKind, Listing, MessageMeta, NewMessage,
-    NodeId, Outcome, Remote, Request, Response, SiteEvent, SiteOf, StoredMembership, domain_of,
+    NodeId, Outcome, RecipientReply, Remote, Request, Response, SiteEvent, SiteOf,
+    StoredMembership, domain_of,
 };
 use baton_reputation::site::SiteState;
 use baton_reputation::tenant::Counts;
@@ -179,7 +181,7 @@ impl<'a> Tx<'a> {
             }
             Request::Outcomes { now_ms, results } => {
                 for outcome in results {
-                    self.outcome(outcome, *now_ms, true, &[])?;
+                    self.outcome(outcome, *now_ms, true, &[], &[])?;
                 }
                 self.expire_tombstones(*now_ms)?;
             }
@@ -194,8 +196,13 @@ impl<'a> Tx<'a> {
                     let o = &finished.outcome;
                     // Read before the outcome: its last delivery takes the tenant along.
                     let tenant = self.tenant_of(&o.id)?;
-                    let counts =
-                        self.outcome(o, *now_ms, !finished.throttled, &finished.suppress)?;
+                    let counts = self.outcome(
+                        o,
+                        *now_ms,
+                        !finished.throttled,
+                        &finished.suppress,
+                        &finished.replies,
+                    )?;
                     if let Some(tenant) = tenant
                         && counts != Counts::default()
                     {
@@ -397,72 +404,6 @@ impl<'a> Tx<'a> {
         });
     }
 
-    fn site_event(&mut self, site: &str, e: &SiteEvent, node: NodeId) {
-        self.events.push(Event {
-            time_ms: e.time_ms,
-            kind: e.kind,
-            id: String::new(),
-            recipient: String::new(),
-            domain: String::new(),
-            sender: String::new(),
-            remote: Remote::default(),
-            reply: e.reply.clone(),
-            node,
-            site: site.to_string(),
-            tenant: String::new(),
-            rule: e.rule.clone(),
-            detail: e.detail.clone(),
-        });
-    }
-
-    /// A hard bounce: the address goes on the suppression list, unless it is there.
-    fn auto_suppress(&mut self, s: &AutoSuppression, now_ms: u64) -> Result<(), DbError> {
-        let key = suppress_key(&s.address);
-        if self.state.contains(&key)? {
-            return Ok(());
-        }
-        let listing = Listing {
-            reason: format!("{}: {}", s.category, s.reply),
-            since_ms: now_ms,
-        };
-        self.batch.insert(key, encode(&listing));
-        Ok(())
-    }
-
-    /// [`Request::SetSite`]: whether it applied.
-    #[allow(clippy::too_many_arguments)]
-    fn set_site(
-        &mut self,
-        domain: &str,
-        site: &str,
-        base: u64,
-        by: NodeId,
-        resolved_ms: u64,
-        index: u64,
-        meta: &Meta,
-    ) -> Result<bool, DbError> {
-        let key = site_of_key(domain);
-        let current: Option<SiteOf> = match self.state.get(&key)? {
-            Some(v) => Some(decode(&v, "site")?),
-            None => None,
-        };
-        let (current_index, current_key) = match &current {
-            Some(c) => (c.index, c.site.as_str()),
-            None => (0, domain),
-        };
-        if current_index != base || !meta.ownership.may_deliver(by, current_key) {
-            return Ok(false);
-        }
-        let of = SiteOf {
-            site: site.to_string(),
-            index,
-            resolved_ms,
-        };
-        self.batch.insert(key, encode(&of));
-        self.site_ops.push(SiteOp::Map(domain.to_string(), of));
-        Ok(true)
-    }
-
     /// Adds a message (with a `Received` event per recipient, naming `node`, when
     /// `events`) of `tenant` ("": none); false when the id is already known.
     fn enqueue(
@@ -553,6 +494,7 @@ impl<'a> Tx<'a> {
         now_ms: u64,
         count_attempt: bool,
         hard: &[AutoSuppression],
+        replies: &[RecipientReply],
     ) -> Result<Counts, DbError> {
         let mut counts = Counts::default();
         let Some(mut record) = self.get_delivery(&o.domain, &o.id)? else {
@@ -590,9 +532,13 @@ impl<'a> Tx<'a> {
                 }
                 _ => {}
             }
-            self.event(
-                now_ms, kind, &o.id, &rcpt, &sender, &o.remote, &reply, o.node,
-            );
+            // The recipient's own reply when the attempt had one for it.
+            let own = replies.iter().find(|r| r.recipient == rcpt);
+            let text = own.map_or(reply.as_str(), |r| r.reply.as_str());
+            self.event(now_ms, kind, &o.id, &rcpt, &sender, &o.remote, text, o.node);
+            if let (Some(own), Some(e)) = (own, self.events.last_mut()) {
+                e.rule = own.rule.clone();
+            }
         }
         // The DSN's own `Received` event comes after the events of what caused it.
         if let Some(dsn) = &o.dsn
