@@ -43,24 +43,6 @@ pub struct AdminContext {
     pub classifier: Arc<dyn Fn() -> Arc<baton_reputation::classify::Classifier> + Send + Sync>,
 }
 
-/// A row of the queue summary, read under the index's lock.
-struct DomainRow {
-    domain: String,
-    queued: u64,
-    deferred: u64,
-    oldest: Option<String>,
-    suspended: bool,
-    owner: u64,
-    site: Option<String>,
-    throttle: &'static str,
-}
-
-fn unknown_site(name: &str) -> Status {
-    Status::not_found(format!(
-        "no site {name:?}: `batonctl site list` shows the known ones (a site is named by its [[shaping.site]] name, else by its MX hosts joined with commas)"
-    ))
-}
-
 /// How long a membership change may take (a learner catching up, domains moving).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Events read from the state per step of a stream.
@@ -305,7 +287,7 @@ impl Admin for AdminService {
                 } else {
                     crate::sites::state_name(index.site_state(index.owner_key(&d)))
                 };
-                rows.push(DomainRow {
+                rows.push(crate::sites::DomainRow {
                     domain: d,
                     queued,
                     deferred,
@@ -677,7 +659,7 @@ impl Admin for AdminService {
         shared
             .with(|i| crate::sites::get(i, &ownership, &name))
             .map(GrpcResponse::new)
-            .ok_or_else(|| unknown_site(&name))
+            .ok_or_else(|| crate::sites::unknown(&name))
     }
 
     async fn resume_site(
@@ -692,7 +674,7 @@ impl Admin for AdminService {
             .shared
             .with(|i| i.sites().contains_key(&name));
         if !known {
-            return Err(unknown_site(&name));
+            return Err(crate::sites::unknown(&name));
         }
         self.change(Request::SiteResume {
             site: name,

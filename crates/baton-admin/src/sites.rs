@@ -6,6 +6,7 @@ use baton_queue::index::Index;
 use baton_queue::ownership::Ownership;
 use baton_reputation::site::{Mode, SiteState};
 use std::collections::BTreeMap;
+use tonic::Status;
 
 /// A site's state in one word.
 pub(crate) fn state_name(state: Option<&SiteState>) -> &'static str {
@@ -68,4 +69,23 @@ fn one(index: &Index, ownership: &Ownership, name: String, domains: Vec<String>)
         deferred,
         name,
     }
+}
+
+/// A row of the queue summary, read under the index's lock.
+pub(crate) struct DomainRow {
+    pub domain: String,
+    pub queued: u64,
+    pub deferred: u64,
+    pub oldest: Option<String>,
+    pub suspended: bool,
+    pub owner: u64,
+    pub site: Option<String>,
+    pub throttle: &'static str,
+}
+
+/// NOT_FOUND for a site nobody knows, saying how sites are named.
+pub(crate) fn unknown(name: &str) -> Status {
+    Status::not_found(format!(
+        "no site {name:?}: `batonctl site list` shows the known ones (a site is named by its [[shaping.site]] name, else by its MX hosts joined with commas)"
+    ))
 }
