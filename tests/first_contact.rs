@@ -5,7 +5,7 @@
 use baton_tests::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -24,23 +24,6 @@ fn via_proxy(node: &Node, client: &str) -> Smtp {
     let mut s = TcpStream::connect(node.smtp).unwrap();
     s.write_all(&proxy_v1(client)).unwrap();
     Smtp::from_stream(s)
-}
-
-fn password_hash(password: &str) -> String {
-    let mut child = Command::new(bin("batonctl"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("batonctl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Writes `bytes` one at a time, `every` apart, until the peer closes or all are sent;

@@ -4,43 +4,13 @@
 
 use baton_tests::*;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Gmail's rate limit, first line as in the classification fixtures (crates/baton-reputation/tests/fixtures).
-const GMAIL_RATE: &str = "421-4.7.28 Gmail has detected an unusual rate of email originating from your IP address 127.0.0.1. To protect our users from spam, email sent from your IP address has been temporarily rate limited.\n421 4.7.28 Please visit https://support.google.com/mail/?p=UnsolicitedRateLimitError - gsmtp";
-/// Outlook's block.
-const S3150: &str = "550 5.7.1 Unfortunately, messages from [127.0.0.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).";
 const GMAIL_GONE: &str = "550-5.1.1 The email account that you tried to reach does not exist. Please try\n550-5.1.1 double-checking the recipient's email address for typos or\n550 5.1.1 unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser - gsmtp";
 const GMAIL_BUSY: &str = "450-4.2.1 The user you are trying to contact is receiving mail at a rate that\n450 4.2.1 prevents additional messages from being delivered. - gsmtp";
-
-fn ctl(node: &Node, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("batonctl"))
-        .arg("--server")
-        .arg(format!("http://{}", node.admin))
-        .args(args)
-        .env_remove("BATON_TOKEN")
-        .env_remove("BATON_SERVER")
-        .output()
-        .expect("run batonctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Events of `kind` (JSON objects), oldest first.
-fn events(node: &Node, kind: &str) -> Vec<Value> {
-    let (code, out, err) = ctl(node, &["--json", "events", "--kind", kind]);
-    assert_eq!(code, 0, "batonctl events: {err}");
-    out.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 /// A node delivering to `port` of the MX hosts `dns` names, with `shaping` appended.
 fn node(dns: &Dns, port: u16, shaping: &str) -> Node {
@@ -50,34 +20,6 @@ fn node(dns: &Dns, port: u16, shaping: &str) -> Node {
         tail: shaping.to_string(),
         ..Default::default()
     })
-}
-
-/// Queues `n` messages to `to` over one session.
-fn queue(node: &Node, n: usize, to: &str) {
-    let mut c = node.smtp();
-    c.hello();
-    for i in 0..n {
-        let body = format!("From: <s@src.test>\r\nTo: <{to}>\r\nSubject: m{i}\r\n\r\nHello.\r\n");
-        let reply = c.send_mail("s@src.test", &[to], &body);
-        assert!(reply.starts_with("250 "), "{reply}");
-    }
-    c.cmd("QUIT", "221");
-}
-
-/// Counts per wall-clock second (the sink's windows) of `times` (unix ms).
-fn per_second(times: &[u64]) -> BTreeMap<u64, usize> {
-    let mut out = BTreeMap::new();
-    for t in times {
-        *out.entry(t / 1000).or_insert(0) += 1;
-    }
-    out
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The sink accepts R messages a second and answers Gmail's 421 beyond. Baton slows
@@ -103,7 +45,7 @@ fn a_rate_limited_site_is_paced_below_its_limit_and_climbs_back() {
         "[shaping]\nconnections = 4\ndecrease_factor = 0.7\nmin_decrease_interval = \"500ms\"\n\
          increase_interval = \"1s\"\nincrease_step = 0.1\nmin_rate = \"60/min\"\n",
     );
-    queue(&node, MESSAGES, "user@gmail.test");
+    queue_messages(&node, MESSAGES, "user@gmail.test");
 
     // Limited for 15 seconds of deliveries.
     let first = wait_until("the first delivery", WAIT, || {
@@ -216,7 +158,7 @@ fn a_block_suspends_the_site_until_one_probe_gets_through() {
         port,
         "[shaping]\nsuspend = \"3s\"\nmax_suspend = \"1m\"\nmin_rate = \"60/min\"\n",
     );
-    queue(&node, 3, "user@outlook.test");
+    queue_messages(&node, 3, "user@outlook.test");
 
     let first = wait_until("the first refusal", WAIT, || {
         sink.hit_times_ms(0).first().copied()
@@ -230,13 +172,17 @@ fn a_block_suspends_the_site_until_one_probe_gets_through() {
         "{suspended}"
     );
     // Explained: the site, and the queue's view of its domain.
-    let (code, out, err) = ctl(&node, &["--json", "site", "show", "mx.outlook.test"]);
+    let Ctl {
+        code,
+        stdout: out,
+        stderr: err,
+    } = ctl(&node, &["--json", "site", "show", "mx.outlook.test"]);
     assert_eq!(code, 0, "{err}");
     let site: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(site["state"], "suspended", "{site}");
     assert_eq!(site["domains"][0], "outlook.test", "{site}");
     assert!(site["suspended_until_unix_ms"].as_u64().unwrap_or(0) > first);
-    let (_, out, _) = ctl(&node, &["--json", "queue"]);
+    let out = ctl(&node, &["--json", "queue"]).stdout;
     let queue: Value = serde_json::from_str(&out).expect("json");
     let row = &queue["domains"][0];
     assert_eq!(row["domain"], "outlook.test");
@@ -267,7 +213,7 @@ fn a_block_suspends_the_site_until_one_probe_gets_through() {
     assert_eq!(delivered.len(), 3);
     assert!(!events(&node, "site_resumed").is_empty());
     assert_eq!(node.metric("baton_messages_bounced_total"), 0.0);
-    let (_, list, _) = ctl(&node, &["--json", "suppression", "list"]);
+    let list = ctl(&node, &["--json", "suppression", "list"]).stdout;
     assert!(!list.contains("outlook.test"), "{list}");
 }
 
@@ -300,7 +246,7 @@ fn a_bad_mailbox_is_suppressed_and_a_busy_one_only_deferred() {
 
     let started = Instant::now();
     let entry = wait_until("the suppression", WAIT, || {
-        let (_, out, _) = ctl(&node, &["--json", "suppression", "list"]);
+        let out = ctl(&node, &["--json", "suppression", "list"]).stdout;
         let v: Value = serde_json::from_str(&out).ok()?;
         v["entries"]
             .as_array()?
@@ -354,7 +300,7 @@ fn a_bad_mailbox_is_suppressed_and_a_busy_one_only_deferred() {
     );
     assert!(events(&node, "throttled").is_empty());
     assert!(events(&node, "site_suspended").is_empty());
-    let (_, list, _) = ctl(&node, &["--json", "suppression", "list"]);
+    let list = ctl(&node, &["--json", "suppression", "list"]).stdout;
     assert!(!list.contains("busy@"), "{list}");
 
     c.cmd("MAIL FROM:<s@src.test>", "250");
@@ -377,12 +323,16 @@ fn an_operator_resumes_a_suspended_site() {
     let rules = format!("[[rule]]\nstage = \"mail\"\nreply = '''{S3150}'''\n");
     let sink = Sink::start_with_rules(format!("127.0.0.76:{port}").parse().unwrap(), &rules);
     let node = node(&dns, port, "[shaping]\nsuspend = \"1h\"\n");
-    queue(&node, 2, "user@outlook.test");
+    queue_messages(&node, 2, "user@outlook.test");
     wait_until("site_suspended", WAIT, || {
         events(&node, "site_suspended").first().cloned()
     });
     sink.set_rules("");
-    let (code, out, err) = ctl(&node, &["site", "resume", "mx.outlook.test"]);
+    let Ctl {
+        code,
+        stdout: out,
+        stderr: err,
+    } = ctl(&node, &["site", "resume", "mx.outlook.test"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("resumed"), "{out}");
     // An hour's suspension ends now: the mail goes.
@@ -394,13 +344,17 @@ fn an_operator_resumes_a_suspended_site() {
             .any(|e| e["detail"].as_str().unwrap_or("").contains("operator")),
         "{resumed:?}"
     );
-    let (_, out, _) = ctl(&node, &["--json", "site", "show", "mx.outlook.test"]);
+    let out = ctl(&node, &["--json", "site", "show", "mx.outlook.test"]).stdout;
     let site: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(site["state"], "normal", "{site}");
-    let (code, _, err) = ctl(&node, &["site", "resume", "mx.nowhere.test"]);
+    let Ctl {
+        code, stderr: err, ..
+    } = ctl(&node, &["site", "resume", "mx.nowhere.test"]);
     assert_eq!(code, 1);
     assert!(err.contains("no site"), "{err}");
-    let (code, out, _) = ctl(&node, &["site", "list"]);
+    let Ctl {
+        code, stdout: out, ..
+    } = ctl(&node, &["site", "list"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("mx.outlook.test") && out.contains("normal"),
@@ -425,7 +379,11 @@ fn sighup_reloads_the_classification_rules() {
         ..Default::default()
     });
     let rule = |node: &Node| {
-        let (code, out, err) = ctl(node, &["--json", "classify", "550 5.7.1 FOOBAR here"]);
+        let Ctl {
+            code,
+            stdout: out,
+            stderr: err,
+        } = ctl(node, &["--json", "classify", "550 5.7.1 FOOBAR here"]);
         assert_eq!(code, 0, "{err}");
         let v: Value = serde_json::from_str(&out).expect("json");
         v["rule"].as_str().unwrap_or("").to_string()

@@ -4,31 +4,19 @@
 
 use baton_tests::*;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-const GMAIL_RATE: &str = "421-4.7.28 Gmail has detected an unusual rate of email originating from your IP address 127.0.0.1. To protect our users from spam, email sent from your IP address has been temporarily rate limited.\n421 4.7.28 Please visit https://support.google.com/mail/?p=UnsolicitedRateLimitError - gsmtp";
-const S3150: &str = "550 5.7.1 Unfortunately, messages from [127.0.0.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).";
-
-/// `batonctl --json ARGS` against `node`, parsed; None when it failed.
-fn ctl_json(node: &Node, args: &[&str]) -> Option<Value> {
-    let out = Command::new(bin("batonctl"))
-        .arg("--server")
-        .arg(format!("http://{}", node.admin))
-        .arg("--json")
-        .args(args)
-        .env_remove("BATON_TOKEN")
-        .env_remove("BATON_SERVER")
-        .output()
-        .ok()?;
-    if !out.status.success() {
+/// `batonctl --json ARGS` against `node`, parsed; None when it failed (a node may be
+/// down, or the site not known yet).
+fn try_json(node: &Node, args: &[&str]) -> Option<Value> {
+    let out = ctl(node, &[&["--json"][..], args].concat());
+    if out.code != 0 {
         return None;
     }
-    serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).ok()
+    serde_json::from_str(&out.stdout).ok()
 }
 
 /// Three nodes with a 3 s delivery lease, delivering through `dns` to `port`, with
@@ -61,28 +49,6 @@ fn cluster(dns: &Dns, port: u16, shaping: &str) -> Vec<Node> {
     nodes
 }
 
-fn queue(node: &Node, n: usize, to: &str) {
-    let mut c = node.smtp();
-    c.hello();
-    for i in 0..n {
-        let reply = c.send_mail(
-            "s@src.test",
-            &[to],
-            &format!("Subject: m{i}\r\n\r\nHello.\r\n"),
-        );
-        assert!(reply.starts_with("250 "), "{reply}");
-    }
-    c.cmd("QUIT", "221");
-}
-
-fn per_second(times: &[u64]) -> BTreeMap<u64, usize> {
-    let mut out = BTreeMap::new();
-    for t in times {
-        *out.entry(t / 1000).or_insert(0) += 1;
-    }
-    out
-}
-
 /// The site's state as a node other than `not` sees it, once `ready` holds.
 fn site(nodes: &[Node], not: Option<usize>, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
     wait_until(&format!("site {name} as wanted"), WAIT, || {
@@ -90,7 +56,7 @@ fn site(nodes: &[Node], not: Option<usize>, name: &str, ready: impl Fn(&Value) -
             .iter()
             .enumerate()
             .filter(|(i, _)| Some(*i) != not)
-            .find_map(|(_, n)| ctl_json(n, &["site", "show", name]))
+            .find_map(|(_, n)| try_json(n, &["site", "show", name]))
             .filter(|s| ready(s))
     })
 }
@@ -114,7 +80,7 @@ fn a_throttled_site_s_new_owner_does_not_start_at_full_speed() {
         "[shaping]\nconnections = 4\ndecrease_factor = 0.5\nmin_decrease_interval = \"500ms\"\n\
          increase_interval = \"30s\"\nmin_rate = \"60/min\"\n",
     );
-    queue(&nodes[0], 300, "user@gmail.test");
+    queue_messages(&nodes[0], 300, "user@gmail.test");
     // Throttled, and slow to climb back (30 s intervals): the rate at the kill is the
     // one the next owner must keep.
     let s = site(&nodes, None, "mx1.gmail.test", |s| {
@@ -181,7 +147,7 @@ fn a_suspended_site_stays_suspended_when_its_owner_dies() {
         port,
         "[shaping]\nsuspend = \"15s\"\nmin_rate = \"60/min\"\n",
     );
-    queue(&nodes[0], 5, "user@outlook.test");
+    queue_messages(&nodes[0], 5, "user@outlook.test");
     let s = site(&nodes, None, "mx.outlook.test", |s| {
         s["state"] == "suspended"
     });
@@ -212,11 +178,4 @@ fn a_suspended_site_stays_suspended_when_its_owner_dies() {
         until - accepted[0]
     );
     assert_eq!(got.len(), 5);
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

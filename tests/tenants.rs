@@ -7,55 +7,14 @@
 use base64::Engine;
 use baton_tests::*;
 use serde_json::Value;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Ctl {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ctl(node: &Node, args: &[&str]) -> Ctl {
-    let out = Command::new(bin("batonctl"))
-        .arg("--server")
-        .arg(format!("http://{}", node.admin))
-        .args(args)
-        .env_remove("BATON_TOKEN")
-        .env_remove("BATON_SERVER")
-        .output()
-        .expect("run batonctl");
-    Ctl {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// `batonctl --json ARGS`, which must succeed: its JSON document.
-fn json(node: &Node, args: &[&str]) -> Value {
-    let out = ctl(node, &[&["--json"][..], args].concat());
-    assert_eq!(out.code, 0, "batonctl {args:?}: {}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.stdout))
-}
-
-/// Events of `kind`, oldest first.
-fn events(node: &Node, kind: &str) -> Vec<Value> {
-    let out = ctl(node, &["--json", "events", "--kind", kind]);
-    assert_eq!(out.code, 0, "batonctl events: {}", out.stderr);
-    out.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("an event"))
-        .collect()
-}
-
 /// `tenant show NAME --json`'s tenant.
 fn tenant(node: &Node, name: &str) -> Value {
-    json(node, &["tenant", "show", name])["tenant"].clone()
+    ctl_json(node, &["tenant", "show", name])["tenant"].clone()
 }
 
 /// [`tenant`], or none while none of its mail is counted (`tenant show` exits 1).
@@ -79,26 +38,6 @@ fn tenant_metric(node: &Node, name: &str, t: &str) -> Option<f64> {
     node.metrics()
         .lines()
         .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
-}
-
-fn password_hash(password: &str) -> String {
-    let mut child = Command::new(bin("batonctl"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("batonctl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write the password");
-    let out = child.wait_with_output().expect("hash-password");
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
 }
 
 /// A session authenticated as `user`.
@@ -268,7 +207,7 @@ fn a_tenant_past_its_bounce_rate_is_paused_and_held_until_resumed_while_another_
         "{}",
         paused_events[0]
     );
-    let list = json(&node, &["tenant", "list"]);
+    let list = ctl_json(&node, &["tenant", "list"]);
     let standings: Vec<(String, String)> = list["tenants"]
         .as_array()
         .expect("tenants")
@@ -298,7 +237,7 @@ fn a_tenant_past_its_bounce_rate_is_paused_and_held_until_resumed_while_another_
     );
 
     // Resumed: a fresh window, 250 again, and the held mail goes.
-    let r = json(&node, &["tenant", "resume", "t1"]);
+    let r = ctl_json(&node, &["tenant", "resume", "t1"]);
     assert_eq!(r["changed"], true);
     let resumed = events(&node, "tenant_resumed");
     assert_eq!(resumed.len(), 1);
@@ -327,7 +266,7 @@ fn a_tenant_past_its_bounce_rate_is_paused_and_held_until_resumed_while_another_
     assert_eq!(t["standing"], "good", "{t}");
     assert!(number(&t["attempted"]) <= held + 1, "{t}");
     // Nothing left to resume; an unknown tenant is refused.
-    let again = json(&node, &["tenant", "resume", "t1"]);
+    let again = ctl_json(&node, &["tenant", "resume", "t1"]);
     assert_eq!(again["changed"], false);
     let unknown = ctl(&node, &["tenant", "resume", "nobody"]);
     assert_eq!(unknown.code, 1);
@@ -360,7 +299,7 @@ fn suppression_for_one_tenant_and_a_pause_by_hand() {
     let reply = c.send_mail("x@b.test", &["bob@dst.test"], "Subject: early b\r\n\r\nx");
     assert!(reply.starts_with("250 "), "{reply}");
 
-    let r = json(
+    let r = ctl_json(
         &node,
         &[
             "suppression",
@@ -373,7 +312,7 @@ fn suppression_for_one_tenant_and_a_pause_by_hand() {
         ],
     );
     assert_eq!(r["changed"], true);
-    let list = json(&node, &["suppression", "list"]);
+    let list = ctl_json(&node, &["suppression", "list"]);
     let entries = list["entries"].as_array().expect("entries");
     assert_eq!(entries.len(), 1, "{list}");
     assert_eq!(entries[0]["address"], "bob@dst.test");
@@ -406,7 +345,7 @@ fn suppression_for_one_tenant_and_a_pause_by_hand() {
     assert_eq!(senders, ["x@b.test", "x@b.test"], "{got:?}");
 
     // Removed: a.test may send to bob again; no global entry was there to remove.
-    let r = json(
+    let r = ctl_json(
         &node,
         &[
             "suppression",
@@ -417,14 +356,14 @@ fn suppression_for_one_tenant_and_a_pause_by_hand() {
         ],
     );
     assert_eq!(r["changed"], true);
-    let r = json(&node, &["suppression", "remove", "bob@dst.test"]);
+    let r = ctl_json(&node, &["suppression", "remove", "bob@dst.test"]);
     assert_eq!(r["changed"], false);
     c.cmd("MAIL FROM:<x@a.test>", "250");
     c.cmd("RCPT TO:<bob@dst.test>", "250");
     c.cmd("RSET", "250");
 
     // A pause by hand: the operator's reason at MAIL, other tenants unaffected.
-    let r = json(
+    let r = ctl_json(
         &node,
         &["tenant", "pause", "a.test", "--reason", "spam run reported"],
     );
@@ -448,7 +387,7 @@ fn suppression_for_one_tenant_and_a_pause_by_hand() {
         (Some("a.test"), Some("operator"))
     );
     assert_eq!(
-        json(&node, &["tenant", "resume", "a.test"])["changed"],
+        ctl_json(&node, &["tenant", "resume", "a.test"])["changed"],
         true
     );
     c.cmd("MAIL FROM:<x@a.test>", "250");

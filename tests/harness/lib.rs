@@ -5,10 +5,15 @@
 //! - [`Sink`] — `baton-sink`, a real SMTP server that writes each message to a directory;
 //! - [`Node`] — `batond` with a generated config, ready when `/readyz` says 200;
 //! - [`Smtp`] — a line-level SMTP client for transcript tests (raw bytes allowed);
-//! - [`wait_until`] — bounded polling for a condition.
+//! - [`wait_until`] — bounded polling for a condition;
+//! - `ops` — `batonctl` against a node ([`ctl`], [`ctl_json`], [`events`]), password
+//!   hashes, scripted receivers' replies and per-second counts.
 //!
 //! Binaries are found next to the test executable (`target/<profile>/`); `cargo test
 //! --workspace` builds them because their packages have integration tests.
+
+mod ops;
+pub use ops::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -539,7 +539,7 @@ mod tests {
         ]
     }
 
-    /// The texts CONTRACT.md promises for tenants, to the letter.
+    /// The tenant replies exactly as the README's "SMTP replies" table gives them.
     #[test]
     fn tenant_replies_read_as_the_contract_says() {
         assert_eq!(

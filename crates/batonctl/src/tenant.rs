@@ -2,6 +2,7 @@
 //! T`, and the tenant scope of `suppression add|remove ADDR --tenant T`. Each prints the
 //! reply as JSON with `--json`, else as text.
 
+use crate::change::report_change;
 use crate::connect::Client;
 use crate::failure::Result;
 use crate::output::{or_dash, print_json, table, time};
@@ -143,16 +144,6 @@ pub async fn show(client: &mut Client, json: bool, tenant: &str) -> Result<()> {
     Ok(())
 }
 
-fn report(json: bool, r: &pb::ChangeReply, what: &str, unchanged: &str) {
-    if json {
-        print_json(r);
-    } else if r.changed {
-        println!("{what} (log index {})", r.index);
-    } else {
-        println!("{unchanged} (log index {})", r.index);
-    }
-}
-
 /// `tenant pause T [--reason R]`.
 pub async fn pause(client: &mut Client, json: bool, tenant: &str, reason: &str) -> Result<()> {
     let r = client
@@ -162,7 +153,7 @@ pub async fn pause(client: &mut Client, json: bool, tenant: &str, reason: &str) 
         })
         .await?
         .into_inner();
-    report(
+    report_change(
         json,
         &r,
         &format!("tenant {tenant}: paused (MAIL gets 450 4.7.1, queued mail held)"),
@@ -179,7 +170,7 @@ pub async fn resume(client: &mut Client, json: bool, tenant: &str) -> Result<()>
         })
         .await?
         .into_inner();
-    report(
+    report_change(
         json,
         &r,
         &format!("tenant {tenant}: resumed, a fresh window starts and its held mail goes"),
@@ -204,7 +195,7 @@ pub async fn add_suppression(
         })
         .await?
         .into_inner();
-    report(
+    report_change(
         json,
         &r,
         &format!("{address}: suppressed for tenant {tenant}"),
@@ -227,7 +218,7 @@ pub async fn remove_suppression(
         })
         .await?
         .into_inner();
-    report(
+    report_change(
         json,
         &r,
         &format!("{address}: removed from tenant {tenant}'s suppression list"),

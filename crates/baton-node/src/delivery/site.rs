@@ -391,23 +391,9 @@ impl Actor for SiteActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = now_ms();
         let (transition, verdict) = match msg {
-            SiteMsg::Reply(verdict) => {
-                if !state.triggered(&verdict, now) {
-                    return Ok(());
-                }
-                let t = state
-                    .site
-                    .signal(now, verdict.category, verdict.factor, verdict.suspend);
-                (t, Some(verdict))
-            }
+            SiteMsg::Reply(verdict) => (state.signal(&verdict, now), Some(verdict)),
             SiteMsg::Refused(verdict) => {
-                let t = if state.triggered(&verdict, now) {
-                    state
-                        .site
-                        .signal(now, verdict.category, verdict.factor, verdict.suspend)
-                } else {
-                    None
-                };
+                let t = state.signal(&verdict, now);
                 if t.is_some() {
                     state.gate.set(&state.site);
                 }
@@ -458,6 +444,15 @@ impl SiteActorState {
     /// Whether this node still delivers the site.
     fn still_mine(&self) -> bool {
         self.ctx.owns_key(&self.gate.name)
+    }
+
+    /// The throttle's answer to `verdict`, once its rule's trigger (if any) is reached.
+    fn signal(&mut self, verdict: &Verdict, now: u64) -> Option<Transition> {
+        if !self.triggered(verdict, now) {
+            return None;
+        }
+        self.site
+            .signal(now, verdict.category, verdict.factor, verdict.suspend)
     }
 
     /// Whether `verdict` acts now: at once, or its rule's count was reached within

@@ -25,6 +25,7 @@ use baton_reputation::category::Category;
 use baton_smtp::client::OutboundMessage;
 use baton_smtp::reply::Reply;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -371,7 +372,7 @@ impl WorkerState {
                 self.observe_transaction(&rcpt_replies, data_reply.as_ref());
                 // Logged per recipient by `finish`.
                 let a = policy::from_transaction(plan, &rcpt_replies, data_reply.as_ref(), remote);
-                Some(self.finish_classified(&job, token, a))
+                Some(self.finish_classified(&job, token, a, None))
             }
             Err(ConnError::Abandoned) => {
                 tracing::info!(id = %job.id, "delivery abandoned before the final dot");
@@ -385,7 +386,7 @@ impl WorkerState {
                 }
                 self.probe_over();
                 let a = policy::from_error(plan, &reason, remote);
-                self.finish_classified(&job, token, a);
+                self.finish_classified(&job, token, a, e.reply().map(|r| (reason.as_str(), r)));
                 None
             }
         }
@@ -436,13 +437,20 @@ impl WorkerState {
                 ip: t.addr.ip().to_string(),
                 tls: String::new(),
             });
-        self.finish(&job, token, policy::defer_all(&job, &reason, remote));
+        // A refusal at the greeting is the site's answer for everything waiting.
+        let refusal = failed
+            .tried
+            .last()
+            .and_then(|(_, e)| e.reply())
+            .map(|r| (reason.as_str(), r));
+        let a = policy::defer_all(&job, &reason, remote);
+        self.finish_classified(&job, token, a, refusal);
         if self.live().await == 0 {
             while let Some(token) = self.next().await? {
                 match self.load(&token) {
                     Some(job) => {
                         let a = policy::defer_all(&job, &reason, Remote::default());
-                        self.finish(&job, token, a);
+                        self.finish_classified(&job, token, a, refusal);
                     }
                     None => release_later(token),
                 }
@@ -452,66 +460,68 @@ impl WorkerState {
     }
 
     /// Commits the outcome of an attempt that reached the remote: refusals about the
-    /// site defer (even a 5xx) without using up an attempt, and hard bounces suppress
-    /// the address.
+    /// site defer (even a 5xx) without using up an attempt, hard bounces suppress the
+    /// address, and each failed or deferred recipient keeps its own reply and the rule
+    /// that classified it. `refusal`: the reason every recipient was deferred with and
+    /// the remote reply in it (a refusal before the message), classified by that reply.
     fn finish_classified(
         &self,
         job: &Job,
         token: InFlight,
         mut attempt: Attempt,
+        refusal: Option<(&str, &Reply)>,
     ) -> JoinHandle<()> {
+        // Each distinct reply classified once.
         let classifier = self.ctx.classifier();
+        let mut verdicts: HashMap<String, (Category, String)> = HashMap::new();
+        if let Some((reason, reply)) = refusal {
+            let v = classifier.classify(&reply.to_string());
+            verdicts.insert(reason.to_string(), (v.category, v.rule));
+        }
+        let failed = attempt.failed.iter().map(|(_, _, reply)| reply);
+        for reply in failed.chain(attempt.deferred.iter().map(|(_, reply)| reply)) {
+            if !verdicts.contains_key(reply) {
+                let v = classifier.classify(reply);
+                verdicts.insert(reply.clone(), (v.category, v.rule));
+            }
+        }
+        let category = |reply: &str| verdicts.get(reply).map(|v| v.0);
         let throttled = policy::site_refusals(&mut attempt, |reply| {
-            about_site(classifier.classify(reply).category)
+            category(reply).is_some_and(about_site)
         });
         let suppress: Vec<AutoSuppression> = attempt
             .failed
             .iter()
             .filter_map(|(address, _, reply)| {
-                let verdict = classifier.classify(reply);
-                (verdict.category.is_hard_bounce() && reply.starts_with('5')).then(|| {
-                    AutoSuppression {
-                        address: address.to_ascii_lowercase(),
-                        category: verdict.category.name().to_string(),
-                        reply: reply.clone(),
-                    }
+                let c = category(reply).filter(|c| c.is_hard_bounce() && reply.starts_with('5'))?;
+                Some(AutoSuppression {
+                    address: address.to_ascii_lowercase(),
+                    category: c.name().to_string(),
+                    reply: reply.clone(),
                 })
             })
             .collect();
         metrics::counter!(m::AUTO_SUPPRESSED).increment(suppress.len() as u64);
-        self.finish_with(job, token, attempt, suppress, throttled)
+        let failed = attempt.failed.iter().map(|(r, _, reply)| (r, reply));
+        let replies = failed
+            .chain(attempt.deferred.iter().map(|(r, reply)| (r, reply)))
+            .map(|(recipient, reply)| RecipientReply {
+                recipient: recipient.clone(),
+                reply: reply.clone(),
+                rule: verdicts.get(reply).map(|v| v.1.clone()).unwrap_or_default(),
+            })
+            .collect();
+        self.finish_with(job, token, attempt, suppress, throttled, replies)
     }
 
     /// Commits the outcome of `attempt` in a task of its own; the message stays in
     /// flight (the task holds its token) until the outcome is committed.
     fn finish(&self, job: &Job, token: InFlight, attempt: Attempt) -> JoinHandle<()> {
-        self.finish_with(job, token, attempt, Vec::new(), false)
+        self.finish_with(job, token, attempt, Vec::new(), false, Vec::new())
     }
 
-    /// Each failed or deferred recipient's reply with the rule that classifies it (one
-    /// classification per distinct reply).
-    fn recipient_replies(&self, attempt: &Attempt) -> Vec<RecipientReply> {
-        let classifier = self.ctx.classifier();
-        let mut rules: std::collections::HashMap<&str, String> = Default::default();
-        let failed = attempt.failed.iter().map(|(r, _, reply)| (r, reply));
-        let deferred = attempt.deferred.iter().map(|(r, reply)| (r, reply));
-        failed
-            .chain(deferred)
-            .map(|(recipient, reply)| {
-                let rule = rules
-                    .entry(reply.as_str())
-                    .or_insert_with(|| classifier.classify(reply).rule)
-                    .clone();
-                RecipientReply {
-                    recipient: recipient.clone(),
-                    reply: reply.clone(),
-                    rule,
-                }
-            })
-            .collect()
-    }
-
-    /// [`WorkerState::finish`], with the addresses to suppress; `throttled`: the
+    /// [`WorkerState::finish`], with the addresses to suppress and each recipient's
+    /// reply; `throttled`: the
     /// deferral was the site's throttle, so the message is due again at once (the
     /// site's gate paces it) and the attempt is not counted.
     fn finish_with(
@@ -521,11 +531,11 @@ impl WorkerState {
         attempt: Attempt,
         suppress: Vec<AutoSuppression>,
         throttled: bool,
+        replies: Vec<RecipientReply>,
     ) -> JoinHandle<()> {
         let now = now_ms();
         count(&self.domain, job, &attempt, now);
         log_outcomes(job, &attempt, now);
-        let replies = self.recipient_replies(&attempt);
         let ctx = policy::Context {
             hostname: &self.ctx.hostname,
             retry: &self.ctx.retry,
