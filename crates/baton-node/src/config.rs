@@ -4,6 +4,7 @@
 //! of `batond check-config` lists everything.
 
 mod checks;
+mod external;
 mod parse;
 mod shaping;
 #[cfg(test)]
@@ -109,6 +110,8 @@ impl Default for EventsConfig {
 pub struct NodeConfig {
     /// Raft node id, unique in the cluster, > 0.
     pub id: u64,
+    /// Take the id from the host name's trailing `-N` (a StatefulSet's ordinal): N + 1.
+    pub id_from_hostname: bool,
     /// Where the log, the state and snapshots live.
     pub data_dir: PathBuf,
 }
@@ -117,6 +120,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             id: 1,
+            id_from_hostname: false,
             data_dir: PathBuf::from("/var/lib/baton"),
         }
     }
@@ -247,6 +251,8 @@ pub struct SmtpConfig {
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "user")]
     pub users: Vec<UserConfig>,
+    /// A TOML file of `[[user]]` tables (the keys of `[[smtp.user]]`), added to `users`.
+    pub users_file: Option<PathBuf>,
 }
 
 impl Default for SmtpConfig {
@@ -266,6 +272,7 @@ impl Default for SmtpConfig {
             reserved_connections: None,
             listeners: Vec::new(),
             users: Vec::new(),
+            users_file: None,
         }
     }
 }
@@ -459,8 +466,11 @@ impl Config {
     /// Parses and validates TOML: every problem, parse errors and [`Config::validate`]'s
     /// together (those about a key already reported as bad are left out).
     pub fn check(text: &str) -> Result<Config, ConfigErrors> {
-        let parsed = parse::parse(text);
+        let mut parsed = parse::parse(text);
         let mut errors = parsed.errors.clone();
+        if let Some(config) = &mut parsed.config {
+            external::resolve(config, &mut errors);
+        }
         if let Some(config) = &parsed.config
             && let Err(problems) = config.validate()
         {
@@ -486,6 +496,8 @@ impl Config {
                 reason: format!("cannot read {}: {e}", path.display()),
             }])
         })?;
+        let text =
+            external::expand_env(&text, |name| std::env::var(name).ok()).map_err(ConfigErrors)?;
         Config::check(&text)
     }
 
@@ -562,15 +574,6 @@ impl Config {
             || self.cluster.lease > Duration::from_secs(600)
         {
             err("cluster.lease".into(), "must be between 2s and 10m".into());
-        }
-        if self.cluster.bootstrap && !self.cluster.join.is_empty() {
-            err(
-                "cluster.join".into(),
-                "cluster.bootstrap = true forms a new cluster at once, so join would be \
-                 ignored (and a second cluster formed): bootstrap the first node only, \
-                 give the others join"
-                    .into(),
-            );
         }
         if !self.cluster.listen.ip().is_loopback() && !self.cluster.insecure {
             err(

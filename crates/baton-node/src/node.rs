@@ -104,7 +104,9 @@ fn queue_options(config: &Config) -> QueueOptions {
         node_id: config.node.id,
         data_dir: config.node.data_dir.clone(),
         advertise: config.cluster.advertise.clone(),
-        bootstrap: config.cluster.bootstrap,
+        // With seeds to ask, whether to form a cluster is decided after asking them
+        // (the membership component); without, at once.
+        bootstrap: config.cluster.bootstrap && config.cluster.join.is_empty(),
         snapshot_logs: config.cluster.snapshot_logs,
     }
 }
