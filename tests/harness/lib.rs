@@ -640,6 +640,9 @@ pub struct NodeOptions {
     pub join: Vec<SocketAddr>,
     /// Extra TOML appended to `[cluster]`.
     pub cluster: String,
+    /// `[cluster] listen` and `advertise` (default: a free port on 127.0.0.1), for tests
+    /// that must know every node's address before any starts.
+    pub raft: Option<SocketAddr>,
     /// Run inside a network namespace of a [`Net`]: (namespace, mail address for SMTP
     /// and HTTP, cluster address for Raft).
     pub netns: Option<(String, std::net::Ipv4Addr, std::net::Ipv4Addr)>,
@@ -665,6 +668,7 @@ impl Default for NodeOptions {
             bootstrap: true,
             join: Vec::new(),
             cluster: String::new(),
+            raft: None,
             netns: None,
             admin_token: None,
             admin_tls: None,
@@ -696,7 +700,8 @@ impl Node {
                 format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
                 format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
                 free_port(),
-                format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+                opts.raft
+                    .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr")),
             ),
         };
         let admin_addr: SocketAddr = match &opts.netns {

@@ -203,23 +203,26 @@ impl Membership {
         let s = &self.0;
         let c = &s.config;
         let seeds = &c.cluster.join;
-        say!("no cluster state: asking {seeds:?} whether a cluster exists before forming one");
+        tracing::info!(
+            ?seeds,
+            "no cluster state: asking the seeds whether a cluster exists before forming one"
+        );
         let deadline = tokio::time::Instant::now() + JOIN_FOR;
         let mut last = baton_cluster::join::Probed::default();
         while tokio::time::Instant::now() < deadline && !*s.stopping.borrow() {
             let probed = baton_cluster::join::probe(&s.peers, seeds, Duration::from_secs(2)).await;
             if probed.members > 0 {
-                say!(
-                    "a cluster exists ({} of the seeds are members): joining it",
-                    probed.members
+                tracing::info!(
+                    members = probed.members,
+                    "a cluster exists among the seeds: joining it"
                 );
                 return Ok(false);
             }
             if probed.may_form(seeds.len()) {
-                say!(
-                    "no cluster among the seeds ({} without state, {} silent): forming one",
-                    probed.empty,
-                    probed.silent
+                tracing::info!(
+                    empty = probed.empty,
+                    silent = probed.silent,
+                    "no cluster among the seeds: forming one"
                 );
                 s.queue
                     .form(&c.cluster.advertise)
