@@ -120,12 +120,35 @@ def template(chart=CHART, values=(), sets=()):
     return helm(*args, chart=chart)
 
 
+class StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last;
+    the API server's decoder refuses it)."""
+
+
+def _mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def render(name, values=(), sets=()):
     """Renders and parses; returns the objects, or [] after recording the failure."""
     r = template(values=values, sets=sets)
     if not check(r.returncode == 0, f"{name}: helm template failed:\n{indent(r.stderr)}"):
         return []
-    return [d for d in yaml.safe_load_all(r.stdout) if d]
+    try:
+        return [d for d in yaml.load_all(r.stdout, Loader=StrictLoader) if d]
+    except yaml.YAMLError as e:
+        check(False, f"{name}: the rendered YAML does not parse strictly: {e}")
+        return [d for d in yaml.safe_load_all(r.stdout) if d]
 
 
 def validate(name, objs):
@@ -306,6 +329,24 @@ def check_common(name, objs, replicas=3, fullname=FULLNAME):
         listeners = cfg.get("smtp", {}).get("listener", [])
         check(listeners and listeners[0].get("address") == "0.0.0.0:2525"
               and listeners[0].get("mode") == "relay", f"{name}: a relay listener on 0.0.0.0:2525")
+        # Listeners, container ports and the SMTP Service agree.
+        bound = sorted(int(l["address"].rsplit(":", 1)[1]) for l in listeners)
+        cports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        smtp_ports = sorted(v for k, v in cports.items() if k in ("smtp", "submission", "smtps"))
+        check(bound == smtp_ports, f"{name}: listeners {bound} == SMTP container ports {smtp_ports}")
+        if smtp:
+            targets = sorted(named_port(sts, p["targetPort"]) for p in smtp["spec"]["ports"])
+            check(targets == bound, f"{name}: SMTP Service targets {targets} == listeners {bound}")
+        users = "users_file" in cfg.get("smtp", {})
+        check(users == ("/etc/baton/users" in mounts), f"{name}: users_file set iff users are mounted")
+        check(all(l.get("mode") != "submission" or users for l in listeners),
+              f"{name}: a submission listener only with SMTP users (batond refuses it without)")
+        check(all(l.get("mode") != "implicit-tls" or l.get("tls_cert") for l in listeners),
+              f"{name}: an implicit-TLS listener only with a certificate")
+        check(bool(cfg.get("dkim")) == ("/etc/baton/dkim" in mounts), f"{name}: [[dkim]] iff keys are mounted")
+        for l in listeners:
+            check(l.get("proxy_protocol") == bool(l.get("proxy_trusted")),
+                  f"{name}: proxy_trusted set iff proxy_protocol (batond refuses either alone)")
     return sts, cfg
 
 
@@ -380,6 +421,15 @@ def check_network_policy(name, objs, sts):
               f"{name}: the Raft rule opens only 7301")
         check(r.get("from") == [{"podSelector": {"matchLabels": selector}}],
               f"{name}: 7301 only from the StatefulSet's pods (got {r.get('from')})")
+    job = find(objs, "Job", f"{FULLNAME}-scale-down")
+    if job:
+        jl = job["spec"]["template"]["metadata"]["labels"]
+        admin_from = [f for rule in spec.get("ingress", [])
+                      if any(named_port(sts, p.get("port")) == 7401 for p in rule.get("ports", []))
+                      for f in rule.get("from", [])]
+        check(any(all(jl.get(k) == v for k, v in f.get("podSelector", {}).get("matchLabels", {}).items())
+                  and "namespaceSelector" not in f for f in admin_from),
+              f"{name}: the NetworkPolicy lets the scale-down Job reach the admin port")
 
 
 def check_job(name, objs, replicas):
@@ -579,6 +629,15 @@ def main():
         check("/etc/baton/peer" not in {m["mountPath"] for m in container(sts)["volumeMounts"]},
               "peerTLS off: nothing mounted at /etc/baton/peer")
 
+    section("render + kubernetes-validate: SMTP TLS without users")
+    tls_only = render("TLS without users", sets=["smtp.tls.enabled=true"])
+    validate("TLS without users", tls_only)
+    got = check_common("TLS without users", tls_only)
+    if got:
+        sts, cfg = got
+        modes = [l["mode"] for l in cfg["smtp"]["listener"]]
+        check(modes == ["relay", "implicit-tls"], f"TLS without users: relay and implicit-TLS listeners (got {modes})")
+
     section("scaling: replicas=5 leaves the pod template unchanged")
     for label, values in (("defaults", []), ("values-all", allv)):
         three = render(f"{label} replicas=3", values=values, sets=["replicas=3"])
@@ -605,6 +664,15 @@ def main():
         check(peer5 is not None and f"{FULLNAME}-4.crt" in (peer5.get("data") or {}),
               f"{label}: replicas=5 issues a certificate for ordinal 4")
         check_job(f"{label} replicas=5", five, 5)
+
+    one = render("replicas=1", sets=["replicas=1"])
+    validate("replicas=1", one)
+    if check_common("replicas=1", one, replicas=1):
+        check_job("replicas=1", one, 1)
+
+    r = helm("template", RELEASE, ".", "--kube-version", "1.27.0")
+    check(r.returncode != 0 and "kubeVersion" in r.stderr,
+          f"Kubernetes 1.27 is refused (Chart.yaml kubeVersion >=1.28): {r.stderr.strip()}")
 
     section("schema: bad values must fail lint and template")
     bad_dir = os.path.join(HERE, "bad")

@@ -41,7 +41,8 @@ app.kubernetes.io/part-of: baton
 
 {{/*
 The StatefulSet's pods (the Raft members). The component label keeps the scale-down
-Job's pod out of the Services and the PodDisruptionBudget.
+Job's pod out of the Services and the PodDisruptionBudget. (Pod templates carry
+baton.labels plus the component label, which together hold these.)
 */}}
 {{- define "baton.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "baton.name" . }}
@@ -109,6 +110,12 @@ Service and Secret names.
 {{/* Whether SMTP users are configured (a users file is mounted). */}}
 {{- define "baton.usersEnabled" -}}
 {{- if or .Values.smtp.users.existingSecret .Values.smtp.users.list }}true{{ end }}
+{{- end }}
+
+{{/* Whether the submission listener exists: it needs SMTP TLS and users (batond refuses
+a submission listener without [[smtp.user]]). */}}
+{{- define "baton.submissionEnabled" -}}
+{{- if and .Values.smtp.tls.enabled (include "baton.usersEnabled" .) }}true{{ end }}
 {{- end }}
 
 {{/* The file name of a DKIM key entry in its Secret. */}}
@@ -196,8 +203,10 @@ template's checksum is taken over that form, so scaling restarts no pod.
 {{- $tls := $v.smtp.tls.enabled }}
 {{- $listeners := list }}
 {{- $modes := list (list "relay" $v.ports.smtp) }}
-{{- if $tls }}
+{{- if include "baton.submissionEnabled" $root }}
 {{- $modes = append $modes (list "submission" $v.ports.submission) }}
+{{- end }}
+{{- if $tls }}
 {{- $modes = append $modes (list "implicit-tls" $v.ports.smtps) }}
 {{- end }}
 {{- range $m := $modes }}
