@@ -10,7 +10,9 @@
    (the ServiceMonitor) are skipped with a note.
 3. Assertions on the rendered objects (the interface in the issue: names, ports, mounts,
    probes, security, the batond config parsed as TOML, peer certificates, the hook Job).
-4. The pod template is byte-for-byte the same for replicas=3 and replicas=5.
+4. The pod template is the same for replicas=3 and replicas=5; an upgrade keeps the
+   generated CA, certificates, admin token and SMTP certificate and signs certificates
+   for new ordinals with the same CA (`lookup` simulated on a copy of the chart).
 5. Bad values files (tests/chart/bad/*.yaml) must fail both lint and template.
 6. Negative self-tests on a copy of the chart: an unclosed `{{` must fail lint, a
    misspelled field (`podManagmentPolicy`) must fail kubernetes-validate; their errors
@@ -478,6 +480,79 @@ def dashboard_metrics(objs):
     check(not unknown, f"dashboard metrics are in the README's Metrics section (unknown: {unknown})")
 
 
+def upgrade_with_lookup(values):
+    """`lookup` answers nothing without a cluster. On a copy of the chart each
+    `lookup "v1" "Secret" NS NAME` reads `.Values.fakeLookup.NAME` instead (the schema
+    removed), fed with the Secrets of a first render: a second render must keep the CA,
+    the issued certificates, the admin token and the self-signed SMTP certificate, and
+    sign certificates for new ordinals with the same CA."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = os.path.join(tmp, "baton")
+        shutil.copytree(CHART, chart)
+        os.remove(os.path.join(chart, "values.schema.json"))
+        replaced = 0
+        tdir = os.path.join(chart, "templates")
+        for f in os.listdir(tdir):
+            p = os.path.join(tdir, f)
+            with open(p) as fh:
+                text = fh.read()
+            new, n = re.subn(r'lookup "v1" "Secret" \.Release\.Namespace (\$\w+)',
+                             r"(index $.Values.fakeLookup \1 | default dict)", text)
+            replaced += n
+            with open(p, "w") as fh:
+                fh.write(new)
+        check(replaced >= 4, f"upgrade: the Secret lookups found in the templates ({replaced})")
+
+        def run(sets, fake):
+            fv = os.path.join(tmp, "fake.yaml")
+            with open(fv, "w") as fh:
+                yaml.safe_dump({"fakeLookup": fake}, fh)
+            r = template(chart=chart, values=[*values, fv], sets=sets)
+            if not check(r.returncode == 0, f"upgrade: render failed:\n{indent(r.stderr)}"):
+                return {}
+            return {o["metadata"]["name"]: o for o in yaml.safe_load_all(r.stdout)
+                    if o and o["kind"] == "Secret"}
+
+        first = run(["replicas=3"], {})
+        if not first:
+            return
+        fake = {n: {"data": o.get("data", {})} for n, o in first.items()}
+        again = run(["replicas=3"], fake)
+        for n in (f"{FULLNAME}-peer-ca", f"{FULLNAME}-peer-tls", f"{FULLNAME}-smtp-tls"):
+            check(again.get(n, {}).get("data") == first[n]["data"], f"upgrade: {n} unchanged by an upgrade")
+        grown = run(["replicas=5"], fake)
+        old_tls, new_tls = first[f"{FULLNAME}-peer-tls"]["data"], grown.get(f"{FULLNAME}-peer-tls", {}).get("data", {})
+        check(grown.get(f"{FULLNAME}-peer-ca", {}).get("data") == first[f"{FULLNAME}-peer-ca"]["data"],
+              "upgrade to 5: the CA is kept")
+        check(all(new_tls.get(k) == v for k, v in old_tls.items()),
+              "upgrade to 5: the certificates of ordinals 0-2 are kept")
+        check(set(new_tls) - set(old_tls) == {f"{FULLNAME}-{i}.{x}" for i in (3, 4) for x in ("crt", "key")},
+              f"upgrade to 5: certificates added for ordinals 3 and 4 (got {sorted(set(new_tls) - set(old_tls))})")
+        # The token is given in values-all; the generated one is checked with the defaults.
+        if shutil.which("openssl") and new_tls:
+            with tempfile.TemporaryDirectory() as d:
+                for k, v in new_tls.items():
+                    with open(os.path.join(d, k), "wb") as fh:
+                        fh.write(base64.b64decode(v))
+                with open(os.path.join(d, "first-ca.crt"), "wb") as fh:
+                    fh.write(base64.b64decode(first[f"{FULLNAME}-peer-ca"]["data"]["ca.crt"]))
+                v = subprocess.run(["openssl", "verify", "-CAfile", os.path.join(d, "first-ca.crt"),
+                                    os.path.join(d, f"{FULLNAME}-4.crt")], capture_output=True, text=True)
+                check(v.returncode == 0, f"upgrade to 5: {FULLNAME}-4.crt is signed by the kept CA: {v.stderr}")
+        shrunk = run(["replicas=3"], {n: {"data": o.get("data", {})} for n, o in grown.items()})
+        check(shrunk.get(f"{FULLNAME}-peer-tls", {}).get("data") == new_tls,
+              "back to 3: the certificates of ordinals 3 and 4 stay for a later scale-up")
+
+        # The generated admin token (no admin.token in values) is kept too.
+        gen1 = run(["admin.token="], {})
+        tok = gen1.get(f"{FULLNAME}-admin-token", {}).get("data", {}).get("token")
+        gen2 = run(["admin.token="], {f"{FULLNAME}-admin-token": {"data": {"token": tok}}})
+        check(tok and gen2.get(f"{FULLNAME}-admin-token", {}).get("data", {}).get("token") == tok,
+              "upgrade: the generated admin token is kept")
+        check(run(["admin.token="], {}).get(f"{FULLNAME}-admin-token", {}).get("data", {}).get("token") != tok,
+              "install: a new admin token each time nothing exists")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -673,6 +748,9 @@ def main():
     r = helm("template", RELEASE, ".", "--kube-version", "1.27.0")
     check(r.returncode != 0 and "kubeVersion" in r.stderr,
           f"Kubernetes 1.27 is refused (Chart.yaml kubeVersion >=1.28): {r.stderr.strip()}")
+
+    section("upgrade: Secrets read back with lookup (simulated on a copy of the chart)")
+    upgrade_with_lookup(allv)
 
     section("schema: bad values must fail lint and template")
     bad_dir = os.path.join(HERE, "bad")
