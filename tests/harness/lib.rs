@@ -640,6 +640,9 @@ pub struct NodeOptions {
     pub join: Vec<SocketAddr>,
     /// Extra TOML appended to `[cluster]`.
     pub cluster: String,
+    /// The host in `[cluster] advertise` (with the Raft port), instead of the Raft
+    /// listen address's IP: e.g. `localhost`, for a certificate naming a DNS name.
+    pub advertise_host: Option<String>,
     /// Run inside a network namespace of a [`Net`]: (namespace, mail address for SMTP
     /// and HTTP, cluster address for Raft).
     pub netns: Option<(String, std::net::Ipv4Addr, std::net::Ipv4Addr)>,
@@ -665,6 +668,7 @@ impl Default for NodeOptions {
             bootstrap: true,
             join: Vec::new(),
             cluster: String::new(),
+            advertise_host: None,
             netns: None,
             admin_token: None,
             admin_tls: None,
@@ -720,7 +724,7 @@ data_dir = "{data}"
 
 [cluster]
 listen = "{raft}"
-advertise = "{raft}"
+advertise = "{advertise}"
 bootstrap = {bootstrap}
 join = [{join}]
 {cluster_extra}
@@ -754,6 +758,10 @@ listen = "{http}"
             data = data_dir.display(),
             id = opts.id,
             bootstrap = opts.bootstrap,
+            advertise = match &opts.advertise_host {
+                Some(host) => format!("{host}:{}", raft.port()),
+                None => raft.to_string(),
+            },
             cluster_extra = opts.cluster,
             join = opts
                 .join
