@@ -54,7 +54,11 @@ fn first_node_forms_once_and_rejoins_after_losing_its_data() {
         .then_some(views)
     });
     eprintln!("formed in {:?}: {formed:?}", started.elapsed());
-    assert!(nodes[0].log().contains("seeds: forming one"), "{}", nodes[0].log());
+    assert!(
+        nodes[0].log().contains("seeds: forming one"),
+        "{}",
+        nodes[0].log()
+    );
     for n in &nodes[1..] {
         assert!(!n.log().contains("seeds: forming one"), "{}", n.log());
     }
@@ -70,7 +74,10 @@ fn first_node_forms_once_and_rejoins_after_losing_its_data() {
     let restarted = std::time::Instant::now();
     nodes[0].restart();
     let log = nodes[0].log();
-    assert!(log.contains("a cluster exists among the seeds: joining it"), "{log}");
+    assert!(
+        log.contains("a cluster exists among the seeds: joining it"),
+        "{log}"
+    );
     assert_eq!(
         log.matches("seeds: forming one").count(),
         1,

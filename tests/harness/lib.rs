@@ -643,6 +643,9 @@ pub struct NodeOptions {
     /// `[cluster] listen` and `advertise` (default: a free port on 127.0.0.1), for tests
     /// that must know every node's address before any starts.
     pub raft: Option<SocketAddr>,
+    /// The host in `[cluster] advertise` (with the Raft port), instead of the Raft
+    /// listen address's IP: e.g. `localhost`, for a certificate naming a DNS name.
+    pub advertise_host: Option<String>,
     /// Run inside a network namespace of a [`Net`]: (namespace, mail address for SMTP
     /// and HTTP, cluster address for Raft).
     pub netns: Option<(String, std::net::Ipv4Addr, std::net::Ipv4Addr)>,
@@ -669,6 +672,7 @@ impl Default for NodeOptions {
             join: Vec::new(),
             cluster: String::new(),
             raft: None,
+            advertise_host: None,
             netns: None,
             admin_token: None,
             admin_tls: None,
@@ -725,7 +729,7 @@ data_dir = "{data}"
 
 [cluster]
 listen = "{raft}"
-advertise = "{raft}"
+advertise = "{advertise}"
 bootstrap = {bootstrap}
 join = [{join}]
 {cluster_extra}
@@ -759,6 +763,10 @@ listen = "{http}"
             data = data_dir.display(),
             id = opts.id,
             bootstrap = opts.bootstrap,
+            advertise = match &opts.advertise_host {
+                Some(host) => format!("{host}:{}", raft.port()),
+                None => raft.to_string(),
+            },
             cluster_extra = opts.cluster,
             join = opts
                 .join

@@ -118,7 +118,17 @@ impl Raft {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cluster.listen {listen}"))?;
-        say!("raft (peers only) on {listen}");
+        let mut server = tonic::transport::Server::builder();
+        let tls = self.0.peers.tls();
+        if let Some(tls) = tls {
+            // A client without a certificate signed by cluster.tls_ca is refused at the
+            // handshake; a failed handshake ends that connection only.
+            server = server
+                .tls_config(tls.server())
+                .context("cluster.tls_cert / cluster.tls_key / cluster.tls_ca")?;
+        }
+        let how = if tls.is_some() { ", mutual TLS" } else { "" };
+        say!("raft (peers only{how}) on {listen}");
         let service = RaftService::new(self.0.queue.clone()).into_server();
         self.1
             .start(sup, move |mut stop| async move {
@@ -132,7 +142,7 @@ impl Raft {
                         })
                     },
                 );
-                tonic::transport::Server::builder()
+                server
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stop.wait_for(|s| *s).await;

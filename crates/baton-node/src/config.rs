@@ -6,6 +6,7 @@
 mod checks;
 mod external;
 mod parse;
+mod peer_tls;
 mod shaping;
 #[cfg(test)]
 mod tests;
@@ -131,9 +132,16 @@ impl Default for NodeConfig {
 pub struct ClusterConfig {
     /// Raft gRPC listen address.
     pub listen: SocketAddr,
-    /// Allow a non-loopback `listen` although peers are not authenticated (peer TLS is
-    /// not built yet): the operator vouches that only peers can reach it.
+    /// Allow a non-loopback `listen` without peer TLS: the operator vouches that only
+    /// peers can reach it.
     pub insecure: bool,
+    /// PEM certificate chain of this node for peer mutual TLS, with `tls_key` and
+    /// `tls_ca` (all three or none); it must name the host of `advertise`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): peers' certificates must be signed by it, both ways.
+    pub tls_ca: Option<PathBuf>,
     /// How peers reach this node.
     pub advertise: String,
     /// With no state on disk, form a new cluster.
@@ -153,6 +161,9 @@ impl Default for ClusterConfig {
         ClusterConfig {
             listen: ([127, 0, 0, 1], 7301).into(),
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             advertise: "127.0.0.1:7301".into(),
             bootstrap: false,
             join: Vec::new(),
@@ -516,6 +527,7 @@ impl Config {
         self.shaping
             .check(self.delivery.max_connections_per_domain, &mut errors);
         self.tenants.check(&mut errors);
+        self.cluster.check_peer_access(&mut errors);
         let mut err = |key: String, reason: String| errors.push(ConfigError { key, reason });
         if self.node.id == 0 {
             err("node.id".into(), "must be greater than 0".into());
@@ -574,18 +586,6 @@ impl Config {
             || self.cluster.lease > Duration::from_secs(600)
         {
             err("cluster.lease".into(), "must be between 2s and 10m".into());
-        }
-        if !self.cluster.listen.ip().is_loopback() && !self.cluster.insecure {
-            err(
-                "cluster.listen".into(),
-                format!(
-                    "{} is not loopback, but peers are not authenticated yet (peer TLS, \
-                     cluster.tls_cert/tls_key/tls_ca, is not built): anyone who reaches it \
-                     can act as a peer. Keep it on a private network and set \
-                     cluster.insecure = true, or listen on loopback",
-                    self.cluster.listen
-                ),
-            );
         }
         if self.cluster.advertise.is_empty() {
             err("cluster.advertise".into(), "must not be empty".into());
