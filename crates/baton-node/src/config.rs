@@ -507,9 +507,16 @@ impl Config {
                 reason: format!("cannot read {}: {e}", path.display()),
             }])
         })?;
-        let text =
-            external::expand_env(&text, |name| std::env::var(name).ok()).map_err(ConfigErrors)?;
-        Config::check(&text)
+        // An unset variable is reported with every other problem (its `${NAME}` stays).
+        let (text, mut errors) = external::expand_env(&text, |name| std::env::var(name).ok());
+        match Config::check(&text) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigErrors(errors)),
+            Err(ConfigErrors(more)) => {
+                errors.extend(more);
+                Err(ConfigErrors(errors))
+            }
+        }
     }
 
     /// The `--dev` configuration, with `data_dir` overridden when given.

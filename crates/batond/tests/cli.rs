@@ -74,8 +74,8 @@ data_dir = "{data_dir}"             # a file, not a directory
 [cluster]
 listen = "0.0.0.0:7301"             # off loopback, no peer TLS, not insecure
 advertise = "10.0.0.1:7301"
-bootstrap = true                    # together with join
-join = ["10.0.0.2:7301"]
+bootstrap = true
+join = ["${{BATON_NOT_SET_IN_TESTS}}:7301"]   # an unset environment variable
 
 [smtp]
 hostname = "relay.example.test"
@@ -100,7 +100,10 @@ address = "127.0.0.1:2525"          # the same port as 0.0.0.0:2525
         ("node.id", "(line 3)"),
         ("node.data_dir", "not a directory"),
         ("cluster.listen", "cluster.insecure"),
-        ("cluster.join", "bootstrap"),
+        (
+            "config",
+            "line 10: environment variable BATON_NOT_SET_IN_TESTS is not set",
+        ),
         ("smtp.max_mesage_size", "(line 14)"),
         ("smtp.max_recipients", "at least 1"),
         ("smtp.listener[0].relay_networks[0]", "open relay"),

@@ -9,11 +9,12 @@ use std::path::Path;
 
 /// Replaces each `${NAME}` with `lookup(NAME)`; `$${` is a literal `${`. Lines whose
 /// first non-blank character is `#` (TOML comments) are copied as they are. Every unset
-/// variable and malformed reference is an error naming its line.
+/// variable and malformed reference is an error naming its line, and stays in the text
+/// as it was, so the rest of the file can still be checked.
 pub(super) fn expand_env(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, Vec<ConfigError>> {
+) -> (String, Vec<ConfigError>) {
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
     for (n, line) in text.split_inclusive('\n').enumerate() {
@@ -33,6 +34,7 @@ pub(super) fn expand_env(
             let after = &rest[at + 2..];
             let Some(end) = after.find('}') else {
                 errors.push(env_error(n, "`${` without a closing `}`".into()));
+                out.push_str(&rest[at..]);
                 rest = "";
                 break;
             };
@@ -42,7 +44,9 @@ pub(super) fn expand_env(
                 .next()
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let reference = &rest[at..at + 2 + end + 1];
             if !valid {
+                out.push_str(reference);
                 errors.push(env_error(
                     n,
                     format!("`${{{name}}}` is not an environment variable name"),
@@ -50,6 +54,7 @@ pub(super) fn expand_env(
             } else if let Some(value) = lookup(name) {
                 out.push_str(&value);
             } else {
+                out.push_str(reference);
                 errors.push(env_error(
                     n,
                     format!("environment variable {name} is not set"),
@@ -59,11 +64,7 @@ pub(super) fn expand_env(
         }
         out.push_str(rest);
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    (out, errors)
 }
 
 fn env_error(line: usize, reason: String) -> ConfigError {
@@ -176,16 +177,15 @@ mod tests {
     #[test]
     fn variables_are_replaced_and_unset_ones_named() {
         let text = "a = \"${POD_NAME}.peers:7301\"\n# b = \"${UNSET}\"\nc = \"$${POD_NAME}\"\nd = \"${TOKEN}${TOKEN}\"\n";
-        let out = expand_env(text, env).unwrap();
+        let (out, errors) = expand_env(text, env);
+        assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(
             out,
             "a = \"baton-2.peers:7301\"\n# b = \"${UNSET}\"\nc = \"${POD_NAME}\"\nd = \"s3crets3cret\"\n"
         );
-        let e = expand_env(
-            "x = 1\ny = \"${UNSET}\"\nz = \"${1A}\"\nw = \"${OPEN\n",
-            env,
-        )
-        .unwrap_err();
+        let bad = "x = 1\ny = \"${UNSET}\"\nz = \"${1A}\"\nw = \"${OPEN\n";
+        let (kept, e) = expand_env(bad, env);
+        assert_eq!(kept, bad);
         let reasons: Vec<_> = e.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(
             reasons,
