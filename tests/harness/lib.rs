@@ -640,6 +640,12 @@ pub struct NodeOptions {
     pub join: Vec<SocketAddr>,
     /// Extra TOML appended to `[cluster]`.
     pub cluster: String,
+    /// `[cluster] listen` and `advertise` (default: a free port on 127.0.0.1), for tests
+    /// that must know every node's address before any starts.
+    pub raft: Option<SocketAddr>,
+    /// The host in `[cluster] advertise` (with the Raft port), instead of the Raft
+    /// listen address's IP: e.g. `localhost`, for a certificate naming a DNS name.
+    pub advertise_host: Option<String>,
     /// Run inside a network namespace of a [`Net`]: (namespace, mail address for SMTP
     /// and HTTP, cluster address for Raft).
     pub netns: Option<(String, std::net::Ipv4Addr, std::net::Ipv4Addr)>,
@@ -665,6 +671,8 @@ impl Default for NodeOptions {
             bootstrap: true,
             join: Vec::new(),
             cluster: String::new(),
+            raft: None,
+            advertise_host: None,
             netns: None,
             admin_token: None,
             admin_tls: None,
@@ -696,7 +704,8 @@ impl Node {
                 format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
                 format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
                 free_port(),
-                format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+                opts.raft
+                    .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr")),
             ),
         };
         let admin_addr: SocketAddr = match &opts.netns {
@@ -720,7 +729,7 @@ data_dir = "{data}"
 
 [cluster]
 listen = "{raft}"
-advertise = "{raft}"
+advertise = "{advertise}"
 bootstrap = {bootstrap}
 join = [{join}]
 {cluster_extra}
@@ -754,6 +763,10 @@ listen = "{http}"
             data = data_dir.display(),
             id = opts.id,
             bootstrap = opts.bootstrap,
+            advertise = match &opts.advertise_host {
+                Some(host) => format!("{host}:{}", raft.port()),
+                None => raft.to_string(),
+            },
             cluster_extra = opts.cluster,
             join = opts
                 .join

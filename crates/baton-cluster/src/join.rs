@@ -104,3 +104,73 @@ pub async fn change_membership(
     }
     Err(last)
 }
+
+/// What the seeds said when asked whether they hold cluster state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Probed {
+    /// Seeds that are members of a cluster.
+    pub members: usize,
+    /// Seeds that answered and hold no cluster state.
+    pub empty: usize,
+    /// Seeds that did not answer (yet).
+    pub silent: usize,
+}
+
+impl Probed {
+    /// A node with no state may form a new cluster: no seed is a member, and it and the
+    /// seeds without state are a majority of it and all seeds. So a node that lost its
+    /// volume, while a majority still holds the cluster, never forms a second one.
+    pub fn may_form(&self, seeds: usize) -> bool {
+        self.members == 0 && 2 * (self.empty + 1) > seeds + 1
+    }
+}
+
+/// Asks every seed at once whether it holds cluster state, each within `per_call`.
+pub async fn probe(peers: &Peers, seeds: &[String], per_call: Duration) -> Probed {
+    let mut asks = tokio::task::JoinSet::new();
+    for addr in seeds {
+        let (peers, addr) = (peers.clone(), addr.clone());
+        asks.spawn(async move {
+            let mut client = peers.client(&addr).ok()?;
+            tokio::time::timeout(per_call, client.probe(crate::pb::ProbeRequest {}))
+                .await
+                .ok()?
+                .ok()
+                .map(|r| r.into_inner().initialized)
+        });
+    }
+    let mut probed = Probed::default();
+    while let Some(answer) = asks.join_next().await {
+        match answer.ok().flatten() {
+            Some(true) => probed.members += 1,
+            Some(false) => probed.empty += 1,
+            None => probed.silent += 1,
+        }
+    }
+    probed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Probed;
+
+    #[test]
+    fn forms_only_with_a_majority_without_state_and_no_member() {
+        let p = |members, empty, silent| Probed {
+            members,
+            empty,
+            silent,
+        };
+        // Fresh install of 3: the two others answer without state.
+        assert!(p(0, 2, 0).may_form(2));
+        // One of them not up yet: itself and one more are 2 of 3.
+        assert!(p(0, 1, 1).may_form(2));
+        // Lost its volume while the others hold the cluster.
+        assert!(!p(1, 0, 1).may_form(2));
+        assert!(!p(0, 0, 2).may_form(2));
+        // Five: itself and two without state are 3 of 5; one member anywhere vetoes.
+        assert!(p(0, 2, 2).may_form(4));
+        assert!(!p(0, 1, 3).may_form(4));
+        assert!(!p(1, 3, 0).may_form(4));
+    }
+}

@@ -11,7 +11,9 @@
 //! - [`join`] — a node with no state asking a seed to add it;
 //! - [`lease`] — renewing this node's delivery lease; on the leader, expiring others';
 //! - [`catch_up`] — a (re)starting node reaching the leader's commit index before it delivers;
-//! - [`handover`] — a draining leader handing leadership to an up-to-date voter.
+//! - [`handover`] — a draining leader handing leadership to an up-to-date voter;
+//! - [`tls`] — peer mutual TLS: the `cluster.tls_*` files, checked, as tonic's server
+//!   and client TLS.
 //!
 //! Raft messages cross the wire as bincode of openraft's serde types inside a gRPC
 //! `Payload`.
@@ -24,6 +26,7 @@ pub mod join;
 pub mod lease;
 pub mod network;
 pub mod server;
+pub mod tls;
 pub mod writer;
 
 /// Generated from proto/raft.proto.
@@ -34,6 +37,7 @@ pub mod pb {
 pub use lease::Lease;
 pub use network::{GrpcNetwork, Peers};
 pub use server::RaftService;
+pub use tls::PeerTls;
 pub use writer::{Forward, ForwardFailed, Writer};
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, tonic::Status> {

@@ -2,6 +2,7 @@
 
 use crate::pb::Payload;
 use crate::pb::raft_client::RaftClient;
+use crate::tls::PeerTls;
 use crate::{decode, encode};
 use baton_queue::types::{NodeId, TypeConfig};
 use openraft::BasicNode;
@@ -18,23 +19,46 @@ use std::sync::{Arc, Mutex};
 use tonic::transport::{Channel, Endpoint};
 
 /// One channel per peer address, created lazily (no I/O until the first call) and shared
-/// by the Raft network, forwarding and joins.
+/// by the Raft network, forwarding, joins, catch-up and the hand-over. With a
+/// [`PeerTls`] every channel is `https://` with mutual TLS; [`Peers::default`] is
+/// plaintext (h2c), for loopback and the in-process tests.
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Peers {
+    /// Peers reached over mutual TLS when `tls` is given, else in plaintext.
+    pub fn new(tls: Option<PeerTls>) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            tls: tls.map(Arc::new),
+        }
+    }
+
+    /// The TLS peers talk, if any (the Raft server serves the same).
+    pub fn tls(&self) -> Option<&PeerTls> {
+        self.tls.as_deref()
+    }
+
     pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(RaftClient::new(c.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("bad peer address {addr}: {e}"))?
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(std::time::Duration::from_secs(10));
+        if let Some(tls) = &self.tls {
+            // The server's certificate is checked for the URI's host: `addr`'s.
+            endpoint = endpoint
+                .tls_config(tls.client())
+                .map_err(|e| format!("peer TLS for {addr}: {e}"))?;
+        }
         let channel = endpoint.connect_lazy();
         map.insert(addr.to_string(), channel.clone());
         Ok(RaftClient::new(channel)

@@ -3,7 +3,7 @@
 use crate::pb::raft_server::Raft as RaftRpc;
 use crate::pb::{
     CommitIndexReply, CommitIndexRequest, ElectReply, ElectRequest, JoinReply, JoinRequest,
-    Matched, Payload, RemoveRequest,
+    Matched, Payload, ProbeReply, ProbeRequest, RemoveRequest,
 };
 use crate::{decode, encode};
 use baton_queue::types::{Raft, Request, Response};
@@ -227,6 +227,23 @@ impl RaftRpc for RaftService {
             index,
             last_log_index,
             matched,
+        }))
+    }
+
+    async fn probe(
+        &self,
+        _req: tonic::Request<ProbeRequest>,
+    ) -> Result<tonic::Response<ProbeReply>, Status> {
+        let initialized = self
+            .raft()
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let leader_id = self.raft().metrics().borrow().current_leader.unwrap_or(0);
+        Ok(tonic::Response::new(ProbeReply {
+            initialized,
+            node_id: self.queue.id,
+            leader_id,
         }))
     }
 

@@ -118,7 +118,17 @@ impl Raft {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cluster.listen {listen}"))?;
-        say!("raft (peers only) on {listen}");
+        let mut server = tonic::transport::Server::builder();
+        let tls = self.0.peers.tls();
+        if let Some(tls) = tls {
+            // A client without a certificate signed by cluster.tls_ca is refused at the
+            // handshake; a failed handshake ends that connection only.
+            server = server
+                .tls_config(tls.server())
+                .context("cluster.tls_cert / cluster.tls_key / cluster.tls_ca")?;
+        }
+        let how = if tls.is_some() { ", mutual TLS" } else { "" };
+        say!("raft (peers only{how}) on {listen}");
         let service = RaftService::new(self.0.queue.clone()).into_server();
         self.1
             .start(sup, move |mut stop| async move {
@@ -132,7 +142,7 @@ impl Raft {
                         })
                     },
                 );
-                tonic::transport::Server::builder()
+                server
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stop.wait_for(|s| *s).await;
@@ -150,10 +160,15 @@ impl Raft {
 
 // ---------------------------------------------------------------- membership
 
-/// With no cluster state on disk: join through `cluster.join`, or wait to be added.
-/// (With `cluster.bootstrap`, the queue formed a one-node cluster when it opened.)
+/// With no cluster state on disk: form a cluster (`cluster.bootstrap`, once the seeds
+/// say none exists), join through `cluster.join`, or wait to be added. (With
+/// `cluster.bootstrap` and no seeds, the queue formed a one-node cluster when it opened.)
 pub struct Membership(pub Arc<Shared>);
 component!(Membership, "membership");
+
+/// How long a node with no state keeps trying to form or join a cluster before it gives
+/// up (and exits, to be restarted).
+const JOIN_FOR: Duration = Duration::from_secs(300);
 
 impl Membership {
     async fn start(&self, _: ActorCell) -> anyhow::Result<Option<ActorCell>> {
@@ -173,17 +188,70 @@ impl Membership {
             );
             return Ok(None);
         }
+        // With ids from host names, only ordinal 0 forms a cluster: two pods without
+        // state must never both form one.
+        let may_form = c.cluster.bootstrap && (!c.node.id_from_hostname || c.node.id == 1);
+        if may_form && self.form_unless_found().await? {
+            return Ok(None);
+        }
         say!("joining the cluster through {:?}", c.cluster.join);
         baton_cluster::join::join(
             &s.peers,
             &c.cluster.join,
             c.node.id,
             &c.cluster.advertise,
-            Duration::from_secs(300),
+            JOIN_FOR,
         )
         .await
         .map_err(anyhow::Error::msg)?;
         Ok(None)
+    }
+
+    /// Asks the seeds until one is a member of a cluster (false: join it) or enough say
+    /// they hold no state that this node forms a new cluster (true).
+    async fn form_unless_found(&self) -> anyhow::Result<bool> {
+        let s = &self.0;
+        let c = &s.config;
+        let seeds = &c.cluster.join;
+        tracing::info!(
+            ?seeds,
+            "no cluster state: asking the seeds whether a cluster exists before forming one"
+        );
+        let deadline = tokio::time::Instant::now() + JOIN_FOR;
+        let mut last = baton_cluster::join::Probed::default();
+        while tokio::time::Instant::now() < deadline && !*s.stopping.borrow() {
+            let probed = baton_cluster::join::probe(&s.peers, seeds, Duration::from_secs(2)).await;
+            if probed.members > 0 {
+                tracing::info!(
+                    members = probed.members,
+                    "a cluster exists among the seeds: joining it"
+                );
+                return Ok(false);
+            }
+            if probed.may_form(seeds.len()) {
+                tracing::info!(
+                    empty = probed.empty,
+                    silent = probed.silent,
+                    "no cluster among the seeds: forming one"
+                );
+                s.queue
+                    .form(&c.cluster.advertise)
+                    .await
+                    .context("forming the cluster")?;
+                return Ok(true);
+            }
+            if probed != last {
+                tracing::info!(
+                    ?probed,
+                    "waiting for the seeds to answer before forming or joining"
+                );
+                last = probed;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        anyhow::bail!(
+            "no cluster found and too few seeds answered to form one within {JOIN_FOR:?} (last: {last:?})"
+        )
     }
 
     async fn drain(&self) {}

@@ -4,7 +4,9 @@
 //! of `batond check-config` lists everything.
 
 mod checks;
+mod external;
 mod parse;
+mod peer_tls;
 mod shaping;
 #[cfg(test)]
 mod tests;
@@ -109,6 +111,8 @@ impl Default for EventsConfig {
 pub struct NodeConfig {
     /// Raft node id, unique in the cluster, > 0.
     pub id: u64,
+    /// Take the id from the host name's trailing `-N` (a StatefulSet's ordinal): N + 1.
+    pub id_from_hostname: bool,
     /// Where the log, the state and snapshots live.
     pub data_dir: PathBuf,
 }
@@ -117,6 +121,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             id: 1,
+            id_from_hostname: false,
             data_dir: PathBuf::from("/var/lib/baton"),
         }
     }
@@ -127,9 +132,16 @@ impl Default for NodeConfig {
 pub struct ClusterConfig {
     /// Raft gRPC listen address.
     pub listen: SocketAddr,
-    /// Allow a non-loopback `listen` although peers are not authenticated (peer TLS is
-    /// not built yet): the operator vouches that only peers can reach it.
+    /// Allow a non-loopback `listen` without peer TLS: the operator vouches that only
+    /// peers can reach it.
     pub insecure: bool,
+    /// PEM certificate chain of this node for peer mutual TLS, with `tls_key` and
+    /// `tls_ca` (all three or none); it must name the host of `advertise`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): peers' certificates must be signed by it, both ways.
+    pub tls_ca: Option<PathBuf>,
     /// How peers reach this node.
     pub advertise: String,
     /// With no state on disk, form a new cluster.
@@ -149,6 +161,9 @@ impl Default for ClusterConfig {
         ClusterConfig {
             listen: ([127, 0, 0, 1], 7301).into(),
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             advertise: "127.0.0.1:7301".into(),
             bootstrap: false,
             join: Vec::new(),
@@ -247,6 +262,8 @@ pub struct SmtpConfig {
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "user")]
     pub users: Vec<UserConfig>,
+    /// A TOML file of `[[user]]` tables (the keys of `[[smtp.user]]`), added to `users`.
+    pub users_file: Option<PathBuf>,
 }
 
 impl Default for SmtpConfig {
@@ -266,6 +283,7 @@ impl Default for SmtpConfig {
             reserved_connections: None,
             listeners: Vec::new(),
             users: Vec::new(),
+            users_file: None,
         }
     }
 }
@@ -459,8 +477,11 @@ impl Config {
     /// Parses and validates TOML: every problem, parse errors and [`Config::validate`]'s
     /// together (those about a key already reported as bad are left out).
     pub fn check(text: &str) -> Result<Config, ConfigErrors> {
-        let parsed = parse::parse(text);
+        let mut parsed = parse::parse(text);
         let mut errors = parsed.errors.clone();
+        if let Some(config) = &mut parsed.config {
+            external::resolve(config, &mut errors);
+        }
         if let Some(config) = &parsed.config
             && let Err(problems) = config.validate()
         {
@@ -486,6 +507,8 @@ impl Config {
                 reason: format!("cannot read {}: {e}", path.display()),
             }])
         })?;
+        let text =
+            external::expand_env(&text, |name| std::env::var(name).ok()).map_err(ConfigErrors)?;
         Config::check(&text)
     }
 
@@ -504,6 +527,7 @@ impl Config {
         self.shaping
             .check(self.delivery.max_connections_per_domain, &mut errors);
         self.tenants.check(&mut errors);
+        self.cluster.check_peer_access(&mut errors);
         let mut err = |key: String, reason: String| errors.push(ConfigError { key, reason });
         if self.node.id == 0 {
             err("node.id".into(), "must be greater than 0".into());
@@ -562,27 +586,6 @@ impl Config {
             || self.cluster.lease > Duration::from_secs(600)
         {
             err("cluster.lease".into(), "must be between 2s and 10m".into());
-        }
-        if self.cluster.bootstrap && !self.cluster.join.is_empty() {
-            err(
-                "cluster.join".into(),
-                "cluster.bootstrap = true forms a new cluster at once, so join would be \
-                 ignored (and a second cluster formed): bootstrap the first node only, \
-                 give the others join"
-                    .into(),
-            );
-        }
-        if !self.cluster.listen.ip().is_loopback() && !self.cluster.insecure {
-            err(
-                "cluster.listen".into(),
-                format!(
-                    "{} is not loopback, but peers are not authenticated yet (peer TLS, \
-                     cluster.tls_cert/tls_key/tls_ca, is not built): anyone who reaches it \
-                     can act as a peer. Keep it on a private network and set \
-                     cluster.insecure = true, or listen on loopback",
-                    self.cluster.listen
-                ),
-            );
         }
         if self.cluster.advertise.is_empty() {
             err("cluster.advertise".into(), "must not be empty".into());

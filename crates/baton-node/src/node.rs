@@ -25,7 +25,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let prometheus = crate::metrics::install();
     let data_dir = config.node.data_dir.clone();
-    let peers = Peers::default();
+    // Checked by the config's validation already; read again here (the files may have
+    // changed since).
+    let tls = config
+        .cluster
+        .peer_tls()
+        .map_err(crate::config::ConfigErrors)?;
+    let peers = Peers::new(tls);
     let queue = QueueNode::open(
         queue_options(&config),
         GrpcNetwork {
@@ -104,7 +110,9 @@ fn queue_options(config: &Config) -> QueueOptions {
         node_id: config.node.id,
         data_dir: config.node.data_dir.clone(),
         advertise: config.cluster.advertise.clone(),
-        bootstrap: config.cluster.bootstrap,
+        // With seeds to ask, whether to form a cluster is decided after asking them
+        // (the membership component); without, at once.
+        bootstrap: config.cluster.bootstrap && config.cluster.join.is_empty(),
         snapshot_logs: config.cluster.snapshot_logs,
     }
 }

@@ -108,19 +108,25 @@ impl QueueNode {
             db,
         };
         if opts.bootstrap && !node.raft.is_initialized().await.unwrap_or(true) {
-            let mut members = BTreeMap::new();
-            members.insert(
-                opts.node_id,
-                BasicNode {
-                    addr: opts.advertise.clone(),
-                },
-            );
-            node.raft
-                .initialize(members)
-                .await
-                .map_err(|e| QueueError::Fatal(format!("bootstrap: {e}")))?;
+            node.form(&opts.advertise).await?;
         }
         Ok(node)
+    }
+
+    /// Forms a new one-node cluster of this node, reachable at `advertise`. Only for a
+    /// node with no state, and only where no cluster exists (the caller's to know).
+    pub async fn form(&self, advertise: &str) -> Result<(), QueueError> {
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.id,
+            BasicNode {
+                addr: advertise.to_string(),
+            },
+        );
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| QueueError::Fatal(format!("bootstrap: {e}")))
     }
 
     /// Waits until this node knows a leader and has applied what it committed.

@@ -251,3 +251,31 @@ pub async fn remove_node(client: &mut Client, json: bool, id: u64) -> Result<()>
     }
     Ok(())
 }
+
+/// `node scale-down --replicas N`: removes the members with ids above N, highest first.
+pub async fn scale_down(client: &mut Client, json: bool, replicas: u64) -> Result<()> {
+    let status = client.status(pb::StatusRequest {}).await?.into_inner();
+    let mut doomed: Vec<u64> = status
+        .members
+        .iter()
+        .map(|m| m.id)
+        .filter(|id| *id > replicas)
+        .collect();
+    doomed.sort_unstable_by(|a, b| b.cmp(a));
+    if doomed.is_empty() && !json {
+        println!("no member above id {replicas}: nothing to remove");
+    }
+    for id in &doomed {
+        if !json {
+            println!(
+                "removing node {id} (ordinal {}): moving its domains first",
+                id - 1
+            );
+        }
+        remove_node(client, json, *id).await?;
+    }
+    if json {
+        print_json(&serde_json::json!({ "removed": doomed }));
+    }
+    Ok(())
+}

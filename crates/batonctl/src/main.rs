@@ -292,6 +292,13 @@ enum NodeCmd {
     Add { id: u64, addr: String },
     /// Remove node ID: its domains move to the other nodes first.
     Remove { id: u64 },
+    /// Shrink a StatefulSet's cluster to REPLICAS pods: remove every member whose id is
+    /// above REPLICAS (ordinals REPLICAS and up; ids are ordinals + 1), highest first,
+    /// each after its domains moved. Nothing to remove: done.
+    ScaleDown {
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        replicas: u64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -378,6 +385,9 @@ async fn run(args: &Args) -> Result<()> {
         Command::Tenant(TenantCmd::Resume { tenant: t }) => tenant::resume(c, json, t).await,
         Command::Node(NodeCmd::Add { id, addr }) => change::add_node(c, json, *id, addr).await,
         Command::Node(NodeCmd::Remove { id }) => change::remove_node(c, json, *id).await,
+        Command::Node(NodeCmd::ScaleDown { replicas }) => {
+            change::scale_down(c, json, *replicas).await
+        }
         Command::Site(SiteCmd::List) => site::list(c, json).await,
         Command::Site(SiteCmd::Show { site }) => site::show(c, json, site).await,
         Command::Site(SiteCmd::Resume { site }) => site::resume(c, json, site).await,

@@ -273,16 +273,6 @@ fn listeners_on_one_port_collide_with_a_wildcard() {
 }
 
 #[test]
-fn bootstrap_with_join_is_refused() {
-    let mut c = Config::dev(None);
-    c.cluster.join = vec!["127.0.0.1:7302".into()];
-    let e = c.validate().unwrap_err();
-    assert_eq!(keys(&e), ["cluster.join"], "{e}");
-    c.cluster.bootstrap = false;
-    c.validate().unwrap();
-}
-
-#[test]
 fn relaying_for_everyone_is_refused() {
     let mut c = Config::dev(None);
     c.smtp.listeners[0].relay_networks = vec![
