@@ -484,10 +484,9 @@ class StatefulSet:
     """The StatefulSet controller (and the DNS and endpoints controllers, as far as
     /etc/hosts goes) for one rendered StatefulSet."""
 
-    def __init__(self, runtime, store, manifest, namespace, workdir, cluster_domain, compat=None):
+    def __init__(self, runtime, store, manifest, namespace, workdir, cluster_domain):
         self.runtime, self.store, self.namespace = runtime, store, namespace
         self.workdir, self.cluster_domain = workdir, cluster_domain
-        self.compat = compat
         self.pods = {}
         self.lock = threading.RLock()
         self.restarts = []
@@ -580,11 +579,8 @@ class StatefulSet:
         template = copy.deepcopy(self.sts["spec"]["template"])
         template["spec"].setdefault("hostname", name)
         template["spec"].setdefault("subdomain", self.service)
-        plan = pod_plan(name, self.namespace, template, self.store, pod_dir, claims,
+        return pod_plan(name, self.namespace, template, self.store, pod_dir, claims,
                         self.cluster_domain, ip)
-        if self.compat:
-            self.compat.adjust(self, i, plan, pod_dir)
-        return plan
 
     def create(self, i):
         """Creates pod i (its volumes if missing) and starts its kubelet."""
@@ -730,24 +726,12 @@ class StatefulSet:
             template = copy.deepcopy(spec["template"])
             plan = pod_plan(pod_name, self.namespace, template, self.store, pod_dir, {},
                             self.cluster_domain, ip)
-            if self.compat:
-                self.compat.adjust_job(self, plan)
             files = self.etc_files(pod_name)
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             log(f"job {name}: pod {pod_name}: {shlex.join((plan.command or []) + (plan.args or []))}")
-            if hasattr(plan, "compat_commands"):
-                code, out = 0, ""
-                for cmd in plan.compat_commands:
-                    log(f"  (compat) {shlex.join(cmd)}")
-                    plan.command = cmd
-                    code, o = self.runtime.run_to_end(plan, ip, files, left)
-                    out += o
-                    if code != 0:
-                        break
-            else:
-                code, out = self.runtime.run_to_end(plan, ip, files, left)
+            code, out = self.runtime.run_to_end(plan, ip, files, left)
             for line in out.strip().splitlines():
                 log(f"  {pod_name}| {line}")
             if code == 0:

@@ -29,10 +29,11 @@ runtimes.Processes), announced loudly. Everything this creates (network namespac
 containers, volumes, storage, processes, files) is removed at the end, also on failure.
 
 Environment: HELM (helm binary), BATON_SINK (baton-sink binary), BIN_DIR (the static
-batond/batonctl, for the fallback).
+batond/batonctl, for the fallback), BATON_CHART (another chart directory).
 """
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -56,7 +57,7 @@ SINK_PORT = 2526
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--chart", default=os.path.join(ROOT, "helm", "baton"))
+    ap.add_argument("--chart", default=os.environ.get("BATON_CHART", os.path.join(ROOT, "helm", "baton")))
     ap.add_argument("--image", default="localhost/baton:dev")
     ap.add_argument("--bin-dir", default=os.environ.get(
         "BIN_DIR", os.path.join(ROOT, "target", "musl", "x86_64-unknown-linux-musl", "release")))
@@ -64,9 +65,6 @@ def main():
     ap.add_argument("--scenarios", default="1,2,3,4,5", help="which to run (1 always runs: the others need its cluster)")
     ap.add_argument("--messages", type=int, default=200, help="messages during the leader's failover")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs) at the end")
-    ap.add_argument("--compat-batond-before-k8s", action="store_true",
-                    help="DEVELOPMENT ONLY: patch each pod's config for a batond without ${VAR}, "
-                         "id_from_hostname, bootstrap-with-join and node scale-down")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("pods.py needs root (network namespaces, podman's rootful networking)", file=sys.stderr)
@@ -94,11 +92,52 @@ def interrupted(*_):
     raise KeyboardInterrupt
 
 
+def sweep_stale():
+    """Removes what an earlier run killed before its cleanup (SIGKILL) left behind: its
+    containers (conmon keeps them running), volumes, network, mounts, network namespace,
+    sink and fallback processes, and files. Runs kept with --keep are left alone."""
+    from runtimes import unmount_under
+
+    for d in glob.glob("/var/tmp/baton-pods.*"):
+        try:
+            with open(os.path.join(d, "pid")) as f:
+                pid = int(f.read())
+        except (OSError, ValueError):
+            continue
+        if os.path.exists(f"/proc/{pid}") or os.path.exists(os.path.join(d, "kept")):
+            continue
+        log(f"removing what an earlier run (pid {pid}) left behind: {d}")
+        conf = os.path.join(d, "podman", "containers.conf")
+        netns = Netns(f"baton-k8s-{pid}")
+        if os.path.exists(conf):
+            env = dict(os.environ, CONTAINERS_CONF=conf,
+                       CONTAINERS_STORAGE_CONF=os.path.join(d, "podman", "storage.conf"))
+            pre = netns.prefix() if os.path.exists(netns.path) else []
+            for args in (["rm", "-a", "-f", "-t", "0"], ["volume", "rm", "-a", "-f"], ["network", "prune", "-f"],
+                         ["rmi", "-a", "-f"]):
+                run(pre + ["podman", *args], check=False, env=env)
+        # The sink, fallback pods and anything else started with a path in d.
+        for proc in glob.glob("/proc/[0-9]*/cmdline"):
+            try:
+                with open(proc, "rb") as f:
+                    cmdline = f.read()
+                if d.encode() in cmdline:
+                    os.kill(int(proc.split("/")[2]), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        netns.delete()
+        unmount_under(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 class PodsTest:
     def __init__(self, args):
         self.args = args
+        sweep_stale()
         self.work = tempfile.mkdtemp(prefix="baton-pods.", dir="/var/tmp")
         os.chmod(self.work, 0o755)
+        with open(os.path.join(self.work, "pid"), "w") as f:
+            f.write(str(os.getpid()))
         self.netns = None
         self.runtime = None
         self.sts = None
@@ -187,8 +226,6 @@ class PodsTest:
             "smtp": {"relayNetworks": relay},
             "config": {"delivery": {"smarthost": smarthost, "retryIntervals": ["2s", "5s", "10s"]}},
         }
-        if self.args.compat_batond_before_k8s:
-            values["peerTLS"] = {"enabled": False}
         self.values = os.path.join(self.work, "values-test.yaml")
         with open(self.values, "w") as f:
             json.dump(values, f, indent=2)  # JSON is YAML
@@ -278,9 +315,6 @@ class PodsTest:
         self.setup()
         from podctl import StatefulSet, Store
 
-        compat = Compat() if self.args.compat_batond_before_k8s else None
-        if compat:
-            log("DEVELOPMENT MODE --compat-batond-before-k8s: configs patched for today's batond")
         # helm template cannot `lookup` the Secrets the chart keeps across upgrades (admin
         # token, peer CA and certificates), so they come from one render at the largest
         # replica count and stay, as an upgrade would leave them.
@@ -288,7 +322,7 @@ class PodsTest:
         store.apply(self.render(5))
         m3 = self.render(3)
         store.apply(m3, secrets=False)
-        self.sts = StatefulSet(self.runtime, store, m3, NAMESPACE, self.work, "cluster.local", compat)
+        self.sts = StatefulSet(self.runtime, store, m3, NAMESPACE, self.work, "cluster.local")
         scenarios = [("form", self.s1_form), ("deliver", self.s2_deliver), ("failover", self.s3_failover),
                      ("rejoin-empty", self.s4_rejoin_empty), ("scale", self.s5_scale)]
         wanted = {int(s) for s in self.args.scenarios.split(",")} | {1}
@@ -455,6 +489,7 @@ class PodsTest:
             if self.netns:
                 self.netns.delete()
             if self.args.keep:
+                open(os.path.join(self.work, "kept"), "w").close()
                 log(f"kept {self.work}")
             else:
                 from runtimes import unmount_under
@@ -527,43 +562,6 @@ class MailFlow:
         if self.thread.is_alive():
             raise Fail(f"the mail flow {self.prefix} did not finish in {timeout} s")
         self.pool.shutdown(wait=True)
-
-
-class Compat:
-    """DEVELOPMENT ONLY (--compat-batond-before-k8s): runs the chart's pods on a batond
-    that predates the features the chart relies on, by patching each pod's rendered
-    config as the feature would act: ${VAR} expanded from the pod's environment, `id`
-    from the ordinal instead of id_from_hostname, bootstrap only for ordinal 0 when no
-    other pod exists (else join); and the scale-down Job's `node scale-down --replicas N`
-    replaced by `node remove` of each member above N."""
-
-    def adjust(self, sts, i, plan, pod_dir):
-        import re
-
-        cfg = next(src for kind, src, dst, _ in plan.mounts if dst == "/etc/baton/config")
-        path = os.path.join(cfg, "baton.toml")
-        with open(path) as f:
-            text = f.read()
-        text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: plan.env.get(m.group(1), m.group(0)), text)
-        text = re.sub(r"(?m)^id_from_hostname = true$", f"id = {i + 1}", text)
-        others = [j for j in sts.pods if j != i]
-        own = f'"{sts.fqdn(i)}:7301"'
-        if i == 0 and not others:
-            text = re.sub(r"(?m)^join = .*\n", "", text)
-        else:
-            text = re.sub(r"(?m)^bootstrap = true$", "bootstrap = false", text)
-            text = re.sub(r"(?m)^join = \[(.*)\]$",
-                          lambda m: "join = [" + ",".join(x for x in m.group(1).split(",") if x.strip() != own) + "]",
-                          text)
-        with open(path, "w") as f:
-            f.write(text)
-
-    def adjust_job(self, sts, plan):
-        cmd = plan.command or []
-        if "scale-down" in cmd:
-            n = int(cmd[cmd.index("--replicas") + 1])
-            base = cmd[: cmd.index("node")]
-            plan.compat_commands = [base + ["node", "remove", str(j + 1)] for j in sorted(sts.pods, reverse=True) if j >= n]
 
 
 if __name__ == "__main__":

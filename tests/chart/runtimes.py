@@ -16,6 +16,7 @@ pod spec maps to one flag (pod_plan → start), and what is not emulated fails l
 """
 
 import json
+import re
 import os
 import resource
 import shlex
@@ -235,16 +236,27 @@ runroot = "{r}/run"
         return self.podman(*a, name, *argv, check=check, timeout=timeout)
 
     def run_to_end(self, plan, ip, files, timeout):
+        """Runs a Job's pod to its end; its exit code (-1: killed at the deadline) and log.
+        The process is watched through /proc: `podman wait` (4.3) returned some 20 s
+        after the container had exited."""
         log_path = os.path.join(self.logs, f"{plan.name}.log")
         self.podman("run", "-d", *self._run_args(plan, ip, files, log_path))
-        try:
-            p = self.podman("wait", plan.name, check=False, timeout=timeout)
-            code = int(p.stdout.strip()) if p.stdout.strip().lstrip("-").isdigit() else -1
-        except Fail:
-            code = -1
-        out = self.podman("logs", plan.name, check=False).stdout + self.podman("logs", plan.name, check=False).stderr
+        deadline = time.monotonic() + timeout
+        pid = int(self.podman("inspect", "--format", "{{.State.Pid}}", plan.name).stdout.strip() or 0)
+        start = proc_start(pid)
+        while start and proc_start(pid) == start and time.monotonic() < deadline:
+            time.sleep(0.1)
+        code = -1
+        if time.monotonic() < deadline:
+            for _ in range(100):
+                st = self.podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", plan.name).stdout.split()
+                if st and st[0] in ("exited", "stopped"):
+                    code = int(st[1])
+                    break
+                time.sleep(0.1)
+        p = self.podman("logs", plan.name, check=False)
         self.podman("rm", "-f", "-t", "0", plan.name, check=False)
-        return code, out
+        return code, p.stdout + p.stderr
 
     def log_tail(self, pod, lines=30):
         path = (pod.handle or {}).get("log")
@@ -311,11 +323,15 @@ class Processes:
             else:
                 pairs.append((dst, src))
         pairs.sort(key=lambda p: -len(p[0]))
+        host_of = dict(pairs)
+        host_of[IMAGE_BIN.rstrip("/")] = self.bin_dir.rstrip("/")
+        host_of["0.0.0.0:"] = f"{ip}:"
+        # One pass (the host paths contain "/tmp" too), whole path components only.
+        keys = sorted((k for k in host_of if k.startswith("/")), key=len, reverse=True)
+        pattern = re.compile(r"(?<![\w./-])(?:" + "|".join(map(re.escape, keys)) + r")(?=[/\"'\s]|$)|0\.0\.0\.0:")
 
         def tr(s):
-            for dst, host in pairs:
-                s = s.replace(dst, host)
-            return s.replace("0.0.0.0:", f"{ip}:").replace(IMAGE_BIN, self.bin_dir.rstrip("/") + "/")
+            return pattern.sub(lambda m: host_of[m.group(0)], s)
 
         for kind, src, dst, ro in plan.mounts:
             if kind == "bind" and ro:
@@ -371,8 +387,10 @@ class Processes:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
+        # SIGTERM went to unshare as well, which dies at once: reap it (a zombie would
+        # keep the group alive), then wait for batond, orphaned in the same group.
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and group_alive(proc.pid):
+        while time.monotonic() < deadline and (proc.poll() is None or group_alive(proc.pid)):
             time.sleep(0.1)
         if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
