@@ -173,16 +173,20 @@ class PodsTest:
         raise Fail("baton-sink not found: set BATON_SINK or `cargo build -p baton-load --bin baton-sink`")
 
     def podman_usable(self):
+        """Sets up the podman runtime; False (after a loud banner) when podman cannot run
+        containers here. A missing or broken image fails the test instead: falling back
+        would hide it."""
+        from runtimes import Podman, Unusable
+
         try:
-            run(["podman", "--version"], timeout=30)
+            if shutil.which("podman") is None:
+                raise Unusable("no podman binary")
             self.netns = Netns(f"baton-k8s-{os.getpid()}")
             self.netns.create()
-            from runtimes import Podman
-
-            self.runtime = Podman(self.work, self.netns, self.args.image)
+            self.runtime = Podman(self.work, self.netns, self.args.image, self.args.bin_dir)
             self.runtime.setup()
             return True
-        except (Fail, FileNotFoundError) as e:
+        except Unusable as e:
             print("\n" + "!" * 78, flush=True)
             print(f"!!! PODMAN CANNOT RUN HERE: {e}", flush=True)
             print("!!! FALLING BACK to plain processes on 127.0.0.x (no containers, no image,", flush=True)
@@ -190,8 +194,9 @@ class PodsTest:
             print("!" * 78 + "\n", flush=True)
             if self.runtime:
                 self.runtime.teardown()
-            if self.netns:
-                self.netns.delete()
+                self.runtime = None
+            self.netns.delete()
+            self.netns = None
             return False
 
     def setup(self):

@@ -20,6 +20,7 @@ import re
 import os
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -29,9 +30,14 @@ from podnet import Fail, Netns, log, run
 IMAGE_BIN = "/usr/local/bin/"
 
 
+class Unusable(Fail):
+    """podman cannot run containers on this machine (the fallback's cue), as opposed to
+    a failure of the test's own setup (a missing or broken image), which fails the test."""
+
+
 class Podman:
-    def __init__(self, work, netns, image, subnet_prefix="10.244.0"):
-        self.work, self.netns, self.image = work, netns, image
+    def __init__(self, work, netns, image, bin_dir, subnet_prefix="10.244.0"):
+        self.work, self.netns, self.image, self.bin_dir = work, netns, image, bin_dir
         self.root = os.path.join(work, "podman")
         self.prefix = subnet_prefix
         self.network = f"{netns.name}-pods"
@@ -51,8 +57,9 @@ class Podman:
         return run(self.netns.prefix() + ["podman", *map(str, args)], check=check, timeout=timeout, env=self.env)
 
     def setup(self):
-        """Private config and storage, the image copied in, the pod network; a trivial
-        container must start. Raises Fail if podman cannot run here."""
+        """Private config and storage, the pod network, the image copied in. Raises
+        Unusable if podman cannot run a trivial container here, Fail if the image is
+        missing or does not run."""
         os.makedirs(self.root, exist_ok=True)
         os.makedirs(self.logs, exist_ok=True)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -91,16 +98,40 @@ runroot = "{r}/run"
         info = self.podman("info", "--format", "{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}} {{.Host.CgroupManager}}",
                            check=False, timeout=60)
         if info.returncode != 0:
-            raise Fail(f"podman info failed: {info.stderr.strip()[-500:]}")
+            raise Unusable(f"podman info failed: {info.stderr.strip()[-500:]}")
         log(f"podman: {info.stdout.strip()} (private storage in {r})")
-        self._load_image()
-        self.podman("network", "create", "--disable-dns", "--subnet", f"{self.prefix}.0/24",
-                    "--gateway", f"{self.prefix}.1", self.network)
-        p = self.podman("run", "--rm", "--network", self.network, "--pull", "never", self.image, "--version",
-                        check=False, timeout=90)
+        p = self.podman("network", "create", "--disable-dns", "--subnet", f"{self.prefix}.0/24",
+                        "--gateway", f"{self.prefix}.1", self.network, check=False)
         if p.returncode != 0:
-            raise Fail(f"a trivial container does not start: {p.stderr.strip()[-800:]}")
-        log(f"podman: a trivial container ran: {p.stdout.strip()}")
+            raise Unusable(f"podman network create failed: {p.stderr.strip()[-500:]}")
+        # A trivial container that does not depend on the image: the static batonctl in a
+        # root file system of its own (podman --rootfs).
+        static = os.path.join(self.bin_dir, "batonctl")
+        if os.access(static, os.X_OK):
+            rootfs = os.path.join(self.root, "trivial-rootfs")
+            os.makedirs(rootfs, exist_ok=True)
+            shutil.copy(static, os.path.join(rootfs, "batonctl"))
+            try:
+                code, out = self._run_to_end("pods-trivial", ["--network", self.network, "--rootfs", rootfs,
+                                                              "/batonctl", "--version"], 90)
+            except Fail as e:
+                raise Unusable(f"a trivial container does not start: {e}") from e
+            if code != 0:
+                raise Unusable(f"a trivial container does not start: exit {code}: {out.strip()[-800:]}")
+            log(f"podman: a trivial container ran ({out.strip()})")
+            shutil.rmtree(rootfs)
+        else:
+            log(f"podman: no {static} for a trivial container: the image's first run stands for it")
+        self._load_image()
+        try:
+            code, out = self._run_to_end("pods-image", ["--network", self.network, "--pull", "never", self.image,
+                                                        "--version"], 90)
+        except Fail as e:
+            code, out = -1, str(e)
+        if code != 0:
+            err = f"{self.image} does not run: exit {code}: {out.strip()[-800:]}"
+            raise Fail(err) if os.access(static, os.X_OK) else Unusable(err)
+        log(f"podman: {self.image} runs: {out.strip()}")
 
     def _load_image(self):
         """Copies the image from the machine's default storage (where build-image.sh's
@@ -198,6 +229,8 @@ runroot = "{r}/run"
 
     def start(self, pod, files):
         log_path = os.path.join(self.logs, f"{pod.name}.log")
+        with open(log_path, "a") as f:  # one file per pod name, across re-creations
+            f.write(f"--- pods.py: creating {pod.name} on {pod.ip}\n")
         self.podman("run", "-d", *self._run_args(pod.plan, pod.ip, files, log_path), timeout=120)
         pod.handle = {"log": log_path}
         self._refresh_pid(pod)
@@ -236,27 +269,33 @@ runroot = "{r}/run"
         return self.podman(*a, name, *argv, check=check, timeout=timeout)
 
     def run_to_end(self, plan, ip, files, timeout):
-        """Runs a Job's pod to its end; its exit code (-1: killed at the deadline) and log.
-        The process is watched through /proc: `podman wait` (4.3) returned some 20 s
-        after the container had exited."""
+        """Runs a Job's pod to its end: its exit code (-1: killed at the deadline) and log."""
         log_path = os.path.join(self.logs, f"{plan.name}.log")
-        self.podman("run", "-d", *self._run_args(plan, ip, files, log_path))
+        args = self._run_args(plan, ip, files, log_path)
+        return self._run_to_end(plan.name, args[2:], timeout)  # args[:2]: --name NAME
+
+    def _run_to_end(self, name, args, timeout):
+        """`podman run -d --name name ARGS`, the process watched through /proc until it
+        ends: an attached `podman run` or `podman wait` (4.3) returns some 20 s after the
+        container exited."""
+        self.podman("run", "-d", "--name", name, *args)
         deadline = time.monotonic() + timeout
-        pid = int(self.podman("inspect", "--format", "{{.State.Pid}}", plan.name).stdout.strip() or 0)
-        start = proc_start(pid)
-        while start and proc_start(pid) == start and time.monotonic() < deadline:
-            time.sleep(0.1)
-        code = -1
-        if time.monotonic() < deadline:
-            for _ in range(100):
-                st = self.podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", plan.name).stdout.split()
+        try:
+            pid = int(self.podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip() or 0)
+            start = proc_start(pid)
+            while start and proc_start(pid) == start and time.monotonic() < deadline:
+                time.sleep(0.1)
+            code = -1
+            while time.monotonic() < deadline + 10:
+                st = self.podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name).stdout.split()
                 if st and st[0] in ("exited", "stopped"):
                     code = int(st[1])
                     break
                 time.sleep(0.1)
-        p = self.podman("logs", plan.name, check=False)
-        self.podman("rm", "-f", "-t", "0", plan.name, check=False)
-        return code, p.stdout + p.stderr
+            p = self.podman("logs", name, check=False)
+            return code, p.stdout + p.stderr
+        finally:
+            self.podman("rm", "-f", "-t", "0", name, check=False)
 
     def log_tail(self, pod, lines=30):
         path = (pod.handle or {}).get("log")
