@@ -21,6 +21,8 @@ use tokio::sync::watch;
 pub const DRAIN: Duration = Duration::from_secs(30);
 /// How long a drain waits for a component's task to end once told to stop.
 const STOP: Duration = Duration::from_secs(5);
+/// Between attempts to hand a draining node's domains back.
+const RELEASE_PAUSE: Duration = Duration::from_millis(250);
 
 /// What the components of one node share.
 pub struct Shared {
@@ -313,16 +315,34 @@ impl LeaseKeeper {
             return;
         }
         s.lease.revoke();
-        let release = s.writer.write(Request::Release {
-            node: s.config.node.id,
-        });
-        match tokio::time::timeout(STOP, release).await {
-            Ok(Ok(_)) => tracing::info!("domains handed over"),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not hand domains over; they move when the lease expires")
-            }
-            Err(_) => {
-                tracing::warn!("handing domains over timed out; they move when the lease expires")
+        // Retried until STOP: a write finds no leader for the second or so of an
+        // election (another node's drain, a leader lost), and domains not handed back
+        // here wait for the lease to expire.
+        let deadline = tokio::time::Instant::now() + STOP;
+        loop {
+            let release = s.writer.write(Request::Release {
+                node: s.config.node.id,
+            });
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(remaining, release).await {
+                Ok(Ok(_)) => {
+                    tracing::info!("domains handed over");
+                    return;
+                }
+                Ok(Err(e)) if tokio::time::Instant::now() + RELEASE_PAUSE < deadline => {
+                    tracing::info!(error = %e, "handing domains over: retrying");
+                    tokio::time::sleep(RELEASE_PAUSE).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not hand domains over; they move when the lease expires");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "handing domains over timed out; they move when the lease expires"
+                    );
+                    return;
+                }
             }
         }
     }
