@@ -71,7 +71,7 @@ class Netns:
 
     def prefix(self):
         """The command prefix that runs a program in the namespace. `ip netns exec` would
-        remount /sys, which breaks runc (KUBERNETES.md pitfall 5)."""
+        remount /sys, which breaks runc (so nsenter --net is used instead)."""
         return ["nsenter", f"--net={self.path}"] if self.path else []
 
     def enter(self):

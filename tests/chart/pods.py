@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Runs the Helm chart's StatefulSet pods for real, without Kubernetes: podman plays the
 container runtime, this script the API server, the StatefulSet controller, the kubelet
-(probes, restarts, /etc/hosts) and the cluster DNS (see /work/shared/KUBERNETES.md's
-"Running the chart's pods for real" and the README's chart section).
+(probes, restarts, /etc/hosts) and the cluster DNS (see cluster/README.md's
+pods-test section and the README's "Install on Kubernetes").
 
     python3 tests/chart/pods.py            (as root; from the repository root)
 
@@ -190,7 +190,7 @@ class PodsTest:
             print("\n" + "!" * 78, flush=True)
             print(f"!!! PODMAN CANNOT RUN HERE: {e}", flush=True)
             print("!!! FALLING BACK to plain processes on 127.0.0.x (no containers, no image,", flush=True)
-            print("!!! no readOnlyRootFilesystem, no limits): KUBERNETES.md's fallback.", flush=True)
+            print("!!! no readOnlyRootFilesystem, no limits): the fallback.", flush=True)
             print("!" * 78 + "\n", flush=True)
             if self.runtime:
                 self.runtime.teardown()

@@ -1,7 +1,7 @@
 """Container runtimes for tests/chart/podctl.py's pods.
 
 - `Podman`: each pod a container (`podman run`, runc) on a bridge network inside the
-  test's network namespace, with a private containers.conf and storage (KUBERNETES.md's
+  test's network namespace, with a private containers.conf and storage (podman's
   pitfalls and their fixes), one named volume per claim.
 - `Processes`: the fallback where podman cannot run: each pod's command as a plain
   process on its own 127.0.0.x address, in `unshare --mount --uts` with its host name and
@@ -68,7 +68,7 @@ class Podman:
         nproc = 4096 if nproc == resource.RLIM_INFINITY else min(nproc, 4096)
         r = self.root
         with open(self.conf, "w") as f:
-            f.write(f"""# tests/chart/pods.py: podman for this test only (KUBERNETES.md's pitfalls).
+            f.write(f"""# tests/chart/pods.py: podman for this test only (podman's pitfalls).
 [containers]
 # No CAP_SYS_RESOURCE here: podman's default rlimits would fail with setrlimit EPERM.
 default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]
