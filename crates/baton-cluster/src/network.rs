@@ -45,7 +45,7 @@ impl Peers {
     pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
-            return Ok(RaftClient::new(c.clone()));
+            return Ok(limited(c.clone()));
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -61,10 +61,16 @@ impl Peers {
         }
         let channel = endpoint.connect_lazy();
         map.insert(addr.to_string(), channel.clone());
-        Ok(RaftClient::new(channel)
-            .max_decoding_message_size(256 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024))
+        Ok(limited(channel))
     }
+}
+
+/// A client on `channel` with the message limits of every peer call (a large append or
+/// snapshot chunk, and its answer), whether the channel is new or reused.
+fn limited(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024)
 }
 
 /// The factory openraft asks for per-peer clients.
