@@ -7,17 +7,6 @@ use baton_tests::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// (leader, member ids) as `node` sees them.
-fn view(node: &Node) -> (u64, Vec<u64>) {
-    let st = ctl_json(node, &["status"]);
-    let mut ids: Vec<u64> = st["members"]
-        .as_array()
-        .map(|m| m.iter().filter_map(|m| m["id"].as_u64()).collect())
-        .unwrap_or_default();
-    ids.sort_unstable();
-    (st["leader_id"].as_u64().unwrap_or(0), ids)
-}
-
 fn options(id: u64, raft: &[SocketAddr], sink: SocketAddr) -> NodeOptions {
     NodeOptions {
         id,
@@ -47,7 +36,7 @@ fn first_node_forms_once_and_rejoins_after_losing_its_data() {
         n.wait_ready();
     }
     let formed = wait_until("one cluster of three", Duration::from_secs(30), || {
-        let views: Vec<_> = nodes.iter().map(view).collect();
+        let views: Vec<_> = nodes.iter().map(members).collect();
         (views
             .iter()
             .all(|v| v.0 != 0 && v.0 == views[0].0 && v.1 == [1, 2, 3]))
@@ -87,7 +76,7 @@ fn first_node_forms_once_and_rejoins_after_losing_its_data() {
         "node 1 back in the same cluster",
         Duration::from_secs(30),
         || {
-            let views: Vec<_> = nodes.iter().map(view).collect();
+            let views: Vec<_> = nodes.iter().map(members).collect();
             (views
                 .iter()
                 .all(|v| v.0 != 0 && v.0 == views[0].0 && v.1 == [1, 2, 3]))

@@ -18,27 +18,6 @@ fn member(id: u64, join: Vec<SocketAddr>, sink: SocketAddr) -> NodeOptions {
     }
 }
 
-fn leader_of(nodes: &[&Node]) -> Option<u64> {
-    let leaders: Vec<u64> = nodes
-        .iter()
-        .filter(|n| n.metric("baton_raft_leader") == 1.0)
-        .map(|n| n.id)
-        .collect();
-    (leaders.len() == 1).then(|| leaders[0])
-}
-
-fn send(node: &Node, n: usize) {
-    let mut c = node.smtp();
-    c.hello();
-    let reply = c.send_mail(
-        "s@src.test",
-        &["u@dst.test"],
-        &format!("Subject: cluster {n}\r\nX-Seq: {n}\r\n\r\nbody\r\n"),
-    );
-    assert!(reply.starts_with("250"), "node {}: {reply}", node.id);
-    c.cmd("QUIT", "221");
-}
-
 fn seqs(sink: &Sink) -> Vec<usize> {
     let mut v: Vec<usize> = sink
         .messages()
@@ -65,7 +44,7 @@ fn three_nodes_form_accept_through_followers_and_survive_a_leader_kill() {
     });
     // A write through each node, followers included: forwarded to the leader.
     for (i, node) in nodes.iter().enumerate() {
-        send(node, i + 1);
+        send_numbered(node, i + 1);
     }
     wait_until("3 deliveries", WAIT, || {
         (seqs(&sink).len() >= 3).then_some(())
@@ -99,7 +78,7 @@ fn three_nodes_form_accept_through_followers_and_survive_a_leader_kill() {
     wait_until("the follower to know the new leader", WAIT, || {
         (http_get(follower.http, "/readyz").map(|r| r.0) == Some(200)).then_some(())
     });
-    send(follower, 4);
+    send_numbered(follower, 4);
     wait_until("delivery after failover", WAIT, || {
         (seqs(&sink).len() >= 4).then_some(())
     });
@@ -135,7 +114,7 @@ fn a_node_joining_after_log_compaction_catches_up_from_a_snapshot() {
     let leader = wait_until("a leader", WAIT, || leader_of(&[&n1, &n2]));
     let leader = if leader == 1 { &n1 } else { &n2 };
     for i in 1..=40 {
-        send(leader, i);
+        send_numbered(leader, i);
     }
     wait_until("40 deliveries", WAIT, || {
         (seqs(&sink).len() >= 40).then_some(())
@@ -180,7 +159,7 @@ fn sigterm_of_the_leader_hands_over_without_duplicates() {
     });
     let pos = nodes.iter().position(|n| n.id == leader).unwrap();
     for i in 1..=20 {
-        send(&nodes[pos], i);
+        send_numbered(&nodes[pos], i);
     }
     // Stop the leader while its deliveries may still be running.
     let stopped = std::time::Instant::now();
@@ -203,7 +182,7 @@ fn sigterm_of_the_leader_hands_over_without_duplicates() {
     wait_until("the other node to know the new leader", WAIT, || {
         (http_get(other.http, "/readyz").map(|r| r.0) == Some(200)).then_some(())
     });
-    send(other, 21);
+    send_numbered(other, 21);
     wait_until("21 deliveries", WAIT, || {
         (seqs(&sink).len() >= 21).then_some(())
     });

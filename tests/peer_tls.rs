@@ -78,40 +78,6 @@ impl Ca {
     }
 }
 
-fn leader_of(nodes: &[&Node]) -> Option<u64> {
-    let leaders: Vec<u64> = nodes
-        .iter()
-        .filter(|n| n.metric("baton_raft_leader") == 1.0)
-        .map(|n| n.id)
-        .collect();
-    (leaders.len() == 1).then(|| leaders[0])
-}
-
-fn send(node: &Node, n: usize) {
-    let mut c = node.smtp();
-    c.hello();
-    let reply = c.send_mail(
-        "s@src.test",
-        &["u@dst.test"],
-        &format!("Subject: mtls {n}\r\nX-Seq: {n}\r\n\r\nbody\r\n"),
-    );
-    assert!(reply.starts_with("250"), "node {}: {reply}", node.id);
-    c.cmd("QUIT", "221");
-}
-
-/// The member ids in `batonctl status`.
-fn members(node: &Node) -> Vec<u64> {
-    let st = ctl_json(node, &["status"]);
-    let mut ids: Vec<u64> = st["members"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no members: {st}"))
-        .iter()
-        .filter_map(|m| m["id"].as_u64())
-        .collect();
-    ids.sort();
-    ids
-}
-
 fn suppressed(node: &Node) -> Vec<String> {
     let l: Value = ctl_json(node, &["suppression", "list"]);
     l["entries"]
@@ -248,10 +214,10 @@ fn a_cluster_talks_mutual_tls_and_refuses_clients_without_its_certificate() {
     });
     // A message through each node: the followers forward theirs to the leader.
     for (i, n) in nodes.iter().enumerate() {
-        send(n, i + 1);
+        send_numbered(n, i + 1);
     }
     sink.wait_for(3, WAIT);
-    assert_eq!(members(&nodes[1]), [1, 2, 3]);
+    assert_eq!(members(&nodes[1]).1, [1, 2, 3]);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let n1_raft = nodes[0].raft;
@@ -316,9 +282,9 @@ fn a_cluster_talks_mutual_tls_and_refuses_clients_without_its_certificate() {
     });
     // Nothing changed, and the server still serves (a failed handshake ends only its
     // own connection).
-    assert_eq!(members(&nodes[0]), [1, 2, 3]);
+    assert_eq!(members(&nodes[0]).1, [1, 2, 3]);
     assert!(!suppressed(&nodes[0]).contains(&"victim@dst.test".to_string()));
-    send(&nodes[0], 4);
+    send_numbered(&nodes[0], 4);
     sink.wait_for(4, WAIT);
     eprintln!("took {:?}", started.elapsed());
 }

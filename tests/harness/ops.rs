@@ -103,3 +103,39 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// The one node among `nodes` that says it leads (`baton_raft_leader` 1), if exactly one.
+pub fn leader_of(nodes: &[&Node]) -> Option<u64> {
+    let leaders: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n.metric("baton_raft_leader") == 1.0)
+        .map(|n| n.id)
+        .collect();
+    (leaders.len() == 1).then(|| leaders[0])
+}
+
+/// Sends message number `n` (header `X-Seq: n`) through `node`, asserting the 250.
+pub fn send_numbered(node: &Node, n: usize) {
+    let mut c = node.smtp();
+    c.hello();
+    let reply = c.send_mail(
+        "s@src.test",
+        &["u@dst.test"],
+        &format!("Subject: message {n}\r\nX-Seq: {n}\r\n\r\nbody\r\n"),
+    );
+    assert!(reply.starts_with("250"), "node {}: {reply}", node.id);
+    c.cmd("QUIT", "221");
+}
+
+/// (leader id, member ids sorted) in `batonctl status` on `node`; 0 while no leader.
+pub fn members(node: &Node) -> (u64, Vec<u64>) {
+    let st = ctl_json(node, &["status"]);
+    let mut ids: Vec<u64> = st["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members: {st}"))
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    (st["leader_id"].as_u64().unwrap_or(0), ids)
+}
