@@ -374,7 +374,8 @@ class PodsTest:
         leader = self.one_cluster([0, 1, 2])
         flow = MailFlow(self, "s3", count=self.args.messages, seconds=4)
         flow.start()
-        time.sleep(1)
+        # The leader goes while mail is being accepted, not before the first message.
+        wait_until("mail accepted before the leader's pod stops", 30, lambda: len(flow.accepted) >= 10)
         t0 = time.monotonic()
         self.sts.delete(leader)
         self.timing("failover_leader_stopped", time.monotonic() - t0)
