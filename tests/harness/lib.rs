@@ -160,6 +160,13 @@ impl Zone {
         self.lines.push(format!("host-record={host},{ip}"));
         self
     }
+    /// `name TXT "s1" "s2" ...`: each string at most 255 bytes, without `"` or `\\`.
+    pub fn txt(mut self, name: &str, strings: &[String]) -> Zone {
+        let quoted: Vec<String> = strings.iter().map(|s| format!("\"{s}\"")).collect();
+        self.lines
+            .push(format!("txt-record={name},{}", quoted.join(",")));
+        self
+    }
     /// A null MX (RFC 7505): `domain MX 0 .`.
     pub fn null_mx(mut self, domain: &str) -> Zone {
         self.lines.push(format!("dns-rr={domain},15,000000"));

@@ -4,6 +4,7 @@
 //! of `batond check-config` lists everything.
 
 mod checks;
+mod dkim;
 mod external;
 mod parse;
 mod peer_tls;
@@ -12,6 +13,7 @@ mod shaping;
 mod tests;
 
 use checks::{check_data_dir, overlapping_addresses, valid_domain_pattern};
+pub use dkim::{Alignment, DEFAULT_HEADERS, DkimConfig, SigningConfig};
 use ipnet::IpNet;
 use serde::Deserialize;
 pub use shaping::{ShapingConfig, SiteConfig, TenantsConfig};
@@ -65,6 +67,8 @@ pub struct Config {
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
     #[serde(default)]
+    pub signing: SigningConfig,
+    #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub http: HttpConfig,
@@ -74,6 +78,9 @@ pub struct Config {
     pub shaping: ShapingConfig,
     #[serde(default)]
     pub tenants: TenantsConfig,
+    /// The file it was read from (SIGHUP reads it again); none for `--dev`.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The replicated event log (received, delivered, deferred, ... per recipient).
@@ -383,20 +390,6 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D:
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DkimConfig {
-    pub domain: String,
-    pub selector: String,
-    pub key_file: PathBuf,
-    #[serde(default = "default_dkim_algorithm")]
-    pub algorithm: String,
-}
-
-fn default_dkim_algorithm() -> String {
-    "rsa-sha256".into()
-}
-
-#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -510,7 +503,10 @@ impl Config {
         // An unset variable is reported with every other problem (its `${NAME}` stays).
         let (text, mut errors) = external::expand_env(&text, |name| std::env::var(name).ok());
         match Config::check(&text) {
-            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(mut config) if errors.is_empty() => {
+                config.source = Some(path.to_path_buf());
+                Ok(config)
+            }
             Ok(_) => Err(ConfigErrors(errors)),
             Err(ConfigErrors(more)) => {
                 errors.extend(more);
@@ -535,6 +531,7 @@ impl Config {
             .check(self.delivery.max_connections_per_domain, &mut errors);
         self.tenants.check(&mut errors);
         self.cluster.check_peer_access(&mut errors);
+        dkim::check(&self.dkim, &mut errors);
         let mut err = |key: String, reason: String| errors.push(ConfigError { key, reason });
         if self.node.id == 0 {
             err("node.id".into(), "must be greater than 0".into());
@@ -745,20 +742,6 @@ impl Config {
                 "delivery.max_messages_per_connection".into(),
                 "must be at least 1".into(),
             );
-        }
-        for (i, k) in self.dkim.iter().enumerate() {
-            if !k.key_file.is_file() {
-                err(
-                    format!("dkim[{i}].key_file"),
-                    format!("file {} not found", k.key_file.display()),
-                );
-            }
-            if k.algorithm != "rsa-sha256" && k.algorithm != "ed25519-sha256" {
-                err(
-                    format!("dkim[{i}].algorithm"),
-                    format!("{:?} is not rsa-sha256 or ed25519-sha256", k.algorithm),
-                );
-            }
         }
         for (key, overlaps) in overlapping_addresses(&self.listen_addresses()) {
             err(key, overlaps);

@@ -12,7 +12,8 @@
 //! - [`batcher`] — group commit into Raft (the Committer and the OutcomeBatcher);
 //! - [`delivery`] — the DeliveryManager, one DomainDelivery per destination domain, and
 //!   their connection workers;
-//! - [`auth`] — SMTP AUTH against argon2 hashes;
+//! - [`auth`] — SMTP AUTH against argon2 hashes; [`signing`] — DKIM signatures added at
+//!   enqueue;
 //! - [`tls`] — inbound TLS configuration;
 //! - [`http`] and [`metrics`] — health, readiness and Prometheus metrics;
 //! - [`events`] — event-log retention; [`webhook`] — events POSTed to a URL (the admin
@@ -46,6 +47,7 @@ pub mod ingress;
 pub mod logfmt;
 pub mod metrics;
 pub mod node;
+pub mod signing;
 pub mod supervisor;
 pub mod tls;
 pub mod webhook;

@@ -49,6 +49,9 @@
 //! | `baton_tenant_bounce_rate{tenant}` | gauge | a tenant's hard bounces over attempted recipients in its window (0 with none attempted) |
 //! | `baton_tenant_complaint_rate{tenant}` | gauge | a tenant's complaints over delivered recipients in its window (0 with none delivered) |
 //! | `baton_tenant_paused{tenant}` | gauge | 1 while a tenant is paused |
+//! | `baton_dkim_signatures_total{domain,selector}` | counter | DKIM signatures added at enqueue |
+//! | `baton_dkim_unsigned_total` | counter | accepted or refused messages that no `[[dkim]]` key could sign (with keys or `[signing]` configured) |
+//! | `baton_dkim_errors_total` | counter | signing failures with a key that applied (the message goes on without that signature) |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -99,6 +102,9 @@ pub const SMTP_TIMEOUTS: &str = "baton_smtp_timeouts_total";
 pub const SMTP_STRESSED: &str = "baton_smtp_stressed_sessions_total";
 pub const SMTP_AUTH_THROTTLED: &str = "baton_smtp_auth_throttled_total";
 pub const SMTP_REFUSED_MESSAGES: &str = "baton_smtp_refused_messages_total";
+pub const DKIM_SIGNATURES: &str = "baton_dkim_signatures_total";
+pub const DKIM_UNSIGNED: &str = "baton_dkim_unsigned_total";
+pub const DKIM_ERRORS: &str = "baton_dkim_errors_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -250,6 +256,8 @@ fn describe() {
         SMTP_STRESSED,
         SMTP_AUTH_THROTTLED,
         SMTP_REFUSED_MESSAGES,
+        DKIM_UNSIGNED,
+        DKIM_ERRORS,
     ] {
         metrics::counter!(c).increment(0);
     }

@@ -7,6 +7,7 @@ use crate::components::*;
 use crate::config::{Config, TlsMode};
 use crate::delivery::{DeliveryContext, SiteSetup};
 use crate::ingress::{Accepted, IngressShared};
+use crate::signing::{Keys, Signing};
 use crate::supervisor::{Component, Node, Statuses};
 use anyhow::Context;
 use baton_cluster::{GrpcNetwork, Lease, Peers, Writer};
@@ -57,13 +58,21 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         writer,
     });
     let delivery = delivery_context(&s)?;
-    tokio::spawn(reload_on_hangup(delivery.clone()));
+    let signing = Signing::new(
+        Keys::load(&s.config.dkim, &s.config.signing).map_err(crate::config::ConfigErrors)?,
+    );
+    tokio::spawn(reload_on_hangup(
+        delivery.clone(),
+        signing.clone(),
+        s.config.source.clone(),
+    ));
     let ingress = IngressShared::new(
         s.config.smtp.clone(),
         Users::new(&s.config.smtp.users),
         s.committer.clone(),
         s.ready.subscribe(),
         queue.reader.clone(),
+        signing,
     );
     let components: Vec<Arc<dyn Component>> = vec![
         Arc::new(Raft(s.clone(), Task::default())),
@@ -231,8 +240,14 @@ fn delivery_context(s: &Arc<Shared>) -> anyhow::Result<Arc<DeliveryContext>> {
     }))
 }
 
-/// SIGHUP reloads what can change without a restart: the classification rules.
-async fn reload_on_hangup(delivery: Arc<DeliveryContext>) {
+/// SIGHUP reloads what can change without a restart: the classification rules, and the
+/// DKIM keys and `[signing]` of the config file, read again (a file that no longer
+/// validates changes nothing).
+async fn reload_on_hangup(
+    delivery: Arc<DeliveryContext>,
+    signing: Signing,
+    source: Option<std::path::PathBuf>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -244,5 +259,14 @@ async fn reload_on_hangup(delivery: Arc<DeliveryContext>) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading");
         delivery.reload_rules();
+        let Some(path) = &source else { continue };
+        match Config::load(path) {
+            Ok(config) => signing.reload(&config.dkim, &config.signing),
+            Err(errors) => {
+                for e in errors.0 {
+                    tracing::error!(key = %e.key, reason = %e.reason, "config not reloaded: DKIM keys unchanged");
+                }
+            }
+        }
     }
 }

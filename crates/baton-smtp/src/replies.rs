@@ -353,6 +353,16 @@ pub fn suppressed_for_sender(address: &str) -> Reply {
         format!("<{address}>: recipient suppressed for this sender"),
     )
 }
+/// `signing.require_dkim_alignment = "reject"` and no DKIM key may sign for the message's
+/// `From:` domain (`what`: the domain, or why there is none), at the end of DATA.
+pub fn no_aligned_dkim_key(what: &str) -> Reply {
+    let what = what.replace(|c: char| c.is_control(), " ");
+    Reply::new(
+        550,
+        "5.7.1",
+        format!("no DKIM key aligned with From domain {what}"),
+    )
+}
 /// The sender's tenant is paused (its bounce or complaint rate, or an operator), at MAIL.
 /// Control characters in the names are shown as spaces: the reply stays one line.
 pub fn tenant_paused(tenant: &str, reason: &str) -> Reply {

@@ -18,6 +18,7 @@ use crate::batcher::{self, BatcherMsg};
 use crate::config::{ListenerConfig, ListenerMode, SmtpConfig};
 use crate::logfmt::Safe;
 use crate::metrics as m;
+use crate::signing::Signing;
 use crate::supervisor::Slot;
 use baton_delivery::date::rfc5322;
 use baton_queue::clock::now_ms;
@@ -83,6 +84,8 @@ pub struct IngressShared {
     pub accepting: watch::Receiver<bool>,
     /// The replicated state, for the suppression lists and paused tenants.
     pub reader: QueueReader,
+    /// The DKIM keys, replaced by a reload.
+    pub signing: Signing,
 }
 
 impl IngressShared {
@@ -92,6 +95,7 @@ impl IngressShared {
         committer: Slot<BatcherMsg<Accepted>>,
         accepting: watch::Receiver<bool>,
         reader: QueueReader,
+        signing: Signing,
     ) -> Arc<IngressShared> {
         users.warn_unrestricted();
         Arc::new(IngressShared {
@@ -105,6 +109,7 @@ impl IngressShared {
             per_ip: Mutex::new(HashMap::new()),
             accepting,
             reader,
+            signing,
         })
     }
 
@@ -622,7 +627,35 @@ async fn commit(
     let id = ulid::Ulid::new().to_string();
     let tenant = tenant_of(envelope.authenticated.as_deref(), &envelope.from);
     let from = envelope.from.to_string();
-    let message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
+    let mut message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
+    // Signed last, over Baton's own fields too; a large body is hashed off the runtime.
+    let keys = shared.signing.keys();
+    let (signed, body) = if !keys.active() {
+        (Ok(Vec::new()), std::mem::take(&mut message.body))
+    } else {
+        let tenant = tenant.clone();
+        let body = std::mem::take(&mut message.body);
+        match tokio::task::spawn_blocking(move || (keys.sign(&tenant, &body), body)).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "DKIM signing task failed");
+                return Some(Err(replies::queue_failed()));
+            }
+        }
+    };
+    message.body = body;
+    match signed {
+        Ok(fields) if !fields.is_empty() => {
+            let mut body = fields;
+            body.extend_from_slice(&message.body);
+            message.body = body;
+        }
+        Ok(_) => {}
+        Err(reply) => {
+            tracing::info!(id = %id, from = %Safe(&from), client = %client, tenant = %Safe(&tenant), reply = %Safe(reply.to_string().trim_end()), "message refused: no DKIM key aligned with From");
+            return Some(Err(reply));
+        }
+    }
     let (size, nrcpt) = (message.body.len(), message.recipients.len());
     let kib = (message.body.len() / 1024).clamp(1, COMMIT_BUDGET_KIB as usize) as u32;
     let budget = tokio::time::timeout(
