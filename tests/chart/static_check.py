@@ -633,7 +633,8 @@ def main():
         check(cfg.get("cluster", {}).get("lease") == "15s", "values-all: cluster.lease passthrough")
         check(cfg.get("tenants", {}).get("bounce_pause_rate") == 0.08, "values-all: extraConfig appended")
         check(cfg.get("dkim") == [{"algorithm": "ed25519-sha256", "domain": "example.test",
-                                   "key_file": "/etc/baton/dkim/example.test.s1.pem", "selector": "s1"}],
+                                   "key_file": "/etc/baton/dkim/example.test.s1.pem", "selector": "s1",
+                                   "tenants": ["app1"]}],
               f"values-all: [[dkim]] (got {cfg.get('dkim')})")
         mounts = {m["mountPath"]: m["name"] for m in container(sts)["volumeMounts"]}
         for path, vol in (("/etc/baton/tls", "smtp-tls"), ("/etc/baton/users", "users"), ("/etc/baton/dkim", "dkim")):

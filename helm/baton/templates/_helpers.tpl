@@ -237,6 +237,8 @@ template's checksum is taken over that form, so scaling restarts no pod.
 {{- range $k := $v.dkim.keys }}
 {{- $d := dict "domain" $k.domain "selector" $k.selector "key_file" (printf "/etc/baton/dkim/%s" (include "baton.dkimFile" $k)) }}
 {{- if $k.algorithm }}{{ $_ := set $d "algorithm" $k.algorithm }}{{ end }}
+{{- if $k.tenants }}{{ $_ := set $d "tenants" $k.tenants }}{{ end }}
+{{- if $k.headers }}{{ $_ := set $d "headers" $k.headers }}{{ end }}
 {{- $dkim = append $dkim $d }}
 {{- end }}
 {{- if $dkim }}{{ $_ := set $owned "dkim" $dkim }}{{ end }}
