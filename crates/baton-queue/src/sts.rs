@@ -30,6 +30,9 @@ impl StsPolicyRecord {
 
     /// Whether it should be fetched again at `now_ms` (half of `max_age` has passed).
     pub fn refresh_due(&self, now_ms: u64) -> bool {
-        now_ms >= self.fetched_ms.saturating_add(self.max_age_s.saturating_mul(1000) / 2)
+        now_ms
+            >= self
+                .fetched_ms
+                .saturating_add(self.max_age_s.saturating_mul(1000) / 2)
     }
 }

@@ -216,10 +216,7 @@ impl QueueReader {
 
     /// The MTA-STS policy cached for `domain`, expired or not (see
     /// [`StsPolicyRecord::is_live`](crate::sts::StsPolicyRecord::is_live)).
-    pub fn sts_policy(
-        &self,
-        domain: &str,
-    ) -> Result<Option<crate::sts::StsPolicyRecord>, DbError> {
+    pub fn sts_policy(&self, domain: &str) -> Result<Option<crate::sts::StsPolicyRecord>, DbError> {
         match self.state.get(sts_policy_key(domain))? {
             Some(v) => Ok(Some(decode(&v, "MTA-STS policy")?)),
             None => Ok(None),
