@@ -5,6 +5,7 @@
 
 mod checks;
 mod external;
+mod mta_sts;
 mod parse;
 mod peer_tls;
 mod shaping;
@@ -318,6 +319,10 @@ pub struct DeliveryConfig {
     /// TCP connect timeout per host.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Extra CAs (PEM) trusted besides the webpki roots ("" none); see `config/mta_sts.rs`.
+    pub tls_ca_file: String,
+    /// Honour MTA-STS (RFC 8461) policies.
+    pub mta_sts: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -335,6 +340,8 @@ impl Default for DeliveryConfig {
             max_connections_per_domain: 10,
             max_messages_per_connection: 100,
             connect_timeout: Duration::from_secs(30),
+            tls_ca_file: String::new(),
+            mta_sts: false,
         }
     }
 }
@@ -535,6 +542,7 @@ impl Config {
             .check(self.delivery.max_connections_per_domain, &mut errors);
         self.tenants.check(&mut errors);
         self.cluster.check_peer_access(&mut errors);
+        self.delivery.check_mta_sts(&mut errors);
         let mut err = |key: String, reason: String| errors.push(ConfigError { key, reason });
         if self.node.id == 0 {
             err("node.id".into(), "must be greater than 0".into());

@@ -49,6 +49,8 @@
 //! | `baton_tenant_bounce_rate{tenant}` | gauge | a tenant's hard bounces over attempted recipients in its window (0 with none attempted) |
 //! | `baton_tenant_complaint_rate{tenant}` | gauge | a tenant's complaints over delivered recipients in its window (0 with none delivered) |
 //! | `baton_tenant_paused{tenant}` | gauge | 1 while a tenant is paused |
+//! | `baton_mta_sts_failures_total{mode}` | counter | MTA-STS: `enforce` deferrals (4.4.4, 4.7.5), `testing` connections the policy would have refused |
+//! | `baton_mta_sts_fetches_total{result}` | counter | MTA-STS policy fetches by the domains' owner: `ok`, `failed` |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -99,6 +101,8 @@ pub const SMTP_TIMEOUTS: &str = "baton_smtp_timeouts_total";
 pub const SMTP_STRESSED: &str = "baton_smtp_stressed_sessions_total";
 pub const SMTP_AUTH_THROTTLED: &str = "baton_smtp_auth_throttled_total";
 pub const SMTP_REFUSED_MESSAGES: &str = "baton_smtp_refused_messages_total";
+pub const MTA_STS_FAILURES: &str = "baton_mta_sts_failures_total";
+pub const MTA_STS_FETCHES: &str = "baton_mta_sts_fetches_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -235,6 +239,14 @@ fn describe() {
     describe_counter!(
         SMTP_REFUSED_MESSAGES,
         "Messages or senders refused for their content or sender (bytes, lines, allowed_from)."
+    );
+    describe_counter!(
+        MTA_STS_FAILURES,
+        "MTA-STS: enforce deferrals and testing-mode connections the policy would refuse."
+    );
+    describe_counter!(
+        MTA_STS_FETCHES,
+        "MTA-STS policy fetches by the domains' owner, by result."
     );
     // Register every contract name so /metrics carries them from the start.
     for c in [
