@@ -160,6 +160,11 @@ impl Zone {
         self.lines.push(format!("host-record={host},{ip}"));
         self
     }
+    /// `name TXT "text"` (one string; `text` without double quotes).
+    pub fn txt(mut self, name: &str, text: &str) -> Zone {
+        self.lines.push(format!("txt-record={name},\"{text}\""));
+        self
+    }
     /// A null MX (RFC 7505): `domain MX 0 .`.
     pub fn null_mx(mut self, domain: &str) -> Zone {
         self.lines.push(format!("dns-rr={domain},15,000000"));
@@ -632,6 +637,8 @@ pub struct NodeOptions {
     pub max_age: String,
     /// `[delivery] tls`.
     pub tls: String,
+    /// Extra TOML appended to `[delivery]`.
+    pub delivery: String,
     /// `[node] id`.
     pub id: u64,
     /// `[cluster] bootstrap`.
@@ -667,6 +674,7 @@ impl Default for NodeOptions {
             retry_intervals: "[\"1s\"]".into(),
             max_age: "1h".into(),
             tls: "opportunistic".into(),
+            delivery: String::new(),
             id: 1,
             bootstrap: true,
             join: Vec::new(),
@@ -750,6 +758,7 @@ tls = "{tls}"
 retry_intervals = {retry}
 max_age = "{max_age}"
 connect_timeout = "2s"
+{delivery_extra}
 
 [admin]
 listen = "{admin_addr}"
@@ -780,6 +789,7 @@ listen = "{http}"
             retry = opts.retry_intervals,
             max_age = opts.max_age,
             tls = opts.tls,
+            delivery_extra = opts.delivery,
             tail = opts.tail,
             admin_token = opts.admin_token.as_deref().unwrap_or(""),
             admin_tls = opts

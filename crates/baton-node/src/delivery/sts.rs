@@ -77,7 +77,9 @@ pub async fn policy(ctx: &DeliveryContext, domain: &str) -> Option<StsPolicyReco
             None
         }
     };
-    if cached.is_some() && now < checked.txt_ms.saturating_add(TXT_RECHECK_MS) {
+    if cached.as_ref().is_some_and(|c| !c.refresh_due(now))
+        && now < checked.txt_ms.saturating_add(TXT_RECHECK_MS)
+    {
         return cached;
     }
     checked.txt_ms = now;
