@@ -145,6 +145,22 @@ fn event_of(node: &Node, kind: &str, id: &str, test: impl Fn(&Value) -> bool) ->
     })
 }
 
+/// A deferral of message `id` by `node` matching `test`; fails as soon as `sink` got
+/// anything (mail sent in clear), rather than waiting for a deferral that cannot come.
+fn deferred_not_sent(node: &Node, sink: &Sink, id: &str, test: impl Fn(&Value) -> bool) -> Value {
+    let found = wait_until(&format!("a deferral of {id} as wanted"), WAIT, || {
+        if !sink.messages().is_empty() {
+            return Some(None);
+        }
+        events(node, "deferred")
+            .into_iter()
+            .find(|e| e["message_id"] == id && test(e))
+            .map(Some)
+    });
+    assert_eq!(sink.messages().len(), 0, "nothing may be sent in clear");
+    found.expect("a deferral")
+}
+
 fn reply(e: &Value) -> &str {
     e["reply"].as_str().unwrap_or_default()
 }
@@ -183,7 +199,7 @@ fn enforce_never_sends_in_clear_and_the_cache_outlives_the_policy_server() {
     });
 
     let first = send(&node, "u@sts1.test");
-    let e = event_of(&node, "deferred", &first, |e| {
+    let e = deferred_not_sent(&node, &sink, &first, |e| {
         reply(e).starts_with("451 4.7.5 MTA-STS: ")
     });
     assert!(
@@ -212,7 +228,7 @@ fn enforce_never_sends_in_clear_and_the_cache_outlives_the_policy_server() {
             .then_some(())
     });
     let second = send(&node, "v@sts1.test");
-    event_of(&node, "deferred", &second, |e| {
+    deferred_not_sent(&node, &sink, &second, |e| {
         reply(e).starts_with("451 4.7.5 MTA-STS: ") && tls(e) == "tls_policy=mta-sts-enforce"
     });
     assert_eq!(sink.messages().len(), 0, "nothing was sent in clear");
@@ -351,7 +367,7 @@ fn a_new_owner_enforces_the_cached_policy_after_a_sigkill() {
 
     let id = send(&nodes[0], "u@sts4.test");
     // Deferred by whoever delivers the domain now (after its site settled).
-    let e = event_of(&nodes[0], "deferred", &id, |e| {
+    let e = deferred_not_sent(&nodes[0], &sink, &id, |e| {
         reply(e).starts_with("451 4.7.5 MTA-STS: ")
     });
     let owner = e["node_id"].as_u64().expect("node_id");
@@ -371,12 +387,9 @@ fn a_new_owner_enforces_the_cached_policy_after_a_sigkill() {
     let killed = owner as usize - 1;
     nodes[killed].kill();
     let other = (killed + 1) % 3;
-    let e = wait_until("a deferral by the new owner", WAIT, || {
-        events(&nodes[other], "deferred").into_iter().find(|e| {
-            e["message_id"] == id
-                && e["node_id"].as_u64() != Some(owner)
-                && e["time_unix_ms"].as_u64().is_some_and(|t| t > killed_at)
-        })
+    let e = deferred_not_sent(&nodes[other], &sink, &id, |e| {
+        e["node_id"].as_u64() != Some(owner)
+            && e["time_unix_ms"].as_u64().is_some_and(|t| t > killed_at)
     });
     assert!(reply(&e).starts_with("451 4.7.5 MTA-STS: "), "{e}");
     assert_eq!(tls(&e), "tls_policy=mta-sts-enforce", "{e}");
