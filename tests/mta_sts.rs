@@ -374,8 +374,8 @@ fn a_new_owner_enforces_the_cached_policy_after_a_sigkill() {
     let last = |n: &Node| {
         events(n, "deferred")
             .into_iter()
-            .filter(|e| e["message_id"] == id)
-            .last()
+            .rev()
+            .find(|e| e["message_id"] == id)
     };
     // The owner keeps deferring it (retries every second): take the latest deferral's
     // node as the owner at the kill.

@@ -156,7 +156,8 @@ impl WorkerState {
                 rule: RULE.to_string(),
             })
             .collect();
-        let _ = self.finish_with(job, token, attempt, Vec::new(), false, replies);
+        // The commit runs on its own (the task holds the token).
+        drop(self.finish_with(job, token, attempt, Vec::new(), false, replies));
     }
 }
 
