@@ -68,7 +68,7 @@ fn key_record(zone: Zone, name: &str, k: &str, p: &str) -> Zone {
         .chunks(250)
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect();
-    zone.txt(name, &strings)
+    zone.txt_strings(name, &strings)
 }
 
 /// dkimpy's verdict on each signature of `message`.

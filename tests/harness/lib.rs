@@ -160,8 +160,13 @@ impl Zone {
         self.lines.push(format!("host-record={host},{ip}"));
         self
     }
+    /// `name TXT "text"` (one string; `text` without double quotes).
+    pub fn txt(mut self, name: &str, text: &str) -> Zone {
+        self.lines.push(format!("txt-record={name},\"{text}\""));
+        self
+    }
     /// `name TXT "s1" "s2" ...`: each string at most 255 bytes, without `"` or `\\`.
-    pub fn txt(mut self, name: &str, strings: &[String]) -> Zone {
+    pub fn txt_strings(mut self, name: &str, strings: &[String]) -> Zone {
         let quoted: Vec<String> = strings.iter().map(|s| format!("\"{s}\"")).collect();
         self.lines
             .push(format!("txt-record={name},{}", quoted.join(",")));
@@ -639,6 +644,8 @@ pub struct NodeOptions {
     pub max_age: String,
     /// `[delivery] tls`.
     pub tls: String,
+    /// Extra TOML appended to `[delivery]`.
+    pub delivery: String,
     /// `[node] id`.
     pub id: u64,
     /// `[cluster] bootstrap`.
@@ -674,6 +681,7 @@ impl Default for NodeOptions {
             retry_intervals: "[\"1s\"]".into(),
             max_age: "1h".into(),
             tls: "opportunistic".into(),
+            delivery: String::new(),
             id: 1,
             bootstrap: true,
             join: Vec::new(),
@@ -757,6 +765,7 @@ tls = "{tls}"
 retry_intervals = {retry}
 max_age = "{max_age}"
 connect_timeout = "2s"
+{delivery_extra}
 
 [admin]
 listen = "{admin_addr}"
@@ -787,6 +796,7 @@ listen = "{http}"
             retry = opts.retry_intervals,
             max_age = opts.max_age,
             tls = opts.tls,
+            delivery_extra = opts.delivery,
             tail = opts.tail,
             admin_token = opts.admin_token.as_deref().unwrap_or(""),
             admin_tls = opts

@@ -9,6 +9,8 @@
 //! - [`policy`] — the delivery decisions as pure functions: which recipients to send to,
 //!   what a transaction's replies mean for each, and the outcome to commit (retry time,
 //!   bounce);
+//! - [`mta_sts`] — MTA-STS (RFC 8461) records, policies and MX matching, without IO;
+//! - [`mta_sts_fetch`] — fetching a domain's policy (TXT record, HTTPS);
 //! - [`date`] — RFC 5322 dates.
 //!
 //! No actors here: `baton-node` decides what to send when, this crate sends it.
@@ -16,6 +18,8 @@
 
 pub mod date;
 pub mod dsn;
+pub mod mta_sts;
+pub mod mta_sts_fetch;
 pub mod outbound;
 pub mod policy;
 pub mod reason;

@@ -213,6 +213,42 @@ impl Router {
         Ok(targets)
     }
 
+    /// The TXT records at `name`, each record's strings joined; empty when the name has
+    /// none or does not exist. `Err`: the lookup failed (the reason in words).
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.lookup(fqdn.as_str(), RecordType::TXT).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(format!(
+                "TXT lookup for {name} failed: {}",
+                reason::dns(&e, &self.resolvers)
+            )),
+        }
+    }
+
+    /// The addresses of `host`, through the same resolver as MX hosts.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        self.resolver
+            .lookup_ip(fqdn.as_str())
+            .await
+            .map(|ips| ips.iter().collect())
+            .map_err(|e| reason::address(host, &e, &self.resolvers))
+    }
+
     async fn smarthost(&self, smarthost: &str) -> Result<Vec<Target>, RouteError> {
         if let Ok(addr) = smarthost.parse::<SocketAddr>() {
             return Ok(vec![Target {

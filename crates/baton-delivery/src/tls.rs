@@ -5,7 +5,8 @@
 //!   port 25: an unauthenticated encrypted channel beats plain text); if the handshake
 //!   fails, the connection is dropped and the next attempt goes in plain text;
 //! - `required`: STARTTLS must be offered and the certificate must verify against the
-//!   webpki roots for the MX host name, or the delivery is deferred.
+//!   webpki roots (and `delivery.tls_ca_file`'s CAs) for the MX host name, or the
+//!   delivery is deferred. MTA-STS `enforce` uses the same verified configuration.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -27,7 +28,14 @@ pub struct TlsClients {
 }
 
 impl TlsClients {
+    /// With the webpki roots only.
     pub fn new() -> TlsClients {
+        TlsClients::with_extra_roots(&[])
+    }
+
+    /// With the webpki roots and `extra` CAs (`delivery.tls_ca_file`) trusted wherever a
+    /// certificate is verified.
+    pub fn with_extra_roots(extra: &[CertificateDer<'static>]) -> TlsClients {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = Arc::new(AnyCertificate(provider.clone()));
         let opportunistic = ClientConfig::builder_with_provider(provider.clone())
@@ -37,8 +45,11 @@ impl TlsClients {
                     .with_custom_certificate_verifier(verifier)
                     .with_no_client_auth()
             });
-        let roots =
+        let mut roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // Checked when the configuration was loaded; one that still does not parse is
+        // left out rather than trusted.
+        let _ = roots.add_parsable_certificates(extra.iter().cloned());
         let verified = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map(|b| b.with_root_certificates(roots).with_no_client_auth());

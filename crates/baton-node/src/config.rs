@@ -6,6 +6,7 @@
 mod checks;
 mod dkim;
 mod external;
+mod mta_sts;
 mod parse;
 mod peer_tls;
 mod shaping;
@@ -325,6 +326,10 @@ pub struct DeliveryConfig {
     /// TCP connect timeout per host.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Extra CAs (PEM) trusted besides the webpki roots ("" none); see `config/mta_sts.rs`.
+    pub tls_ca_file: String,
+    /// Honour MTA-STS (RFC 8461) policies.
+    pub mta_sts: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -342,6 +347,8 @@ impl Default for DeliveryConfig {
             max_connections_per_domain: 10,
             max_messages_per_connection: 100,
             connect_timeout: Duration::from_secs(30),
+            tls_ca_file: String::new(),
+            mta_sts: false,
         }
     }
 }
@@ -532,6 +539,7 @@ impl Config {
         self.tenants.check(&mut errors);
         self.cluster.check_peer_access(&mut errors);
         dkim::check(&self.dkim, &mut errors);
+        self.delivery.check_mta_sts(&mut errors);
         let mut err = |key: String, reason: String| errors.push(ConfigError { key, reason });
         if self.node.id == 0 {
             err("node.id".into(), "must be greater than 0".into());

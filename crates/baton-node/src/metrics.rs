@@ -52,6 +52,8 @@
 //! | `baton_dkim_signatures_total{domain,selector}` | counter | DKIM signatures added at enqueue |
 //! | `baton_dkim_unsigned_total` | counter | accepted or refused messages that no `[[dkim]]` key could sign (with keys or `[signing]` configured) |
 //! | `baton_dkim_errors_total` | counter | signing failures with a key that applied (the message goes on without that signature) |
+//! | `baton_mta_sts_failures_total{mode}` | counter | MTA-STS: `enforce` deferrals (4.4.4, 4.7.5), `testing` connections the policy would have refused |
+//! | `baton_mta_sts_fetches_total{result}` | counter | MTA-STS policy fetches by the domains' owner: `ok`, `failed` |
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -105,6 +107,8 @@ pub const SMTP_REFUSED_MESSAGES: &str = "baton_smtp_refused_messages_total";
 pub const DKIM_SIGNATURES: &str = "baton_dkim_signatures_total";
 pub const DKIM_UNSIGNED: &str = "baton_dkim_unsigned_total";
 pub const DKIM_ERRORS: &str = "baton_dkim_errors_total";
+pub const MTA_STS_FAILURES: &str = "baton_mta_sts_failures_total";
+pub const MTA_STS_FETCHES: &str = "baton_mta_sts_fetches_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -241,6 +245,14 @@ fn describe() {
     describe_counter!(
         SMTP_REFUSED_MESSAGES,
         "Messages or senders refused for their content or sender (bytes, lines, allowed_from)."
+    );
+    describe_counter!(
+        MTA_STS_FAILURES,
+        "MTA-STS: enforce deferrals and testing-mode connections the policy would refuse."
+    );
+    describe_counter!(
+        MTA_STS_FETCHES,
+        "MTA-STS policy fetches by the domains' owner, by result."
     );
     // Register every contract name so /metrics carries them from the start.
     for c in [

@@ -208,7 +208,10 @@ fn delivery_context(s: &Arc<Shared>) -> anyhow::Result<Arc<DeliveryContext>> {
         hostname: c.smtp.hostname.clone(),
         reader: s.queue.reader.clone(),
         router,
-        tls: TlsClients::new(),
+        tls: TlsClients::with_extra_roots(
+            &d.extra_roots()
+                .map_err(|e| anyhow::anyhow!("delivery.tls_ca_file: {e}"))?,
+        ),
         tls_policy: match d.tls {
             TlsMode::Disabled => TlsPolicy::Disabled,
             TlsMode::Opportunistic => TlsPolicy::Opportunistic,
@@ -237,6 +240,7 @@ fn delivery_context(s: &Arc<Shared>) -> anyhow::Result<Arc<DeliveryContext>> {
             legacy_per_connection: d.max_messages_per_connection,
         },
         sites: Default::default(),
+        sts: crate::delivery::sts::StsPolicies::new(d.mta_sts),
     }))
 }
 

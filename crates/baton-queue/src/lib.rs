@@ -41,6 +41,7 @@ pub mod ownership;
 pub mod segments;
 pub mod snapshot;
 pub mod state_machine;
+pub mod sts;
 pub mod types;
 
 pub use node::{QueueError, QueueNode, QueueOptions};

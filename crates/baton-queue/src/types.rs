@@ -438,6 +438,13 @@ pub enum Request {
         tenant: String,
         address: String,
     },
+    /// The owner of `domain` fetched its MTA-STS policy (RFC 8461): it is cached in the
+    /// state until it expires, so a new owner enforces it even when the fetch fails.
+    /// `None` drops the cached policy (the domain published `mode: none`).
+    SetStsPolicy {
+        domain: String,
+        policy: Option<crate::sts::StsPolicyRecord>,
+    },
 }
 
 /// One message of a [`Request::DeleteMany`].

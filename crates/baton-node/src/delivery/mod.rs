@@ -23,6 +23,7 @@
 mod domain;
 mod manager;
 pub mod site;
+pub mod sts;
 mod worker;
 
 #[cfg(test)]
@@ -75,6 +76,8 @@ pub struct DeliveryContext {
     pub setup: SiteSetup,
     /// The sites this node delivers.
     pub sites: SiteRegistry,
+    /// `delivery.mta_sts`, and when this node last looked at each domain's policy.
+    pub sts: sts::StsPolicies,
 }
 
 impl DeliveryContext {

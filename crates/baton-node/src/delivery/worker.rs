@@ -37,6 +37,9 @@ const COMMIT_TRY: Duration = Duration::from_secs(60);
 /// A worker waiting longer than this for its site's next token closes its connection.
 const IDLE_CLOSE: Duration = Duration::from_secs(2);
 
+#[path = "worker_sts.rs"]
+mod sts;
+
 pub struct Worker;
 
 pub struct WorkerState {
@@ -96,6 +99,8 @@ struct Conn {
     open: Option<Open>,
     sent: usize,
     targets: Option<Vec<Target>>,
+    /// The TLS policy of the open connection, for events (see [`sts::tls_label`]).
+    tag: &'static str,
 }
 
 /// An open connection, counted by the DomainDelivery while it lives: its guard, dropped
@@ -230,18 +235,47 @@ impl WorkerState {
                 conn.sent = 0;
             }
             if conn.open.is_none() {
-                let opened = Connection::open(
-                    conn.targets.as_deref().unwrap_or_default(),
-                    &self.ctx.hostname,
+                let plan = sts::StsPlan::new(
+                    super::sts::policy(&self.ctx, &self.domain).await,
                     self.ctx.tls_policy,
+                );
+                let targets = plan.targets(conn.targets.as_deref().unwrap_or_default());
+                if targets.is_empty() && plan.policy.is_some() {
+                    let reason = sts::no_permitted_mx(&self.domain);
+                    let remote = Remote {
+                        tls: sts::tls_label("", plan.tag),
+                        ..Remote::default()
+                    };
+                    self.sts_defer_all(job, token, &reason, remote).await?;
+                    return Ok(());
+                }
+                let opened = Connection::open(
+                    &targets,
+                    &self.ctx.hostname,
+                    plan.tls,
                     &self.ctx.tls,
                     &self.ctx.timeouts,
                 )
                 .await;
                 match opened {
-                    Ok(c) => conn.open = Some(Open::new(c, &self.actor)),
+                    Ok(c) => {
+                        plan.check_testing(&self.domain, &c);
+                        conn.tag = plan.tag;
+                        conn.open = Some(Open::new(c, &self.actor));
+                    }
                     Err(failed) => {
-                        self.connect_failed(job, token, &failed).await?;
+                        let remote =
+                            failed
+                                .last_target()
+                                .map_or_else(Remote::default, |t| Remote {
+                                    host: t.host.clone(),
+                                    ip: t.addr.ip().to_string(),
+                                    tls: sts::tls_label("", plan.tag),
+                                });
+                        match plan.tls_failure(&failed) {
+                            Some(reason) => self.sts_defer_all(job, token, &reason, remote).await?,
+                            None => self.connect_failed(job, token, &failed, remote).await?,
+                        }
                         return Ok(());
                     }
                 }
@@ -252,7 +286,9 @@ impl WorkerState {
             if let Some(previous) = unsettled.take() {
                 let _ = previous.await;
             }
-            unsettled = self.attempt(&mut open.conn, job, plan, token).await;
+            unsettled = self
+                .attempt(&mut open.conn, conn.tag, job, plan, token)
+                .await;
             conn.sent += 1;
         }
         Ok(())
@@ -338,6 +374,7 @@ impl WorkerState {
     async fn attempt(
         &self,
         conn: &mut Connection,
+        tag: &str,
         job: Job,
         plan: Plan,
         token: InFlight,
@@ -359,7 +396,7 @@ impl WorkerState {
         let remote = Remote {
             host: conn.target.host.clone(),
             ip: conn.target.addr.ip().to_string(),
-            tls: conn.tls_version(),
+            tls: sts::tls_label(&conn.tls_version(), tag),
         };
         match conn
             .send(message, &body, &lease_left, self.ctx.lease_margin)
@@ -423,6 +460,7 @@ impl WorkerState {
         job: Job,
         token: InFlight,
         failed: &OpenFailed,
+        remote: Remote,
     ) -> Result<(), ActorProcessingErr> {
         let reason = failed.reason(&self.domain, self.ctx.router.uses_smarthost());
         tracing::info!(domain = %self.domain, error = %reason, "no connection");
@@ -430,13 +468,6 @@ impl WorkerState {
             self.observe(&reply.to_string());
         }
         self.probe_over();
-        let remote = failed
-            .last_target()
-            .map_or_else(Remote::default, |t| Remote {
-                host: t.host.clone(),
-                ip: t.addr.ip().to_string(),
-                tls: String::new(),
-            });
         // A refusal at the greeting is the site's answer for everything waiting.
         let refusal = failed
             .tried

@@ -23,6 +23,7 @@
 //! | `n/<id>` | the tenant of a queued message (UTF-8; absent: none), removed with the message |
 //! | `c/<tenant>` | the tenant's counters and standing: [`TenantRecord`](crate::types::TenantRecord) |
 //! | `v/<tenant>\0<address>` | an address suppressed for one tenant's mail (lower-cased): [`Listing`](crate::types::Listing) |
+//! | `z/<domain>` | the domain's cached MTA-STS policy (lower-cased domain): [`StsPolicyRecord`](crate::sts::StsPolicyRecord), kept until replaced or dropped (readers ignore it once expired) |
 //!
 //! Event records written since sites exist start with [`EVENTS_V2`] (eight 0xff bytes,
 //! which no older record starts with: those begin with a little-endian count).
@@ -54,6 +55,7 @@ pub(crate) const SITE_STATES: &[u8] = b"r/";
 pub(crate) const TENANT_OF: &[u8] = b"n/";
 pub(crate) const TENANTS: &[u8] = b"c/";
 pub(crate) const TENANT_SUPPRESSED: &[u8] = b"v/";
+pub(crate) const STS_POLICIES: &[u8] = b"z/";
 pub(crate) const EVENTS_V2: [u8; 8] = [0xff; 8];
 
 pub(crate) fn msg_key(id: &str) -> Vec<u8> {
@@ -133,6 +135,9 @@ pub(crate) fn tenant_suppress_key(tenant: &str, address: &str) -> Vec<u8> {
         address.to_ascii_lowercase().as_bytes(),
     ]
     .concat()
+}
+pub(crate) fn sts_policy_key(domain: &str) -> Vec<u8> {
+    [STS_POLICIES, domain.to_ascii_lowercase().as_bytes()].concat()
 }
 /// The tenant and address of a `v/<tenant>\0<address>` key.
 pub(crate) fn split_tenant_suppress_key(key: &[u8]) -> Result<(String, String), DbError> {

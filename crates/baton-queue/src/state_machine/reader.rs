@@ -214,6 +214,15 @@ impl QueueReader {
             .collect()
     }
 
+    /// The MTA-STS policy cached for `domain`, expired or not (see
+    /// [`StsPolicyRecord::is_live`](crate::sts::StsPolicyRecord::is_live)).
+    pub fn sts_policy(&self, domain: &str) -> Result<Option<crate::sts::StsPolicyRecord>, DbError> {
+        match self.state.get(sts_policy_key(domain))? {
+            Some(v) => Ok(Some(decode(&v, "MTA-STS policy")?)),
+            None => Ok(None),
+        }
+    }
+
     fn listings(&self, prefix: &[u8]) -> Result<Vec<(String, Listing)>, DbError> {
         self.state
             .scan_prefix(prefix)

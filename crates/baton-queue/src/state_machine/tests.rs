@@ -587,3 +587,6 @@ mod sites;
 
 #[path = "tenant_tests.rs"]
 mod tenants;
+
+#[path = "sts_tests.rs"]
+mod sts;

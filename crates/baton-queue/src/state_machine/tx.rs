@@ -239,6 +239,20 @@ impl<'a> Tx<'a> {
             Request::UnsuppressForTenant { tenant, address } => {
                 response.changed = self.unsuppress_for_tenant(tenant, address)?;
             }
+            Request::SetStsPolicy { domain, policy } => {
+                let key = sts_policy_key(domain);
+                response.changed = match policy {
+                    Some(p) => {
+                        self.batch.insert(key, encode(p));
+                        true
+                    }
+                    None => {
+                        let had = self.state.contains(&key)?;
+                        self.batch.remove(key);
+                        had
+                    }
+                };
+            }
             Request::SetSite {
                 domain,
                 site,
