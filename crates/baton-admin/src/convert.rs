@@ -16,6 +16,7 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
 
 /// An event of the state as the API (and the webhook) shows it.
 pub fn event_pb(position: u64, e: QEvent) -> Event {
+    let (tls, tls_policy) = split_tls(&e.remote.tls);
     Event {
         position,
         time_unix_ms: e.time_ms,
@@ -26,13 +27,23 @@ pub fn event_pb(position: u64, e: QEvent) -> Event {
         sender: e.sender,
         remote_host: e.remote.host,
         remote_ip: e.remote.ip,
-        tls: e.remote.tls,
+        tls,
+        tls_policy,
         reply: e.reply,
         node_id: e.node,
         site: e.site,
         tenant: e.tenant,
         rule: e.rule,
         detail: e.detail,
+    }
+}
+
+/// The stored `tls` of a delivery is the TLS version, then ` tls_policy=P` (the layout
+/// of stored outcomes and events stays as it was): the API shows them apart.
+fn split_tls(stored: &str) -> (String, String) {
+    match stored.split_once("tls_policy=") {
+        Some((version, policy)) => (version.trim().to_string(), policy.trim().to_string()),
+        None => (stored.to_string(), String::new()),
     }
 }
 

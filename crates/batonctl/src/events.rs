@@ -120,11 +120,7 @@ fn remote(e: &pb::Event) -> String {
     match (e.remote_host.as_str(), e.remote_ip.as_str()) {
         ("", "") => "-".to_string(),
         (h, "") => h.to_string(),
-        // `tls` is the TLS version, then the TLS policy (`tls_policy=...`) when known.
-        (h, ip) => format!(
-            "{h}[{ip}]{}",
-            if e.tls.starts_with("TLS") { " tls" } else { "" }
-        ),
+        (h, ip) => format!("{h}[{ip}]{}", if e.tls.is_empty() { "" } else { " tls" }),
     }
 }
 
@@ -143,7 +139,8 @@ mod tests {
         assert_eq!(remote(&e), "mx.example.com[192.0.2.1]");
         e.tls = "TLSv1.3".into();
         assert_eq!(remote(&e), "mx.example.com[192.0.2.1] tls");
-        e.tls = "tls_policy=mta-sts-enforce".into();
+        e.tls = String::new();
+        e.tls_policy = "mta-sts-enforce".into();
         assert_eq!(remote(&e), "mx.example.com[192.0.2.1]");
     }
 }
