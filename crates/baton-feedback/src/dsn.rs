@@ -66,7 +66,10 @@ impl RecipientStatus {
         let diag = self.diagnostic.as_deref().unwrap_or("").trim();
         let starts_with_code = diag.len() >= 3
             && diag.as_bytes()[..3].iter().all(u8::is_ascii_digit)
-            && diag.as_bytes().get(3).is_none_or(|&c| c == b' ' || c == b'-');
+            && diag
+                .as_bytes()
+                .get(3)
+                .is_none_or(|&c| c == b' ' || c == b'-');
         if starts_with_code {
             let rest = diag[3..].trim_start_matches(['-', ' ']);
             let has_enhanced = rest
@@ -128,7 +131,10 @@ fn status_code(word: &str) -> Option<String> {
         && matches!(class, "2" | "4" | "5")
         && (1..=3).contains(&subject.len())
         && (1..=3).contains(&detail.len())
-        && subject.bytes().chain(detail.bytes()).all(|c| c.is_ascii_digit());
+        && subject
+            .bytes()
+            .chain(detail.bytes())
+            .all(|c| c.is_ascii_digit());
     ok.then(|| word.to_string())
 }
 
@@ -154,9 +160,7 @@ pub fn parse(message: &[u8]) -> Result<DeliveryReport, NotDsn> {
             {
                 status_text = Some(String::from_utf8_lossy(part.contents()).into_owned());
             }
-            ("message", "rfc822" | "global") | ("text", "rfc822-headers")
-                if returned.is_none() =>
-            {
+            ("message", "rfc822" | "global") | ("text", "rfc822-headers") if returned.is_none() => {
                 let raw = match &part.body {
                     PartType::Message(m) => m.raw_message(),
                     _ => part.contents(),

@@ -54,7 +54,10 @@ pub fn header_section(message: &str) -> Group {
         .find("\r\n\r\n")
         .or_else(|| message.find("\n\n"))
         .unwrap_or(message.len());
-    groups(&message[..end]).into_iter().next().unwrap_or_default()
+    groups(&message[..end])
+        .into_iter()
+        .next()
+        .unwrap_or_default()
 }
 
 /// An address field's address: the type prefix (`rfc822;`) and angle brackets and

@@ -587,3 +587,6 @@ mod sites;
 
 #[path = "tenant_tests.rs"]
 mod tenants;
+
+#[path = "bounce_tests.rs"]
+mod bounces;
