@@ -3,6 +3,7 @@
 //! naming its key. [`parse`] collects the parse and type errors the same way, so one run
 //! of `batond check-config` lists everything.
 
+pub mod bounces;
 mod checks;
 mod external;
 mod parse;
@@ -74,6 +75,8 @@ pub struct Config {
     pub shaping: ShapingConfig,
     #[serde(default)]
     pub tenants: TenantsConfig,
+    #[serde(default)]
+    pub bounces: bounces::BouncesConfig,
 }
 
 /// The replicated event log (received, delivered, deferred, ... per recipient).
@@ -534,6 +537,7 @@ impl Config {
         self.shaping
             .check(self.delivery.max_connections_per_domain, &mut errors);
         self.tenants.check(&mut errors);
+        self.bounces.check(&mut errors);
         self.cluster.check_peer_access(&mut errors);
         let mut err = |key: String, reason: String| errors.push(ConfigError { key, reason });
         if self.node.id == 0 {
