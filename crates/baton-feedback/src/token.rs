@@ -91,6 +91,16 @@ impl Token {
     }
 }
 
+/// A new random key (the leader's, proposed once for the whole cluster).
+pub fn new_key() -> Vec<u8> {
+    let mut key = vec![0u8; KEY_LEN];
+    // The system's generator failing leaves no safe key: none is better than a weak one.
+    match aws_lc_rs::rand::fill(&mut key) {
+        Ok(()) => key,
+        Err(_) => Vec::new(),
+    }
+}
+
 fn mac(key: &[u8], data: &[u8]) -> hmac::Tag {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
     let mut ctx = hmac::Context::with_key(&key);

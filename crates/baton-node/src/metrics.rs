@@ -99,6 +99,7 @@ pub const SMTP_TIMEOUTS: &str = "baton_smtp_timeouts_total";
 pub const SMTP_STRESSED: &str = "baton_smtp_stressed_sessions_total";
 pub const SMTP_AUTH_THROTTLED: &str = "baton_smtp_auth_throttled_total";
 pub const SMTP_REFUSED_MESSAGES: &str = "baton_smtp_refused_messages_total";
+pub const FEEDBACK_REPORTS: &str = "baton_feedback_reports_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -235,6 +236,10 @@ fn describe() {
     describe_counter!(
         SMTP_REFUSED_MESSAGES,
         "Messages or senders refused for their content or sender (bytes, lines, allowed_from)."
+    );
+    describe_counter!(
+        FEEDBACK_REPORTS,
+        "Mail to the bounce domain, by kind (dsn, arf, rcpt) and result (bounced, soft, delayed, complaint, ignored, unparsed, unknown, mismatch, failed)."
     );
     // Register every contract name so /metrics carries them from the start.
     for c in [

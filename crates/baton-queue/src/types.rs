@@ -460,12 +460,13 @@ pub enum Request {
         messages: Vec<NewMessage>,
         tenants: Vec<String>,
     },
-    /// One asynchronous report (a late bounce or a complaint) about a tracked message,
-    /// with the proposer's `[tenants]` thresholds for the tenant's verdict.
+    /// One asynchronous report (a late bounce or a complaint) received by Baton: what it
+    /// says about each recipient of tracked messages, with the proposer's `[tenants]`
+    /// thresholds for the tenants' verdicts.
     Feedback {
         now_ms: u64,
         thresholds: baton_reputation::tenant::Thresholds,
-        report: FeedbackReport,
+        reports: Vec<FeedbackReport>,
     },
     /// The leader lets the retained records of messages received before `before_ms` go
     /// (with the event retention).
@@ -494,7 +495,7 @@ pub enum FeedbackKind {
     Complaint,
 }
 
-/// One report of a [`Request::Feedback`], verified by the node that received it (the
+/// One recipient of a [`Request::Feedback`], verified by the node that received it (the
 /// token's MAC); applied only if `recipient` is one of the tracked message's recipients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedbackReport {

@@ -75,6 +75,8 @@ pub struct DeliveryContext {
     pub setup: SiteSetup,
     /// The sites this node delivers.
     pub sites: SiteRegistry,
+    /// `[bounces]`, when on: MAIL FROM becomes the message's bounce address.
+    pub bounces: Option<Arc<crate::feedback::BounceSetup>>,
 }
 
 impl DeliveryContext {

@@ -122,6 +122,7 @@ impl Rig {
                 legacy_per_connection: 10,
             },
             sites: SiteRegistry::default(),
+            bounces: None,
         });
         Actor::spawn(None, DeliveryManager, (ctx.clone(), writer))
             .await

@@ -10,6 +10,7 @@
 //! `limits.rs` holds what protects the node from its clients: connection capacity with
 //! a reserved share, per-IP counts, AUTH failures per address, and deadlines.
 
+pub mod bounces;
 mod limits;
 
 use crate::activity::Activity;
@@ -83,6 +84,8 @@ pub struct IngressShared {
     pub accepting: watch::Receiver<bool>,
     /// The replicated state, for the suppression lists and paused tenants.
     pub reader: QueueReader,
+    /// `[bounces]`, when on: mail to the bounce domain, and `X-Baton-Ref`.
+    pub bounces: Option<Arc<bounces::Inbound>>,
 }
 
 impl IngressShared {
@@ -92,6 +95,7 @@ impl IngressShared {
         committer: Slot<BatcherMsg<Accepted>>,
         accepting: watch::Receiver<bool>,
         reader: QueueReader,
+        bounces: Option<Arc<bounces::Inbound>>,
     ) -> Arc<IngressShared> {
         users.warn_unrestricted();
         Arc::new(IngressShared {
@@ -105,6 +109,7 @@ impl IngressShared {
             per_ip: Mutex::new(HashMap::new()),
             accepting,
             reader,
+            bounces,
         })
     }
 
@@ -341,6 +346,12 @@ async fn serve(
         check_recipients: true,
         check_senders: true,
         greeting_banner: "ESMTP Baton".into(),
+        local_domain: shared
+            .bounces
+            .as_ref()
+            .map(|b| b.setup.domain.clone())
+            .unwrap_or_default(),
+        local_max_message_size: bounces::MAX_REPORT_SIZE,
     });
 
     let mut out = Vec::with_capacity(1024);
@@ -394,12 +405,24 @@ async fn serve(
                 }
                 Action::CheckRcpt { from, to } => {
                     let tenant = tenant_of(session.authenticated(), &from);
-                    let verdict = check_rcpt(&shared.reader, &tenant, &to.to_string());
+                    let verdict = match &shared.bounces {
+                        Some(b) if b.is_local(&to) => b.check_rcpt(&to),
+                        _ => check_rcpt(&shared.reader, &tenant, &to.to_string()),
+                    };
                     actions.extend(session.handle(Event::RcptChecked(verdict)));
                 }
                 Action::Refused(refusal) => log_refusal(&refusal, client, session.authenticated()),
                 Action::Enqueue(envelope) => {
                     flush(&mut conn, &mut out).await?;
+                    if let Some(b) = &shared.bounces
+                        && envelope.rcpts.first().is_some_and(|r| b.is_local(r))
+                    {
+                        // A report: processed, never queued.
+                        let _activity = shared.activity.begin();
+                        let result = b.receive(envelope, client).await;
+                        actions.extend(session.handle(Event::Enqueued(result)));
+                        continue;
+                    }
                     match commit(&shared, envelope, client, matches!(conn, Conn::Tls(_))).await {
                         Some(result) => {
                             let code = match &result {
@@ -622,7 +645,12 @@ async fn commit(
     let id = ulid::Ulid::new().to_string();
     let tenant = tenant_of(envelope.authenticated.as_deref(), &envelope.from);
     let from = envelope.from.to_string();
-    let message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
+    let mut message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
+    if let Some(header) = (shared.bounces.as_ref())
+        .and_then(|b| b.setup.reference_header(&id, message.recipients.len()))
+    {
+        message.body.splice(0..0, header.into_bytes());
+    }
     let (size, nrcpt) = (message.body.len(), message.recipients.len());
     let kib = (message.body.len() / 1024).clamp(1, COMMIT_BUDGET_KIB as usize) as u32;
     let budget = tokio::time::timeout(

@@ -11,7 +11,7 @@ fn report(kind: FeedbackKind, id: &str, recipient: &str, hard: bool) -> Request 
     Request::Feedback {
         now_ms: 5_000,
         thresholds: Thresholds::default(),
-        report: FeedbackReport {
+        reports: vec![FeedbackReport {
             kind,
             id: id.into(),
             recipient: recipient.into(),
@@ -20,7 +20,7 @@ fn report(kind: FeedbackKind, id: &str, recipient: &str, hard: bool) -> Request 
             category: "bad_mailbox".into(),
             hard,
             node: 3,
-        },
+        }],
     }
 }
 

@@ -356,8 +356,12 @@ impl<'a> Tx<'a> {
             Request::Feedback {
                 now_ms,
                 thresholds,
-                report,
-            } => response.changed = self.feedback(report, *now_ms, thresholds)?,
+                reports,
+            } => {
+                for report in reports {
+                    response.changed |= self.feedback(report, *now_ms, thresholds)?;
+                }
+            }
             Request::WebhookSent { position } => {
                 self.batch.insert(WEBHOOK, position.to_be_bytes());
                 response.changed = true;

@@ -64,6 +64,7 @@ pub struct ServerConfig {
     /// a transaction never mixes it with other recipients, and its messages are at most
     /// `local_max_message_size`. Empty: none.
     pub local_domain: String,
+    /// The largest message to `local_domain` (bytes).
     pub local_max_message_size: u64,
 }
 
