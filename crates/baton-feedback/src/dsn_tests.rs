@@ -103,11 +103,11 @@ Final-Recipient: rfc822;c@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnosti
     assert_eq!(r.recipients[2].reply(), "550 5.1.1 No such user");
     assert_eq!(r.returned_headers, None);
     // Nested in a multipart/mixed, as some gateways do.
-    let nested = format!(
+    let nested = String::from(
         "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n\
 --outer\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
 --b1\r\nContent-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822; n@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b1--\r\n\
---outer--\r\n"
+--outer--\r\n",
     );
     let r = parse(nested.as_bytes()).unwrap();
     assert_eq!(r.recipients[0].recipient(), Some("n@x.test"));

@@ -59,9 +59,7 @@ impl BounceSetup {
         all: &[String],
         sending: &[&str],
     ) -> Option<ReversePath> {
-        if from.mailbox().is_none() {
-            return None; // DSNs keep <>
-        }
+        from.mailbox()?; // DSNs keep <>
         let index = match sending {
             [one] => all
                 .iter()
