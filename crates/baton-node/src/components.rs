@@ -456,6 +456,16 @@ impl Background {
         })
     }
 
+    /// Until the bounce-token key exists: the leader makes it.
+    pub fn bounce_key(shared: &Arc<Shared>) -> Background {
+        Background::new("bounce-key", shared, true, |s, stop| {
+            Box::pin(async move {
+                crate::feedback::ensure_key(s.queue.clone(), s.writer.clone(), stop).await;
+                Ok(())
+            })
+        })
+    }
+
     fn new(
         name: &'static str,
         shared: &Arc<Shared>,

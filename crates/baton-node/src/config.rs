@@ -3,6 +3,7 @@
 //! naming its key. [`parse`] collects the parse and type errors the same way, so one run
 //! of `batond check-config` lists everything.
 
+pub mod bounces;
 mod checks;
 mod dkim;
 mod external;
@@ -82,6 +83,8 @@ pub struct Config {
     /// The file it was read from (SIGHUP reads it again); none for `--dev`.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    #[serde(default)]
+    pub bounces: bounces::BouncesConfig,
 }
 
 /// The replicated event log (received, delivered, deferred, ... per recipient).
@@ -537,6 +540,7 @@ impl Config {
         self.shaping
             .check(self.delivery.max_connections_per_domain, &mut errors);
         self.tenants.check(&mut errors);
+        self.bounces.check(&mut errors);
         self.cluster.check_peer_access(&mut errors);
         dkim::check(&self.dkim, &mut errors);
         self.delivery.check_mta_sts(&mut errors);

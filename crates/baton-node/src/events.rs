@@ -48,10 +48,18 @@ pub async fn retain(
         if !queue.is_leader() {
             continue;
         }
-        if let Some(below) = trim_point(&queue, &config, now_ms())
+        let now = now_ms();
+        if let Some(below) = trim_point(&queue, &config, now)
             && let Err(e) = writer.write(Request::TrimEvents { below }).await
         {
             tracing::warn!(error = %e, "could not trim the event log");
+        }
+        // Reports about messages older than the events kept are not judged any more.
+        let cutoff = now.saturating_sub(config.retention_age.as_millis() as u64);
+        if let Some(before_ms) = crate::feedback::tracked_trim_point(&queue.reader, cutoff)
+            && let Err(e) = writer.write(Request::TrimTracked { before_ms }).await
+        {
+            tracing::warn!(error = %e, "could not trim the retained message records");
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod components;
 pub mod config;
 pub mod delivery;
 pub mod events;
+pub mod feedback;
 pub mod http;
 pub mod ingress;
 pub mod logfmt;

@@ -109,6 +109,7 @@ pub const DKIM_UNSIGNED: &str = "baton_dkim_unsigned_total";
 pub const DKIM_ERRORS: &str = "baton_dkim_errors_total";
 pub const MTA_STS_FAILURES: &str = "baton_mta_sts_failures_total";
 pub const MTA_STS_FETCHES: &str = "baton_mta_sts_fetches_total";
+pub const FEEDBACK_REPORTS: &str = "baton_feedback_reports_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -253,6 +254,10 @@ fn describe() {
     describe_counter!(
         MTA_STS_FETCHES,
         "MTA-STS policy fetches by the domains' owner, by result."
+    );
+    describe_counter!(
+        FEEDBACK_REPORTS,
+        "Mail to the bounce domain, by kind (dsn, arf, rcpt) and result (bounced, soft, delayed, complaint, ignored, unparsed, unknown, mismatch, failed)."
     );
     // Register every contract name so /metrics carries them from the start.
     for c in [

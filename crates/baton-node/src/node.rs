@@ -6,6 +6,7 @@ use crate::batcher::{BatcherArgs, BatcherComponent, WriteFn};
 use crate::components::*;
 use crate::config::{Config, TlsMode};
 use crate::delivery::{DeliveryContext, SiteSetup};
+use crate::ingress::bounces::Inbound;
 use crate::ingress::{Accepted, IngressShared};
 use crate::signing::{Keys, Signing};
 use crate::supervisor::{Component, Node, Statuses};
@@ -66,6 +67,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         signing.clone(),
         s.config.source.clone(),
     ));
+    let bounces = delivery.bounces.clone().map(|setup| {
+        let thresholds = s.config.tenants.thresholds();
+        let node = s.config.node.id;
+        Inbound::new(setup, s.writer.clone(), delivery.clone(), thresholds, node)
+    });
     let ingress = IngressShared::new(
         s.config.smtp.clone(),
         Users::new(&s.config.smtp.users),
@@ -73,6 +79,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         s.ready.subscribe(),
         queue.reader.clone(),
         signing,
+        bounces,
     );
     let components: Vec<Arc<dyn Component>> = vec![
         Arc::new(Raft(s.clone(), Task::default())),
@@ -94,6 +101,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         }),
         Arc::new(Background::webhook(&s)),
         Arc::new(Background::event_retention(&s)),
+        Arc::new(Background::bounce_key(&s)),
         Arc::new(Ingress(s.clone(), ingress, Task::default())),
         Arc::new(Readiness(s.clone(), Task::default())),
     ];
@@ -131,15 +139,25 @@ fn queue_options(config: &Config) -> QueueOptions {
 fn committer(s: &Arc<Shared>) -> BatcherComponent<Accepted> {
     let w = s.writer.clone();
     let node = s.config.node.id;
+    // With `[bounces]`, each message also leaves a record for late reports.
+    let tracked = s.config.bounces.enabled();
     let write: WriteFn<Accepted> = Arc::new(move |accepted| {
         let w = w.clone();
         Box::pin(async move {
             let started = tokio::time::Instant::now();
             let (messages, tenants) = accepted.into_iter().map(|a| (a.message, a.tenant)).unzip();
-            let request = Request::EnqueueTenants {
-                node,
-                messages,
-                tenants,
+            let request = if tracked {
+                Request::EnqueueTracked {
+                    node,
+                    messages,
+                    tenants,
+                }
+            } else {
+                Request::EnqueueTenants {
+                    node,
+                    messages,
+                    tenants,
+                }
             };
             let result = w.write(request).await;
             metrics::histogram!(crate::metrics::RAFT_APPEND)
@@ -241,6 +259,7 @@ fn delivery_context(s: &Arc<Shared>) -> anyhow::Result<Arc<DeliveryContext>> {
         },
         sites: Default::default(),
         sts: crate::delivery::sts::StsPolicies::new(d.mta_sts),
+        bounces: crate::feedback::BounceSetup::new(&c.bounces, s.queue.reader.clone()),
     }))
 }
 

@@ -98,10 +98,14 @@ pub enum EventKind {
     TenantWarning,
     TenantPaused,
     TenantResumed,
+    /// A delivery status notification arrived after delivery (a recipient's failure).
+    BouncedAsync,
+    /// A feedback report (ARF, type abuse or fraud) about a delivered message.
+    Complaint,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::Received,
         EventKind::Delivered,
         EventKind::Deferred,
@@ -117,6 +121,8 @@ impl EventKind {
         EventKind::TenantWarning,
         EventKind::TenantPaused,
         EventKind::TenantResumed,
+        EventKind::BouncedAsync,
+        EventKind::Complaint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -136,6 +142,8 @@ impl EventKind {
             EventKind::TenantWarning => "tenant_warning",
             EventKind::TenantPaused => "tenant_paused",
             EventKind::TenantResumed => "tenant_resumed",
+            EventKind::BouncedAsync => "bounced_async",
+            EventKind::Complaint => "complaint",
         }
     }
 
@@ -445,6 +453,74 @@ pub enum Request {
         domain: String,
         policy: Option<crate::sts::StsPolicyRecord>,
     },
+    /// The leader found no bounce-token key and made one (random, by the proposer): the
+    /// first key set stays, later ones change nothing.
+    SetBounceKey {
+        key: Vec<u8>,
+    },
+    /// `EnqueueTenants`, plus a retained record of each new message (its tenant, sender
+    /// and recipients: [`Tracked`]) that outlives its delivery, so that a bounce or a
+    /// complaint about it can be judged later. Ingress writes this when `bounces.domain`
+    /// is set.
+    EnqueueTracked {
+        node: NodeId,
+        messages: Vec<NewMessage>,
+        tenants: Vec<String>,
+    },
+    /// One asynchronous report (a late bounce or a complaint) received by Baton: what it
+    /// says about each recipient of tracked messages, with the proposer's `[tenants]`
+    /// thresholds for the tenants' verdicts.
+    Feedback {
+        now_ms: u64,
+        thresholds: baton_reputation::tenant::Thresholds,
+        reports: Vec<FeedbackReport>,
+    },
+    /// The leader lets the retained records of messages received before `before_ms` go
+    /// (with the event retention).
+    TrimTracked {
+        before_ms: u64,
+    },
+}
+
+/// What a message's retained record keeps (`k/<id>`), for reports after delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tracked {
+    /// "" for none.
+    pub tenant: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// When the message was received (unix ms).
+    pub at_ms: u64,
+}
+
+/// What an asynchronous report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedbackKind {
+    /// A delivery status notification's `failed` recipient.
+    Bounce,
+    /// An ARF report of type abuse or fraud.
+    Complaint,
+}
+
+/// One recipient of a [`Request::Feedback`], verified by the node that received it (the
+/// token's MAC); applied only if `recipient` is one of the tracked message's recipients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackReport {
+    pub kind: FeedbackKind,
+    /// The message id.
+    pub id: String,
+    pub recipient: String,
+    /// The remote's reply as the classifier saw it (bounces), or the report's type and
+    /// agent (complaints).
+    pub reply: String,
+    /// The classification rule (bounces) or "arf" (complaints).
+    pub rule: String,
+    /// The reply's category (bounces).
+    pub category: String,
+    /// A hard bounce: suppress the recipient for everyone and count it on the tenant.
+    pub hard: bool,
+    /// The node that received the report.
+    pub node: NodeId,
 }
 
 /// One message of a [`Request::DeleteMany`].

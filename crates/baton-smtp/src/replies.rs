@@ -134,6 +134,15 @@ pub fn auth_required() -> Reply {
 pub fn relay_denied() -> Reply {
     Reply::new(554, "5.7.1", "Relaying denied")
 }
+/// A recipient at the local (bounce) domain after relay recipients, or the reverse:
+/// the client sends the rest in another transaction.
+pub fn local_mixed(domain: &str) -> Reply {
+    Reply::new(
+        452,
+        "4.5.3",
+        format!("Recipients at {domain} and elsewhere need separate transactions"),
+    )
+}
 /// Over `smtp.max_recipients`.
 pub fn too_many_rcpts() -> Reply {
     Reply::new(452, "4.5.3", "Too many recipients")

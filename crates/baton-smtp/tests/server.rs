@@ -901,3 +901,35 @@ fn junk_commands_count_as_errors_past_the_limit() {
     assert!(step.closes(), "{step:?}");
     assert_eq!(step.codes().last().map(String::as_str), Some("421 4.7.0"));
 }
+
+#[test]
+fn the_local_domain_takes_mail_from_anyone_alone_and_small() {
+    let mut t = T::new(ServerConfig {
+        relay_allowed: false,
+        local_domain: "bounces.test".into(),
+        local_max_message_size: 20,
+        ..relay_cfg()
+    });
+    t.ehlo();
+    t.send("MAIL FROM:<>").expect("250");
+    // No AUTH, not in relay_networks: the bounce domain only.
+    t.send("RCPT TO:<x@y>").expect("554 5.7.1");
+    t.send("RCPT TO:<b-abc@Bounces.Test>").expect("250 2.1.5");
+    t.send("DATA").expect("354");
+    t.raw(b"0123456789012345678901234567890\r\n.\r\n")
+        .expect("552 5.3.4");
+    // A client allowed to relay still may not mix the two.
+    let mut t = T::new(ServerConfig {
+        local_domain: "bounces.test".into(),
+        ..relay_cfg()
+    });
+    t.ehlo();
+    t.send("MAIL FROM:<a@b>").expect("250");
+    t.send("RCPT TO:<x@y>").expect("250 2.1.5");
+    t.send("RCPT TO:<fbl@bounces.test>").expect("452 4.5.3");
+    t.auto_enqueue = true;
+    t.send("DATA").expect("354");
+    t.raw(b"a message longer than twenty bytes\r\n.\r\n")
+        .expect("250 2.0.0");
+    assert_eq!(t.enqueued[0].rcpts, vec![mb("x@y")]);
+}

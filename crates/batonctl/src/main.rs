@@ -178,6 +178,8 @@ enum Kind {
     TenantWarning,
     TenantPaused,
     TenantResumed,
+    BouncedAsync,
+    Complaint,
 }
 
 /// The name a value has on the command line, which is the name the API uses.

@@ -78,6 +78,8 @@ pub struct DeliveryContext {
     pub sites: SiteRegistry,
     /// `delivery.mta_sts`, and when this node last looked at each domain's policy.
     pub sts: sts::StsPolicies,
+    /// `[bounces]`, when on: MAIL FROM becomes the message's bounce address.
+    pub bounces: Option<Arc<crate::feedback::BounceSetup>>,
 }
 
 impl DeliveryContext {

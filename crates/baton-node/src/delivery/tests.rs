@@ -123,6 +123,7 @@ impl Rig {
             },
             sites: SiteRegistry::default(),
             sts: Default::default(),
+            bounces: None,
         });
         Actor::spawn(None, DeliveryManager, (ctx.clone(), writer))
             .await

@@ -384,8 +384,16 @@ impl WorkerState {
             release_later(token);
             return None;
         };
+        // With `[bounces]`: the message's bounce address (naming the recipient when one).
+        let sending: Vec<&str> = plan.send.iter().map(|(r, _)| r.as_str()).collect();
+        let from = self
+            .ctx
+            .bounces
+            .as_ref()
+            .and_then(|b| b.mail_from(&job.id, &plan.from, &job.meta.recipients, &sending))
+            .unwrap_or_else(|| plan.from.clone());
         let message = OutboundMessage {
-            from: plan.from.clone(),
+            from,
             rcpts: plan.send.iter().map(|(_, m)| m.clone()).collect(),
             size_hint: body.len() as u64,
             eight_bit: job.meta.eight_bit,

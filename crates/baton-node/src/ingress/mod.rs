@@ -10,6 +10,7 @@
 //! `limits.rs` holds what protects the node from its clients: connection capacity with
 //! a reserved share, per-IP counts, AUTH failures per address, and deadlines.
 
+pub mod bounces;
 mod limits;
 
 use crate::activity::Activity;
@@ -86,6 +87,8 @@ pub struct IngressShared {
     pub reader: QueueReader,
     /// The DKIM keys, replaced by a reload.
     pub signing: Signing,
+    /// `[bounces]`, when on: mail to the bounce domain, and `X-Baton-Ref`.
+    pub bounces: Option<Arc<bounces::Inbound>>,
 }
 
 impl IngressShared {
@@ -96,6 +99,7 @@ impl IngressShared {
         accepting: watch::Receiver<bool>,
         reader: QueueReader,
         signing: Signing,
+        bounces: Option<Arc<bounces::Inbound>>,
     ) -> Arc<IngressShared> {
         users.warn_unrestricted();
         Arc::new(IngressShared {
@@ -110,6 +114,7 @@ impl IngressShared {
             accepting,
             reader,
             signing,
+            bounces,
         })
     }
 
@@ -346,6 +351,12 @@ async fn serve(
         check_recipients: true,
         check_senders: true,
         greeting_banner: "ESMTP Baton".into(),
+        local_domain: shared
+            .bounces
+            .as_ref()
+            .map(|b| b.setup.domain.clone())
+            .unwrap_or_default(),
+        local_max_message_size: bounces::MAX_REPORT_SIZE,
     });
 
     let mut out = Vec::with_capacity(1024);
@@ -399,12 +410,24 @@ async fn serve(
                 }
                 Action::CheckRcpt { from, to } => {
                     let tenant = tenant_of(session.authenticated(), &from);
-                    let verdict = check_rcpt(&shared.reader, &tenant, &to.to_string());
+                    let verdict = match &shared.bounces {
+                        Some(b) if b.is_local(&to) => b.check_rcpt(&to),
+                        _ => check_rcpt(&shared.reader, &tenant, &to.to_string()),
+                    };
                     actions.extend(session.handle(Event::RcptChecked(verdict)));
                 }
                 Action::Refused(refusal) => log_refusal(&refusal, client, session.authenticated()),
                 Action::Enqueue(envelope) => {
                     flush(&mut conn, &mut out).await?;
+                    if let Some(b) = &shared.bounces
+                        && envelope.rcpts.first().is_some_and(|r| b.is_local(r))
+                    {
+                        // A report: processed, never queued.
+                        let _activity = shared.activity.begin();
+                        let result = b.receive(envelope, client).await;
+                        actions.extend(session.handle(Event::Enqueued(result)));
+                        continue;
+                    }
                     match commit(&shared, envelope, client, matches!(conn, Conn::Tls(_))).await {
                         Some(result) => {
                             let code = match &result {
@@ -628,6 +651,11 @@ async fn commit(
     let tenant = tenant_of(envelope.authenticated.as_deref(), &envelope.from);
     let from = envelope.from.to_string();
     let mut message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
+    if let Some(header) = (shared.bounces.as_ref())
+        .and_then(|b| b.setup.reference_header(&id, message.recipients.len()))
+    {
+        message.body.splice(0..0, header.into_bytes());
+    }
     // Signed last, over Baton's own fields too; a large body is hashed off the runtime.
     let keys = shared.signing.keys();
     let (signed, body) = if !keys.active() {

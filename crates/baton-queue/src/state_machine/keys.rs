@@ -24,6 +24,8 @@
 //! | `c/<tenant>` | the tenant's counters and standing: [`TenantRecord`](crate::types::TenantRecord) |
 //! | `v/<tenant>\0<address>` | an address suppressed for one tenant's mail (lower-cased): [`Listing`](crate::types::Listing) |
 //! | `z/<domain>` | the domain's cached MTA-STS policy (lower-cased domain): [`StsPolicyRecord`](crate::sts::StsPolicyRecord), kept until replaced or dropped (readers ignore it once expired) |
+//! | `s/bounce_key` | the key of the bounce tokens' HMAC (32 bytes), set once |
+//! | `k/<id>` | a message's retained record for late bounces and complaints: [`Tracked`](crate::types::Tracked), kept after delivery until the event retention lets it go (ids are ULIDs: key order is time order) |
 //!
 //! Event records written since sites exist start with [`EVENTS_V2`] (eight 0xff bytes,
 //! which no older record starts with: those begin with a little-endian count).
@@ -36,6 +38,7 @@ pub(crate) const MEMBERSHIP: &[u8] = b"s/membership";
 pub(crate) const OWNERSHIP: &[u8] = b"s/ownership";
 pub(crate) const EVENTS_NEXT: &[u8] = b"s/events_next";
 pub(crate) const WEBHOOK: &[u8] = b"s/webhook";
+pub(crate) const BOUNCE_KEY: &[u8] = b"s/bounce_key";
 
 /// Prefixes of the key families, for scans.
 pub(crate) const MESSAGES: &[u8] = b"m/";
@@ -56,6 +59,7 @@ pub(crate) const TENANT_OF: &[u8] = b"n/";
 pub(crate) const TENANTS: &[u8] = b"c/";
 pub(crate) const TENANT_SUPPRESSED: &[u8] = b"v/";
 pub(crate) const STS_POLICIES: &[u8] = b"z/";
+pub(crate) const TRACKED: &[u8] = b"k/";
 pub(crate) const EVENTS_V2: [u8; 8] = [0xff; 8];
 
 pub(crate) fn msg_key(id: &str) -> Vec<u8> {
@@ -138,6 +142,9 @@ pub(crate) fn tenant_suppress_key(tenant: &str, address: &str) -> Vec<u8> {
 }
 pub(crate) fn sts_policy_key(domain: &str) -> Vec<u8> {
     [STS_POLICIES, domain.to_ascii_lowercase().as_bytes()].concat()
+}
+pub(crate) fn tracked_key(id: &str) -> Vec<u8> {
+    [TRACKED, id.as_bytes()].concat()
 }
 /// The tenant and address of a `v/<tenant>\0<address>` key.
 pub(crate) fn split_tenant_suppress_key(key: &[u8]) -> Result<(String, String), DbError> {

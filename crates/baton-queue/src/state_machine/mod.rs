@@ -223,7 +223,8 @@ impl StateMachine {
                 EntryPayload::Normal(
                     Request::Enqueue { messages }
                     | Request::EnqueueFrom { messages, .. }
-                    | Request::EnqueueTenants { messages, .. },
+                    | Request::EnqueueTenants { messages, .. }
+                    | Request::EnqueueTracked { messages, .. },
                 ) => {
                     for m in messages {
                         put(m)?;

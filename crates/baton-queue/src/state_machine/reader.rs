@@ -5,7 +5,7 @@ use super::keys::*;
 use crate::bodies::{self, Bodies, BodyRef};
 use crate::db::{DbError, Tree};
 use crate::index::Shared;
-use crate::types::{DeliveryRecord, Event, Listing, MessageMeta, TenantRecord};
+use crate::types::{DeliveryRecord, Event, Listing, MessageMeta, TenantRecord, Tracked};
 use std::sync::Arc;
 
 /// Read access to the queue's state, for delivery and operators. Cheap to clone.
@@ -219,6 +219,27 @@ impl QueueReader {
     pub fn sts_policy(&self, domain: &str) -> Result<Option<crate::sts::StsPolicyRecord>, DbError> {
         match self.state.get(sts_policy_key(domain))? {
             Some(v) => Ok(Some(decode(&v, "MTA-STS policy")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The key of the bounce tokens' HMAC, once the leader has set it.
+    pub fn bounce_key(&self) -> Result<Option<Vec<u8>>, DbError> {
+        self.state.get(BOUNCE_KEY)
+    }
+
+    /// The retained record of message `id` (written while bounce handling is on).
+    pub fn tracked(&self, id: &str) -> Result<Option<Tracked>, DbError> {
+        match self.state.get(tracked_key(id))? {
+            Some(v) => Ok(Some(decode(&v, "tracked message")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The id of the oldest retained record, if any.
+    pub fn oldest_tracked(&self) -> Result<Option<String>, DbError> {
+        match self.state.scan_prefix(TRACKED).next() {
+            Some(pair) => Ok(Some(name_of(&pair?.0))),
             None => Ok(None),
         }
     }

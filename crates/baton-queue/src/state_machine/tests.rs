@@ -590,3 +590,5 @@ mod tenants;
 
 #[path = "sts_tests.rs"]
 mod sts;
+#[path = "bounce_tests.rs"]
+mod bounces;

@@ -8,8 +8,10 @@
 //! Nothing here reads the clock: every time comes from the entry (the proposer's clock),
 //! so every replica computes the same state.
 //!
-//! `tenants` (a child module, for the private fields): what entries do to tenants.
+//! `tenants` (a child module, for the private fields): what entries do to tenants;
+//! `bounces`: the bounce key, retained records and late reports.
 
+mod bounces;
 mod sites;
 mod tenants;
 
@@ -164,15 +166,21 @@ impl<'a> Tx<'a> {
         match request {
             Request::Enqueue { messages }
             | Request::EnqueueFrom { messages, .. }
-            | Request::EnqueueTenants { messages, .. } => {
+            | Request::EnqueueTenants { messages, .. }
+            | Request::EnqueueTracked { messages, .. } => {
                 let (node, tenants) = match request {
                     Request::EnqueueFrom { node, .. } => (*node, &[][..]),
-                    Request::EnqueueTenants { node, tenants, .. } => (*node, &tenants[..]),
+                    Request::EnqueueTenants { node, tenants, .. }
+                    | Request::EnqueueTracked { node, tenants, .. } => (*node, &tenants[..]),
                     _ => (0, &[][..]),
                 };
+                let tracked = matches!(request, Request::EnqueueTracked { .. });
                 for (i, message) in messages.iter().enumerate() {
                     let tenant = tenants.get(i).map_or("", String::as_str);
                     if self.enqueue(message, true, node, tenant)? {
+                        if tracked {
+                            self.track(message, tenant);
+                        }
                         response.added += 1;
                     } else {
                         response.duplicates += 1;
@@ -355,6 +363,19 @@ impl<'a> Tx<'a> {
                 self.batch.remove(suppress_key(address));
             }
             Request::TrimEvents { below } => response.changed = self.trim_events(*below)?,
+            Request::SetBounceKey { key } => response.changed = self.set_bounce_key(key)?,
+            Request::TrimTracked { before_ms } => {
+                response.changed = self.trim_tracked(*before_ms)?;
+            }
+            Request::Feedback {
+                now_ms,
+                thresholds,
+                reports,
+            } => {
+                for report in reports {
+                    response.changed |= self.feedback(report, *now_ms, thresholds)?;
+                }
+            }
             Request::WebhookSent { position } => {
                 self.batch.insert(WEBHOOK, position.to_be_bytes());
                 response.changed = true;

@@ -67,6 +67,12 @@ pub fn server_session(data: &[u8]) {
         check_recipients: flags & 32 != 0,
         check_senders: flags & 64 != 0,
         greeting_banner: "ESMTP".into(),
+        local_domain: if flags & 128 != 0 {
+            "b.fuzz".into()
+        } else {
+            String::new()
+        },
+        local_max_message_size: 1024,
     };
     let mut s = ServerSession::new(cfg);
     let mut closed = drive(&mut s, Event::Connected);

@@ -128,6 +128,25 @@ impl ServerSession {
         self.reply(replies::mail_ok());
     }
 
+    /// Whether `to` is at [`ServerConfig::local_domain`].
+    fn is_local(&self, to: &Mailbox) -> bool {
+        !self.cfg.local_domain.is_empty() && to.domain.eq_ignore_ascii_case(&self.cfg.local_domain)
+    }
+
+    fn local_limit(&self) -> u64 {
+        self.cfg
+            .local_max_message_size
+            .min(self.cfg.max_message_size)
+    }
+
+    /// The largest body the current transaction may have.
+    fn size_limit(&self) -> u64 {
+        match self.txn.as_ref().and_then(|t| t.rcpts.first()) {
+            Some(r) if self.is_local(r) => self.local_limit(),
+            _ => self.cfg.max_message_size,
+        }
+    }
+
     fn rcpt(&mut self, mut to: Mailbox) {
         let Some(txn) = self.txn.as_ref() else {
             return self.error(replies::need_mail());
@@ -151,11 +170,15 @@ impl ServerSession {
         if to.needs_smtputf8() && !txn.params.smtputf8 {
             return self.reply(replies::need_smtputf8());
         }
+        let local = self.is_local(&to);
         if to.domain.is_empty() {
             // <postmaster> must always be accepted (RFC 5321 §4.5.1).
             to.domain = self.cfg.hostname.clone();
-        } else if !self.cfg.relay_allowed && self.auth_user.is_none() {
+        } else if !local && !self.cfg.relay_allowed && self.auth_user.is_none() {
             return self.error(replies::relay_denied());
+        }
+        if txn.rcpts.first().is_some_and(|r| self.is_local(r) != local) {
+            return self.reply(replies::local_mixed(&self.cfg.local_domain));
         }
         if txn.rcpts.iter().any(|r| r.same_as(&to)) {
             return self.reply(replies::rcpt_ok());
@@ -184,11 +207,12 @@ impl ServerSession {
         if txn.rcpts.is_empty() {
             return self.reply(replies::no_rcpts());
         }
-        self.state = State::Data(DataDecoder::new(self.cfg.max_message_size));
+        self.state = State::Data(DataDecoder::new(self.size_limit()));
         self.reply(replies::start_data());
     }
 
     fn bdat(&mut self, size: u64, last: bool) {
+        let limit = self.size_limit();
         let (dec, reject) = match self.txn.as_mut() {
             None => (BdatDecoder::discard(size), Some(replies::need_mail())),
             Some(t) if t.rcpts.is_empty() => {
@@ -196,10 +220,7 @@ impl ServerSession {
             }
             Some(t) => {
                 t.bdat = true;
-                let room = self
-                    .cfg
-                    .max_message_size
-                    .saturating_sub(t.body.len() as u64);
+                let room = limit.saturating_sub(t.body.len() as u64);
                 (BdatDecoder::new(size, room), None)
             }
         };

@@ -59,6 +59,13 @@ pub struct ServerConfig {
     pub check_senders: bool,
     /// Text after the hostname in the 220 greeting.
     pub greeting_banner: String,
+    /// A domain whose mail the IO layer handles itself (Baton's bounce domain): any
+    /// client may send to it without AUTH (still asked about by [`Action::CheckRcpt`]),
+    /// a transaction never mixes it with other recipients, and its messages are at most
+    /// `local_max_message_size`. Empty: none.
+    pub local_domain: String,
+    /// The largest message to `local_domain` (bytes).
+    pub local_max_message_size: u64,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +83,8 @@ impl Default for ServerConfig {
             check_recipients: false,
             check_senders: false,
             greeting_banner: "ESMTP Baton".into(),
+            local_domain: String::new(),
+            local_max_message_size: 1024 * 1024,
         }
     }
 }
