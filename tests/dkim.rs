@@ -180,8 +180,16 @@ fn signatures_verify_with_dkimpy_and_follow_keys_tenants_and_reloads() {
     let node = Node::start(NodeOptions {
         dns: Some(dns.addr),
         mx_port: 2525,
-        tail: format!("{}{fixed}", dkim("rsa1", &rsa)),
+        // With bounce handling on, X-Baton-Ref is added before signing: covered too.
+        tail: format!(
+            "{}{fixed}[bounces]\ndomain = \"bounces.relay.test\"\n",
+            dkim("rsa1", &rsa)
+        ),
         ..Default::default()
+    });
+
+    wait_until("the bounce key", WAIT, || {
+        node.log().contains("bounce token key made").then_some(())
     });
 
     // RSA (PKCS#8) and Ed25519 for one domain: two signatures, both verify; From is
@@ -195,6 +203,7 @@ fn signatures_verify_with_dkimpy_and_follow_keys_tenants_and_reloads() {
     );
     assert!(reply.starts_with("250 "), "{reply}");
     let m = delivered(&sink, "dual");
+    assert!(m.header("X-Baton-Ref").is_some(), "{}", m.data);
     let results = verify(&m.data, dns.addr);
     assert_eq!(
         verdicts(&results),
@@ -214,6 +223,7 @@ fn signatures_verify_with_dkimpy_and_follow_keys_tenants_and_reloads() {
         assert!(h.iter().filter(|x| **x == "from").count() >= 2, "{h:?}");
         assert!(h.contains(&"list-unsubscribe-post"), "{h:?}");
         assert!(!h.contains(&"received"), "{h:?}");
+        assert!(h.contains(&"x-baton-ref"), "{h:?}");
     }
     // The algorithms are the ones configured.
     let mut algs: Vec<&str> = results.iter().filter_map(|r| r["a"].as_str()).collect();

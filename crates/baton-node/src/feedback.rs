@@ -82,7 +82,7 @@ impl BounceSetup {
         match self.key() {
             Some(key) => Some(token.header(&key)),
             None => {
-                tracing::warn!(id, "no bounce key yet: message sent without X-Baton-Ref");
+                tracing::warn!(id, "no bounce key yet: message refused with 451 4.3.0");
                 None
             }
         }

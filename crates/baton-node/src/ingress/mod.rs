@@ -651,10 +651,19 @@ async fn commit(
     let tenant = tenant_of(envelope.authenticated.as_deref(), &envelope.from);
     let from = envelope.from.to_string();
     let mut message = build_message(&shared.smtp.hostname, &id, envelope, client, tls);
-    if let Some(header) = (shared.bounces.as_ref())
-        .and_then(|b| b.setup.reference_header(&id, message.recipients.len()))
-    {
-        message.body.splice(0..0, header.into_bytes());
+    if let Some(bounces) = &shared.bounces {
+        match bounces
+            .setup
+            .reference_header(&id, message.recipients.len())
+        {
+            Some(header) => {
+                message.body.splice(0..0, header.into_bytes());
+            }
+            // Moments after a cluster forms, before the leader's bounce key is
+            // committed: mail accepted now could never be matched to its bounces, so
+            // the client is asked to come back (nothing is stored).
+            None => return Some(Err(replies::queue_unavailable())),
+        }
     }
     // Signed last, over Baton's own fields too; a large body is hashed off the runtime.
     let keys = shared.signing.keys();

@@ -588,7 +588,7 @@ mod sites;
 #[path = "tenant_tests.rs"]
 mod tenants;
 
-#[path = "sts_tests.rs"]
-mod sts;
 #[path = "bounce_tests.rs"]
 mod bounces;
+#[path = "sts_tests.rs"]
+mod sts;
