@@ -62,6 +62,17 @@ pub struct Router {
     resolvers: Resolvers,
 }
 
+/// A rustls client configuration for the resolver: the webpki roots, aws-lc.
+fn resolver_tls() -> Result<rustls::ClientConfig, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("resolver TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl Router {
     pub fn new(config: RouteConfig) -> Result<Router, String> {
         let provider = TokioRuntimeProvider::default();
@@ -104,6 +115,10 @@ impl Router {
         // Honour short TTLs so operators' DNS changes take effect.
         opts.positive_max_ttl = Some(std::time::Duration::from_secs(300));
         opts.negative_max_ttl = Some(std::time::Duration::from_secs(60));
+        // DNS goes over UDP and TCP only; the TLS configuration hickory would otherwise
+        // build from the system's CA files (none in a scratch image: the resolver would
+        // fail to start) is given instead.
+        let builder = builder.with_tls_config(resolver_tls()?);
         let resolver = builder.build().map_err(|e| format!("resolver: {e}"))?;
         Ok(Router {
             resolver,
