@@ -12,67 +12,21 @@
 //!   owner enforces the replicated policy.
 
 use baton_tests::*;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A test CA writing its certificate and the ones it issues into a directory.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    dir: PathBuf,
-}
-
-impl Ca {
-    fn new(dir: &Path) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "MTA-STS test CA");
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key"))
-            .expect("CA certificate");
-        let ca = Ca {
-            issuer,
-            dir: dir.to_path_buf(),
-        };
-        std::fs::write(ca.path(), ca.issuer.pem()).expect("write CA");
-        ca
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.join("ca.crt")
-    }
-
-    /// A certificate for `names`: (cert, key) paths.
-    fn issue(&self, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().expect("key");
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .expect("params")
-            .signed_by(&key, &self.issuer)
-            .expect("certificate");
-        let (c, k) = (
-            self.dir.join(format!("{tag}.crt")),
-            self.dir.join(format!("{tag}.key")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write cert");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c, k)
-    }
-
-    /// `[delivery]` TOML turning MTA-STS on with this CA trusted.
-    fn delivery(&self) -> String {
-        format!(
-            "mta_sts = true\ntls_ca_file = \"{}\"",
-            self.path().display()
-        )
-    }
+/// `[delivery]` TOML turning MTA-STS on with `ca` trusted.
+fn sts_delivery(ca: &TestCa) -> String {
+    format!(
+        "mta_sts = true\ntls_ca_file = \"{}\"",
+        ca.ca_path().display()
+    )
 }
 
 /// The policy server on `ip:443`, serving `<dir>/<host>.txt` to `Host: <host>`.
@@ -81,7 +35,7 @@ struct PolicyServer {
 }
 
 impl PolicyServer {
-    fn start(ca: &Ca, ip: &str, hosts: &[&str], dir: &Path) -> PolicyServer {
+    fn start(ca: &TestCa, ip: &str, hosts: &[&str], dir: &Path) -> PolicyServer {
         let (cert, key) = ca.issue(&format!("policy-{ip}"), hosts);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sts_policy_server.py");
         let mut proc = Proc::spawn(
@@ -176,7 +130,7 @@ fn tls_policy(e: &Value) -> &str {
 #[test]
 fn enforce_never_sends_in_clear_and_the_cache_outlives_the_policy_server() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new(dir.path());
+    let ca = TestCa::new(dir.path(), "mta-sts");
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
     // Refreshed after 20 s, expired after 40 s.
@@ -198,7 +152,7 @@ fn enforce_never_sends_in_clear_and_the_cache_outlives_the_policy_server() {
     let node = Node::start(NodeOptions {
         dns: Some(dns.addr),
         mx_port: port,
-        delivery: ca.delivery(),
+        delivery: sts_delivery(&ca),
         ..Default::default()
     });
 
@@ -244,7 +198,7 @@ fn enforce_never_sends_in_clear_and_the_cache_outlives_the_policy_server() {
 #[test]
 fn enforce_delivers_over_verified_tls_and_defers_when_no_mx_is_permitted() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new(dir.path());
+    let ca = TestCa::new(dir.path(), "mta-sts");
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
     std::fs::write(
@@ -291,7 +245,7 @@ fn enforce_delivers_over_verified_tls_and_defers_when_no_mx_is_permitted() {
     let node = Node::start(NodeOptions {
         dns: Some(dns.addr),
         mx_port: mx.smtp.port(),
-        delivery: ca.delivery(),
+        delivery: sts_delivery(&ca),
         ..Default::default()
     });
 
@@ -328,7 +282,7 @@ fn enforce_delivers_over_verified_tls_and_defers_when_no_mx_is_permitted() {
 #[test]
 fn a_new_owner_enforces_the_cached_policy_after_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new(dir.path());
+    let ca = TestCa::new(dir.path(), "mta-sts");
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
     std::fs::write(
@@ -353,7 +307,7 @@ fn a_new_owner_enforces_the_cached_policy_after_a_sigkill() {
         dns: Some(dns.addr),
         mx_port: port,
         cluster: "lease = \"3s\"".into(),
-        delivery: ca.delivery(),
+        delivery: sts_delivery(&ca),
         ..Default::default()
     };
     let n1 = Node::start(options(1, vec![]));

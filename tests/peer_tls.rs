@@ -8,10 +8,9 @@ use baton_cluster::pb::{CommitIndexRequest, JoinRequest, Payload};
 use baton_cluster::{PeerTls, Peers};
 use baton_queue::types::Request;
 use baton_tests::*;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -19,63 +18,15 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Bound on one gRPC call of the test's own clients.
 const CALL: Duration = Duration::from_secs(10);
 
-/// A CA that signs certificates into a directory.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    dir: PathBuf,
-    name: String,
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // Distinct subjects: rcgen's default is the same for every CA.
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} CA"));
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key"))
-            .expect("CA certificate");
-        let ca = Ca {
-            issuer,
-            dir: dir.to_path_buf(),
-            name: name.to_string(),
-        };
-        std::fs::write(ca.ca_path(), ca.issuer.pem()).expect("write CA");
-        ca
-    }
-
-    fn ca_path(&self) -> PathBuf {
-        self.dir.join(format!("{}-ca.crt", self.name))
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses): (cert, key) paths.
-    fn issue(&self, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().expect("key");
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .expect("params")
-            .signed_by(&key, &self.issuer)
-            .expect("certificate");
-        let (c, k) = (
-            self.dir.join(format!("{}-{tag}.crt", self.name)),
-            self.dir.join(format!("{}-{tag}.key", self.name)),
-        );
-        std::fs::write(&c, cert.pem()).expect("write cert");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c, k)
-    }
-
-    /// The `[cluster]` TOML for a node with this CA's certificate for `names`.
-    fn cluster_toml(&self, tag: &str, names: &[&str]) -> String {
-        let (cert, key) = self.issue(tag, names);
-        format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
-            cert.display(),
-            key.display(),
-            self.ca_path().display()
-        )
-    }
+/// The `[cluster]` TOML for a node with a certificate of `ca` for `names`.
+fn cluster_toml(ca: &TestCa, tag: &str, names: &[&str]) -> String {
+    let (cert, key) = ca.issue(tag, names);
+    format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        ca.ca_path().display()
+    )
 }
 
 fn suppressed(node: &Node) -> Vec<String> {
@@ -187,8 +138,8 @@ async fn handshake(addr: SocketAddr, ca: &Path, identity: Option<(&Path, &Path)>
 fn a_cluster_talks_mutual_tls_and_refuses_clients_without_its_certificate() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new(tmp.path(), "cluster");
-    let other = Ca::new(tmp.path(), "other");
+    let ca = TestCa::new(tmp.path(), "cluster");
+    let other = TestCa::new(tmp.path(), "other");
     let sink_addr: SocketAddr = format!("127.0.0.40:{}", free_port()).parse().unwrap();
     let sink = Sink::start(sink_addr);
 
@@ -200,7 +151,7 @@ fn a_cluster_talks_mutual_tls_and_refuses_clients_without_its_certificate() {
             bootstrap: join.is_empty(),
             join,
             smarthost: Some(sink_addr),
-            cluster: ca.cluster_toml(&format!("node{id}"), names),
+            cluster: cluster_toml(&ca, &format!("node{id}"), names),
             advertise_host: host.map(String::from),
             ..Default::default()
         })
@@ -292,7 +243,7 @@ fn a_cluster_talks_mutual_tls_and_refuses_clients_without_its_certificate() {
 #[test]
 fn check_config_names_the_peer_tls_keys() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new(tmp.path(), "cluster");
+    let ca = TestCa::new(tmp.path(), "cluster");
     let (cert, _) = ca.issue("node", &["127.0.0.1"]);
     let check = |name: &str, cluster: &str| {
         let path = tmp.path().join(name);

@@ -42,6 +42,7 @@ keys() {
     rsa+ed25519)
       keys rsa
       printf '[[dkim]]\ndomain = "bench.test"\nselector = "e1"\nkey_file = "%s"\nalgorithm = "ed25519-sha256"\n' "$WORK/ed.pem" ;;
+    bounces) printf '[bounces]\ndomain = "bounces.bench.test"\n' ;;
   esac
 }
 
@@ -80,6 +81,13 @@ EOF
     [ $((SECONDS - t0)) -lt 30 ] || { echo "batond not ready" >&2; exit 1; }
     sleep 0.2
   done
+  # With [bounces], mail is refused (451) until the leader's bounce key is committed.
+  if [ "$variant" = bounces ]; then
+    until grep -q "bounce token key made" "$dir/batond.log"; do
+      [ $((SECONDS - t0)) -lt 30 ] || { echo "no bounce key" >&2; exit 1; }
+      sleep 0.2
+    done
+  fi
   "$BATON_LOAD" --target 127.0.0.1:12525 --sink 127.0.0.3:12600 --messages "$N" \
     --size "$SIZE" --connections "$CONNS" --json >"$dir/load.json" 2>"$dir/load.err" || true
   kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=""
@@ -96,7 +104,7 @@ PY
   tail -1 "$WORK/results"
 }
 
-variants=(none rsa rsa+ed25519)
+read -r -a variants <<<"${VARIANTS:-none rsa rsa+ed25519 bounces}"
 for r in $(seq 1 "$ROUNDS"); do
   [ -n "$BASELINE" ] && run old-none "$BASELINE" "$r"
   for v in "${variants[@]}"; do run "$v" "$BATOND" "$r"; done

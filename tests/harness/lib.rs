@@ -6,13 +6,16 @@
 //! - [`Node`] — `batond` with a generated config, ready when `/readyz` says 200;
 //! - [`Smtp`] — a line-level SMTP client for transcript tests (raw bytes allowed);
 //! - [`wait_until`] — bounded polling for a condition;
+//! - [`TestCa`] — a CA issuing certificates into a directory;
 //! - `ops` — `batonctl` against a node ([`ctl`], [`ctl_json`], [`events`]), password
 //!   hashes, scripted receivers' replies and per-second counts.
 //!
 //! Binaries are found next to the test executable (`target/<profile>/`); `cargo test
 //! --workspace` builds them because their packages have integration tests.
 
+mod ca;
 mod ops;
+pub use ca::TestCa;
 pub use ops::*;
 
 use std::io::{BufRead, BufReader, Read, Write};

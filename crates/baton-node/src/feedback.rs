@@ -25,6 +25,9 @@ pub struct BounceSetup {
     /// Lower-cased; empty: none.
     pub fbl_address: String,
     reader: QueueReader,
+    /// The key once read: it never changes after it is set (the first one stays), so
+    /// tokens after that need no read of the state.
+    key: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl BounceSetup {
@@ -34,14 +37,19 @@ impl BounceSetup {
                 domain: config.domain(),
                 fbl_address: config.fbl_address.to_ascii_lowercase(),
                 reader,
+                key: std::sync::OnceLock::new(),
             })
         })
     }
 
     /// The key, once the leader has set it.
-    pub fn key(&self) -> Option<Vec<u8>> {
+    pub fn key(&self) -> Option<&[u8]> {
+        if let Some(key) = self.key.get() {
+            return Some(key);
+        }
         match self.reader.bounce_key() {
-            Ok(key) => key,
+            Ok(Some(key)) => Some(self.key.get_or_init(|| key)),
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the bounce key");
                 None
@@ -70,7 +78,7 @@ impl BounceSetup {
             _ => WHOLE_MESSAGE,
         };
         let token = Token::for_message(id, index)?;
-        let address = token.address(&self.key()?, &self.domain);
+        let address = token.address(self.key()?, &self.domain);
         Mailbox::parse(&address).ok().map(ReversePath::Mailbox)
     }
 
@@ -80,7 +88,7 @@ impl BounceSetup {
         let index = if nrcpt == 1 { 0 } else { WHOLE_MESSAGE };
         let token = Token::for_message(id, index)?;
         match self.key() {
-            Some(key) => Some(token.header(&key)),
+            Some(key) => Some(token.header(key)),
             None => {
                 tracing::warn!(id, "no bounce key yet: message refused with 451 4.3.0");
                 None

@@ -385,12 +385,14 @@ impl WorkerState {
             return None;
         };
         // With `[bounces]`: the message's bounce address (naming the recipient when one).
-        let sending: Vec<&str> = plan.send.iter().map(|(r, _)| r.as_str()).collect();
         let from = self
             .ctx
             .bounces
             .as_ref()
-            .and_then(|b| b.mail_from(&job.id, &plan.from, &job.meta.recipients, &sending))
+            .and_then(|b| {
+                let sending: Vec<&str> = plan.send.iter().map(|(r, _)| r.as_str()).collect();
+                b.mail_from(&job.id, &plan.from, &job.meta.recipients, &sending)
+            })
             .unwrap_or_else(|| plan.from.clone());
         let message = OutboundMessage {
             from,

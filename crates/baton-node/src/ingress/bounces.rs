@@ -81,7 +81,7 @@ impl Inbound {
 
     /// The token of a bounce address, verified, with its message's retained record.
     fn resolve(&self, token_text: &str) -> Option<(Token, Tracked)> {
-        let token = Token::verify(&self.setup.key()?, token_text)?;
+        let token = Token::verify(self.setup.key()?, token_text)?;
         let record = self.setup_reader_tracked(&token)?;
         Some((token, record))
     }
